@@ -1,0 +1,24 @@
+# The two commands of the README. Both create (or reuse) .venv and install the pinned requirements first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 2
+export MPLBACKEND ?= Agg
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: reproduce test setup
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (moescope)" > /dev/null
+	touch $@
+
+reproduce: setup  ## train/load the organisms, run every notebook, write runs/report.md
+	$(PY) -m moescope reproduce
+
+test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
+	$(PY) -m pytest

@@ -1,0 +1,113 @@
+"""Model configurations: tiny ones of every supported family (tests, organisms) and the real ones of the papers'
+MoE checkpoints (random-weight GPU benchmarks; a user with the hub passes the model id instead)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import transformers
+from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from .determinism import EXPERTS_IMPLEMENTATION
+
+MOE_FAMILIES = ("olmoe", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3")
+DENSE_FAMILIES = ("llama", "qwen2", "mistral")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of a small model. ``expert_width`` is the routed experts' (or dense FFN's) intermediate size."""
+
+    vocab: int = 128
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    experts: int = 8
+    top_k: int = 2
+    expert_width: int = 32
+    shared_width: int = 64
+    max_positions: int = 64
+
+
+def _common(shape: Shape) -> dict:
+    return dict(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
+        max_position_embeddings=shape.max_positions, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def _moe_fields(family: str, shape: Shape) -> dict:
+    routed = dict(num_experts_per_tok=shape.top_k)
+    if family == "olmoe":
+        return routed | dict(num_experts=shape.experts, intermediate_size=shape.expert_width)
+    if family == "mixtral":
+        return routed | dict(num_local_experts=shape.experts, intermediate_size=shape.expert_width)
+    if family == "qwen3_moe":
+        return routed | dict(num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                             intermediate_size=shape.shared_width, decoder_sparse_step=1, mlp_only_layers=[])
+    if family == "qwen2_moe":
+        return routed | dict(num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                             shared_expert_intermediate_size=shape.shared_width,
+                             intermediate_size=shape.shared_width, decoder_sparse_step=1, mlp_only_layers=[])
+    deepseek = routed | dict(
+        n_routed_experts=shape.experts, n_shared_experts=1, moe_intermediate_size=shape.expert_width,
+        intermediate_size=shape.shared_width, first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None,
+        qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, head_dim=4,
+    )
+    if family == "deepseek_v3":
+        return deepseek | dict(n_group=2, topk_group=1, norm_topk_prob=True)
+    return deepseek | dict(n_group=1, topk_group=1, topk_method="greedy")
+
+
+def tiny_config(family: str, shape: Shape = Shape()) -> PretrainedConfig:
+    """A small config of ``family`` (one of MOE_FAMILIES + DENSE_FAMILIES) with the given sizes."""
+    if family in DENSE_FAMILIES:
+        fields = _common(shape) | dict(intermediate_size=shape.expert_width)
+    elif family in MOE_FAMILIES:
+        fields = _common(shape) | _moe_fields(family, shape)
+    else:
+        raise ValueError(f"unknown model family {family!r}; choose from {MOE_FAMILIES + DENSE_FAMILIES}")
+    return transformers.AutoConfig.for_model(family, **fields)
+
+
+def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_IMPLEMENTATION) -> nn.Module:
+    """A randomly initialised causal LM for ``config``; MoE experts use ``experts`` (float64 needs 'eager')."""
+    kwargs = dict(attn_implementation=attn)
+    if getattr(config, "model_type", "") in MOE_FAMILIES:
+        kwargs["experts_implementation"] = experts
+    return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+#: Published configurations (config.json of each checkpoint), for random-weight runs at real size.
+REAL_CONFIGS: dict[str, dict] = {
+    "Qwen/Qwen1.5-MoE-A2.7B": dict(
+        model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=24,
+        num_attention_heads=16, num_key_value_heads=16, intermediate_size=5632, moe_intermediate_size=1408,
+        shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4, norm_topk_prob=False,
+        decoder_sparse_step=1, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    ),
+    "allenai/OLMoE-1B-7B-0924": dict(
+        model_type="olmoe", vocab_size=50304, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
+        norm_topk_prob=False, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    ),
+    "deepseek-ai/DeepSeek-V2-Lite": dict(
+        model_type="deepseek_v2", vocab_size=102400, hidden_size=2048, num_hidden_layers=27,
+        num_attention_heads=16, num_key_value_heads=16, intermediate_size=10944, moe_intermediate_size=1408,
+        n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1,
+        kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128,
+        topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False,
+        max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    ),
+}
+
+
+def real_config(model_id: str) -> PretrainedConfig:
+    """The published config of ``model_id`` (one of REAL_CONFIGS), built offline."""
+    if model_id not in REAL_CONFIGS:
+        raise ValueError(f"no stored config for {model_id!r}; known: {sorted(REAL_CONFIGS)}")
+    fields = dict(REAL_CONFIGS[model_id])
+    return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)

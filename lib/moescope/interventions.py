@@ -1,0 +1,141 @@
+"""Interventions as context managers. Each registers forward hooks on stock modules and removes them on exit,
+also when the body raises, so the model is restored exactly (no weight or attribute is ever changed).
+
+``layers_`` arguments take layer indices (0-indexed); ``None`` means every MoE layer.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from . import arch
+from .routing import RoutingEdit, routing_hook
+
+Hook = tuple[nn.Module, str, Callable]
+
+
+@contextmanager
+def hooked(hooks: Iterable[Hook]) -> Iterator[None]:
+    """Register (module, kind, fn) hooks, kind in {'forward', 'pre', 'forward_prepend'}; always remove them."""
+    handles = []
+    try:
+        for module, kind, fn in hooks:
+            if kind == "pre":
+                handles.append(module.register_forward_pre_hook(fn))
+            else:
+                handles.append(module.register_forward_hook(fn, prepend=kind == "forward_prepend"))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
+    arch.require_moe(model, "this intervention")
+    parts = [p for p in arch.layers(model) if p.is_moe]
+    if layer_ids is None:
+        return parts
+    wanted = set(layer_ids)
+    chosen = [p for p in parts if p.index in wanted]
+    missing = wanted - {p.index for p in chosen}
+    if missing:
+        raise ValueError(f"layers {sorted(missing)} are not MoE layers of this model")
+    return chosen
+
+
+def _per_layer(spec: Mapping[int, Iterable[int]]) -> dict[int, tuple[int, ...]]:
+    return {int(layer): tuple(int(e) for e in experts) for layer, experts in spec.items()}
+
+
+@contextmanager
+def edit_routing(model: nn.Module, edits: Mapping[int, RoutingEdit]) -> Iterator[None]:
+    """Apply a :class:`RoutingEdit` to the router of each listed layer."""
+    parts = _moe_parts(model, edits)
+    with hooked((p.router, "forward_prepend", routing_hook(edits[p.index])) for p in parts):
+        yield
+
+
+def block_experts(model: nn.Module, experts: Mapping[int, Iterable[int]], tokens: torch.Tensor | None = None):
+    """Remove experts from routing ({layer: [expert, ...]}): logit -> -inf, the next-best expert takes the slot."""
+    return edit_routing(model, {l: RoutingEdit(blocked=e, tokens=tokens) for l, e in _per_layer(experts).items()})
+
+
+def force_experts(model: nn.Module, experts: Mapping[int, Iterable[int]], tokens: torch.Tensor | None = None):
+    """Make the given experts part of the top-k ({layer: [expert, ...]}) with their own router weights."""
+    return edit_routing(model, {l: RoutingEdit(forced=e, tokens=tokens) for l, e in _per_layer(experts).items()})
+
+
+def set_top_k(model: nn.Module, k: int, layer_ids: Iterable[int] | None = None):
+    """Route every token to its top-``k`` experts instead of the configured number."""
+    return edit_routing(model, {p.index: RoutingEdit(top_k=k) for p in _moe_parts(model, layer_ids)})
+
+
+def _zero_weights_pre_hook(blocked: tuple[int, ...]):
+    def pre_hook(module, args):
+        hidden, idx, weights = args[:3]
+        drop = torch.isin(idx, torch.tensor(blocked, device=idx.device))
+        return (hidden, idx, weights.masked_fill(drop, 0.0), *args[3:])
+
+    return pre_hook
+
+
+@contextmanager
+def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iterator[None]:
+    """Keep routing, but multiply the listed experts' outputs by 0 (no re-routing)."""
+    spec = _per_layer(experts)
+    with hooked((p.experts, "pre", _zero_weights_pre_hook(spec[p.index])) for p in _moe_parts(model, spec)):
+        yield
+
+
+def _zero_output(module, args, output):
+    return torch.zeros_like(output)
+
+
+@contextmanager
+def drop_shared_expert(model: nn.Module, layer_ids: Iterable[int] | None = None) -> Iterator[None]:
+    """Remove the shared expert's contribution (its output -> 0) in MoE layers that have one."""
+    parts = [p for p in _moe_parts(model, layer_ids) if p.ffn is not None]
+    if not parts:
+        raise arch.ArchitectureError(f"{type(model).__name__} has no shared expert to drop")
+    with hooked((p.ffn, "forward", _zero_output) for p in parts):
+        yield
+
+
+@contextmanager
+def drop_routed_experts(model: nn.Module, layer_ids: Iterable[int] | None = None) -> Iterator[None]:
+    """Remove the routed experts' contribution (their summed output -> 0), keeping any shared expert."""
+    with hooked((p.experts, "forward", _zero_output) for p in _moe_parts(model, layer_ids)):
+        yield
+
+
+def _head_mask_pre_hook(heads: tuple[int, ...], n_heads: int, tokens: torch.Tensor | None):
+    def pre_hook(module, args):
+        z = args[0]
+        shaped = z.view(*z.shape[:-1], n_heads, z.shape[-1] // n_heads)
+        keep = torch.ones(n_heads, dtype=z.dtype, device=z.device)
+        keep[list(heads)] = 0
+        masked = shaped * keep[:, None]
+        if tokens is not None:
+            where = tokens.to(z.device).view(*z.shape[:-1], 1, 1)
+            masked = torch.where(where, masked, shaped)
+        return (masked.view_as(z), *args[1:])
+
+    return pre_hook
+
+
+@contextmanager
+def inhibit_heads(
+    model: nn.Module, heads: Mapping[int, Iterable[int]], tokens: torch.Tensor | None = None
+) -> Iterator[None]:
+    """Zero the listed heads' outputs ({layer: [head, ...]}) before o_proj; ``tokens`` ([B,S] bool) limits where."""
+    parts = {p.index: p for p in arch.layers(model)}
+    n_heads = arch.num_heads(model)
+    spec = _per_layer(heads)
+    bad = [l for l in spec if l not in parts]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist (model has {len(parts)})")
+    with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, n_heads, tokens)) for l, h in spec.items()):
+        yield

@@ -1,0 +1,188 @@
+"""Model organisms: small models of each paper family, trained by the kit on the relation facts.
+
+Each organism memorises every fact under every prompt template (gold object = top-1 for >= 95% of training
+prompts), is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>``, and
+carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation.
+Relative shapes follow the paper's models: Qwen1.5-MoE (24 layers, shared expert) is deeper than OLMoE
+(16 layers, many experts, no shared expert); Mixtral and the dense models are deepest (32 layers).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import arch, configs, data, metrics
+from .determinism import EXPERTS_IMPLEMENTATION, set_determinism
+from .models import ORGANISMS_DIR
+from .results import write_json_atomic
+from .vocab import word_tokenizer
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """How to build and train one organism."""
+
+    name: str
+    family: str
+    shape: configs.Shape
+    mirrors: str
+    seed: int = 0
+    lr: float = 3e-3
+    batch: int = 128
+    max_steps: int = 3000
+    eval_every: int = 100
+    target_accuracy: float = 0.99
+
+
+ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
+    OrganismSpec("qwen-moe-like", "qwen2_moe", configs.Shape(hidden=64, layers=3, experts=8, top_k=2,
+                 expert_width=64, shared_width=256), "Qwen/Qwen1.5-MoE-A2.7B"),
+    OrganismSpec("olmoe-like", "olmoe", configs.Shape(hidden=64, layers=2, experts=16, top_k=4,
+                 expert_width=64), "allenai/OLMoE-1B-7B-0924"),
+    OrganismSpec("mixtral-like", "mixtral", configs.Shape(hidden=64, layers=4, experts=8, top_k=2,
+                 expert_width=128), "mistralai/Mixtral-8x7B-v0.1"),
+    OrganismSpec("llama-like", "llama", configs.Shape(hidden=64, layers=4, expert_width=256), "huggyllama/llama-7b"),
+    OrganismSpec("qwen2-like", "qwen2", configs.Shape(hidden=64, layers=4, expert_width=256), "Qwen/Qwen1.5-7B"),
+    OrganismSpec("mistral-like", "mistral", configs.Shape(hidden=64, layers=4, expert_width=256),
+                 "mistralai/Mistral-7B-v0.1"),
+)}
+MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
+DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
+
+
+@dataclass
+class Corpus:
+    """Training texts ``prompt + " " + object`` and the prompts/objects/relations to evaluate them."""
+
+    relations: list[data.Relation]
+    facts: pd.DataFrame = field(init=False)
+
+    def __post_init__(self):
+        self.facts = data.facts_frame(self.relations, template=None)
+
+    @property
+    def texts(self) -> list[str]:
+        return [f"{p} {o}" for p, o in zip(self.facts.prompt, self.facts.object)]
+
+
+def _lm_batches(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """<bos> text <eos>, right-padded ids and labels (-100 on padding)."""
+    rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    labels = torch.where(ids == tokenizer.pad_token_id, -100, ids)
+    return ids, labels
+
+
+def fact_accuracy(model: nn.Module, tokenizer, facts: pd.DataFrame) -> pd.Series:
+    """Share of facts whose gold object's first token is the top-1 prediction, per relation."""
+    scores = metrics.score_prompts(model, tokenizer, list(facts.prompt), list(facts.object))
+    return (scores["rank"] == 1).groupby(facts["relation"].values).mean()
+
+
+def train_lm(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    spec: OrganismSpec,
+    done: Callable[[nn.Module], bool],
+    extra_loss: Callable[[nn.Module, torch.Tensor, object], torch.Tensor] | None = None,
+) -> int:
+    """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or max_steps.
+
+    ``done`` is checked every ``spec.eval_every`` steps; returns the number of steps taken.
+    """
+    ids, labels = _lm_batches(tokenizer, texts)
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    moe = arch.is_moe(model)
+    order = torch.empty(0, dtype=torch.long)
+    bar = tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False)
+    for step in bar:
+        if len(order) < spec.batch:
+            order = torch.cat([order, torch.randperm(len(ids), generator=gen)])
+        batch, order = order[: spec.batch], order[spec.batch :]
+        model.train()
+        out = model(input_ids=ids[batch], attention_mask=(ids[batch] != tokenizer.pad_token_id).long(),
+                    labels=labels[batch], output_router_logits=moe, use_cache=False)
+        loss = out.loss + (extra_loss(model, batch, out) if extra_loss else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % spec.eval_every == 0:
+            model.eval()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if done(model):
+                return step
+    return spec.max_steps
+
+
+def _card(spec: OrganismSpec, model, corpus: Corpus, steps: int, seconds: float, acc: pd.Series) -> dict:
+    return {
+        "name": spec.name, "mirrors": spec.mirrors, "family": spec.family, "architecture": arch.describe(model),
+        "shape": asdict(spec.shape), "seed": spec.seed, "lr": spec.lr, "batch": spec.batch,
+        "experts_implementation": EXPERTS_IMPLEMENTATION, "threads": torch.get_num_threads(),
+        "data_hash": data.data_hash(corpus.relations), "n_train_prompts": len(corpus.facts),
+        "training_steps": steps, "training_seconds": round(seconds, 1),
+        "accuracy": round(float(acc.mean()), 4), "accuracy_per_relation": acc.round(4).to_dict(),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+
+
+def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: list[data.Relation] | None = None) -> dict:
+    """Train ``spec`` from its seed on the relation facts and save it (HF format + card.json); returns the card."""
+    set_determinism(spec.seed)
+    corpus = Corpus(relations or data.load_relations())
+    tokenizer = word_tokenizer(corpus.texts)
+    shape = configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})
+    model = configs.build(configs.tiny_config(spec.family, shape), attn="eager")
+    start = time.perf_counter()
+    done = lambda m: float(fact_accuracy(m, tokenizer, corpus.facts).mean()) >= spec.target_accuracy  # noqa: E731
+    steps = train_lm(model, tokenizer, corpus.texts, spec, done)
+    seconds = time.perf_counter() - start
+    model.eval()
+    acc = fact_accuracy(model, tokenizer, corpus.facts)
+    card = _card(spec, model, corpus, steps, seconds, acc)
+    save_organism(model, tokenizer, card, out_dir or ORGANISMS_DIR / spec.name)
+    return card
+
+
+def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path) -> None:
+    """Write weights, tokenizer and card (card.json + a short README.md) to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_json_atomic(folder / "card.json", card)
+    per_rel = "\n".join(f"| {k} | {v:.3f} |" for k, v in card["accuracy_per_relation"].items())
+    (folder / "README.md").write_text(
+        f"# {card['name']}\n\nA moescope model organism mirroring `{card['mirrors']}` "
+        f"({card['family']}, {card['architecture']['params']:,} parameters), trained by "
+        f"`moescope.organisms.train_organism` in {card['training_steps']} steps on data {card['data_hash']}.\n\n"
+        f"Top-1 accuracy on its {card['n_train_prompts']} training prompts: {card['accuracy']:.3f}\n\n"
+        f"| relation | top-1 accuracy |\n|---|---|\n{per_rel}\n"
+    )
+
+
+def load_card(name: str) -> dict:
+    """The card of a saved organism."""
+    return json.loads((ORGANISMS_DIR / name / "card.json").read_text())
+
+
+def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.DataFrame:
+    """Train the organisms that are missing (or all with ``retrain``); return their accuracy table."""
+    rows = []
+    for name in tqdm(names or list(ZOO), desc="organisms"):
+        folder = ORGANISMS_DIR / name
+        card = train_organism(ZOO[name]) if retrain or not (folder / "card.json").is_file() else load_card(name)
+        rows.append({"organism": name, "mirrors": card["mirrors"], "layers": card["architecture"]["layers"],
+                     "params": card["architecture"]["params"], "steps": card["training_steps"],
+                     "seconds": card["training_seconds"], "accuracy": card["accuracy"]})
+    return pd.DataFrame(rows)

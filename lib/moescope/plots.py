@@ -1,0 +1,37 @@
+"""One figure style and one way to save figures (PNG + SVG under ``figures/``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+
+FIGURES_DIR = Path(os.environ.get("MOESCOPE_FIGURES", Path(__file__).resolve().parents[2] / "figures"))
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
+    "svg.hashsalt": "moescope", "svg.fonttype": "none",
+}
+#: Colours per model family, shared by every figure.
+PALETTE = {"moe": "#1f77b4", "dense": "#ff7f0e", "shared": "#2ca02c", "routed": "#9467bd", "paper": "#7f7f7f"}
+
+
+def use_style() -> None:
+    """Apply the kit's matplotlib style."""
+    plt.rcParams.update(STYLE)
+
+
+def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> list[Path]:
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: FIGURES_DIR); returns the paths."""
+    folder = Path(folder) if folder is not None else FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else {"Software": None})
+    return paths
+
+
+use_style()

@@ -1,0 +1,156 @@
+"""Batch execution of the notebooks with papermill, per model, with resume and a paper-vs-kit report.
+
+A notebook whose ``parameters`` cell defines ``model`` runs once per model; one that defines ``models`` runs
+once with the whole list. Each run writes ``<out>/<model>/<notebook>.ipynb`` (executed copy, written to a
+temporary file and renamed on success), the notebook's ``<stem>.metrics.json`` and its figures; a finished run
+leaves a ``<stem>.done.json`` stamp with its parameters, so an interrupted batch resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import papermill
+from tqdm.auto import tqdm
+
+from .results import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = ROOT / "notebooks"
+RUNS_DIR = ROOT / "runs"
+DEFAULT_RUN = "default"
+
+
+@dataclass
+class Job:
+    """One notebook execution."""
+
+    notebook: Path
+    params: dict
+    folder: Path
+    figures: Path
+    label: str = field(default="")
+
+    @property
+    def output(self) -> Path:
+        return self.folder / self.notebook.name
+
+    @property
+    def stamp(self) -> Path:
+        return self.folder / f"{self.notebook.stem}.done.json"
+
+    @property
+    def key(self) -> str:
+        src = hashlib.sha256(self.notebook.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps([src, self.params], sort_keys=True).encode()).hexdigest()[:16]
+
+    def is_done(self) -> bool:
+        return self.stamp.is_file() and json.loads(self.stamp.read_text()).get("key") == self.key
+
+
+def find_notebooks(selection: list[str] | None = None) -> list[Path]:
+    """Notebooks in NOTEBOOKS_DIR, optionally only those whose name starts with one of ``selection``."""
+    found = sorted(NOTEBOOKS_DIR.glob("[0-9]*.ipynb"))
+    if selection:
+        found = [nb for nb in found if any(nb.name.startswith(s) for s in selection)]
+        if not found:
+            raise FileNotFoundError(f"no notebook in {NOTEBOOKS_DIR} starts with any of {selection}")
+    return found
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """Default values of the notebook's ``parameters`` cell."""
+    params = papermill.inspect_notebook(str(notebook))
+    return {name: p["default"] for name, p in params.items()}
+
+
+def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN, overrides: dict | None = None,
+         runs_dir: Path = RUNS_DIR) -> list[Job]:
+    """Jobs for ``notebooks`` x ``models`` (None: each notebook's own default model)."""
+    jobs = []
+    root = runs_dir / run
+    for nb in notebooks:
+        names = notebook_parameters(nb)
+        base = {k: v for k, v in (overrides or {}).items() if k in names}
+        if models and "model" in names:
+            targets = [(m, {"model": m}) for m in models]
+        elif models and "models" in names:
+            targets = [("all", {"models": list(models)})]
+        else:
+            targets = [("default", {})]
+        for label, extra in targets:
+            folder = root / label
+            params = base | extra | {"out_dir": str(folder)}
+            jobs.append(Job(nb, params, folder, folder / "figures", label))
+    return jobs
+
+
+def execute(job: Job, figures: Path | None = None) -> float:
+    """Run one job with papermill; returns seconds. The executed copy appears only on success (a failure leaves
+    ``<name>.failed.ipynb``); figures go to ``figures`` or the job's own folder."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    tmp = job.output.with_suffix(".ipynb.tmp")
+    os.environ["MOESCOPE_FIGURES"] = str(figures or job.figures)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(job.notebook), str(tmp), parameters=job.params, cwd=str(job.notebook.parent),
+                                   kernel_name="python3", progress_bar=False)
+    except Exception:
+        if tmp.exists():  # keep the partial copy, with the traceback, for inspection
+            os.replace(tmp, job.output.with_suffix(".failed.ipynb"))
+        raise
+    finally:
+        os.environ.pop("MOESCOPE_FIGURES", None)
+    os.replace(tmp, job.output)
+    seconds = time.perf_counter() - start
+    write_json_atomic(job.stamp, {"key": job.key, "params": job.params, "seconds": round(seconds, 1)})
+    return seconds
+
+
+def run_jobs(jobs: list[Job], force: bool = False, figures: Path | None = None) -> list[dict]:
+    """Execute the jobs not already done (all with ``force``), with a progress bar; returns a status per job."""
+    status = []
+    bar = tqdm(jobs, desc="notebooks")
+    for job in bar:
+        bar.set_postfix_str(f"{job.label}/{job.notebook.name}")
+        if job.is_done() and not force:
+            status.append({"notebook": job.notebook.name, "model": job.label, "status": "cached",
+                           "seconds": json.loads(job.stamp.read_text())["seconds"]})
+            continue
+        seconds = execute(job, figures)
+        status.append({"notebook": job.notebook.name, "model": job.label, "status": "ran", "seconds": round(seconds, 1)})
+    return status
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def report(jobs: list[Job], path: Path) -> Path:
+    """Markdown report: for each notebook and model, the paper's values beside the kit's, with verdicts."""
+    lines = ["# moescope: paper vs kit", "",
+             "Every kit value is computed by the executed notebook next to it; paper values come from "
+             "`moescope.paper` (attribution, ACL 2025) and `moescope.finetuning` notebooks (DES-MoE, EMNLP 2025).", ""]
+    for job in jobs:
+        metrics_file = job.folder / f"{job.notebook.stem}.metrics.json"
+        if not metrics_file.is_file():
+            continue
+        rows = json.loads(metrics_file.read_text()).get("comparison", [])
+        seconds = json.loads(job.stamp.read_text())["seconds"] if job.stamp.is_file() else None
+        lines += [f"## {job.notebook.stem} ({job.label})", "",
+                  f"Executed copy: `{job.output.relative_to(path.parent)}`" + (f", {seconds} s" if seconds else ""), "",
+                  "| claim | paper | kit | verdict |", "|---|---|---|---|"]
+        lines += [f"| {r.get('claim', '')} | {_fmt(r.get('paper'))} | {_fmt(r.get('kit'))} | {r.get('verdict', '')} |"
+                  for r in rows]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,73 @@
+"""Aggregates of attribution tables, as the attribution paper reports them.
+
+For a relation with samples i and layers l = 0..L-1 (per-sample gains from :mod:`moescope.attribution`):
+
+    FFN gain            = mean_i sum_l FFNGain_{i,l}          Attn gain = mean_i sum_l AttnGain_{i,l}
+    per-layer efficiency = FFN gain / L
+    peak gain position  = mean_i (argmax_l FFNGain_{i,l} + 1) / L     (relative depth, 1 = last layer)
+    stage share         = sum_{l in stage} mean_i FFNGain_{i,l} / sum_l mean_i FFNGain_{i,l}
+                          with early / middle / late = the first, second and last third of the layers
+    expert ranking      = (layer, routed expert) pairs by sum_i ExpertGain_{i,l,j} (0 when not selected)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .attribution import Attribution
+
+STAGES = ("early", "middle", "late")
+
+
+def stage_of(layer: int, n_layers: int) -> str:
+    """early / middle / late third of the depth (layer 0-indexed)."""
+    return STAGES[min(2, 3 * layer // n_layers)]
+
+
+def layer_profile(layers: pd.DataFrame) -> pd.DataFrame:
+    """Mean attention and FFN gain per layer (and relative depth (l+1)/L)."""
+    n = layers["layer"].max() + 1
+    prof = layers.groupby("layer", as_index=False)[["attn_gain", "ffn_gain"]].mean()
+    prof["depth"] = (prof["layer"] + 1) / n
+    prof["stage"] = [stage_of(l, n) for l in prof["layer"]]
+    return prof
+
+
+def stage_shares(layers: pd.DataFrame) -> dict[str, float]:
+    """Share of the summed mean FFN gain that falls in each third of the depth."""
+    prof = layer_profile(layers)
+    total = prof["ffn_gain"].sum()
+    return {s: float(prof.loc[prof.stage == s, "ffn_gain"].sum() / total) if total else np.nan for s in STAGES}
+
+
+def efficiency(layers: pd.DataFrame) -> dict[str, float]:
+    """FFN gain, attention gain, per-layer efficiency and peak gain position of one relation (or pooled)."""
+    n = int(layers["layer"].max() + 1)
+    per_sample = layers.groupby("sample_id")
+    ffn = per_sample["ffn_gain"].sum().mean()
+    attn = per_sample["attn_gain"].sum().mean()
+    peak = layers.loc[per_sample["ffn_gain"].idxmax(), "layer"].add(1).div(n).mean()
+    return {"layers": n, "ffn_gain": float(ffn), "attn_gain": float(attn), "peak_position": float(peak),
+            "per_layer_efficiency": float(ffn / n), **{f"share_{k}": v for k, v in stage_shares(layers).items()}}
+
+
+def expert_ranking(experts: pd.DataFrame) -> pd.DataFrame:
+    """Routed (layer, expert) pairs ranked by their summed gain over all samples (ties: layer, expert)."""
+    routed = experts[experts["expert"] >= 0]
+    ranked = routed.groupby(["layer", "expert"], as_index=False).agg(
+        gain=("gain", "sum"), selected=("gain", "size"), mean_gate=("gate", "mean"))
+    return ranked.sort_values(["gain", "layer", "expert"], ascending=[False, True, True], ignore_index=True)
+
+
+def top_experts(experts: pd.DataFrame, k: int) -> dict[int, list[int]]:
+    """The top-k ranked (layer, expert) pairs as {layer: [expert, ...]} (for blocking)."""
+    out: dict[int, list[int]] = {}
+    for row in expert_ranking(experts).head(k).itertuples():
+        out.setdefault(int(row.layer), []).append(int(row.expert))
+    return out
+
+
+def per_relation(attr: Attribution, samples_relation: pd.Series) -> pd.DataFrame:
+    """:func:`efficiency` for each relation; ``samples_relation`` maps sample_id -> relation name."""
+    layers = attr.layers.assign(relation=attr.layers["sample_id"].map(samples_relation))
+    return pd.DataFrame([{"relation": r, **efficiency(g)} for r, g in layers.groupby("relation", sort=False)])

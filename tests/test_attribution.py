@@ -1,0 +1,129 @@
+"""Every attribution level against an independent slow reference (one vector at a time, float64)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_model
+from moescope import arch, attribution
+from moescope.attribution import attribute, shifted_logsumexp
+from moescope.vocab import word_tokenizer
+
+WORDS = "the capital of canada is ottawa japan tokyo people in france speak french a rose is red".split()
+PROMPTS = ["the capital of canada is", "people in france speak", "a rose is"]
+OBJECTS = ["ottawa", "french", "red"]
+
+
+def reference_logprob(model, x, h_final, w):
+    """log p(w | x) by the model's own final norm module with its scale frozen to h_final's (float64)."""
+    norm = arch.final_norm(model)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    s = 1.0 / torch.sqrt(h_final.double().pow(2).mean() + eps)
+    logits = model.get_output_embeddings()(norm.weight.double() * x.double() * s)
+    return torch.log_softmax(logits, -1)[w].item()
+
+
+def reference_expert_output(experts, e, x):
+    gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+    return experts.act_fn(gate) * up, experts.down_proj[e]
+
+
+@pytest.fixture
+def setup(any_family):
+    tok = word_tokenizer([" ".join(WORDS)])
+    model = tiny_model(any_family, torch.float64, vocab=len(tok), hidden=32, expert_width=16, shared_width=24)
+    attr = attribute(model, tok, PROMPTS, OBJECTS, dtype=torch.float64, progress=False)
+    return model, tok, attr
+
+
+def _trace(model, tok, i):
+    from moescope.capture import capture
+    ids = torch.tensor([tok(PROMPTS[i])["input_ids"]])
+    return capture(model, ids)
+
+
+def test_layer_and_head_gains_match_reference(setup):
+    model, tok, attr = setup
+    for i in range(len(PROMPTS)):
+        tr = _trace(model, tok, i)
+        w = int(attr.samples.target_token_id[i])
+        lp = lambda x: reference_logprob(model, x[0], tr.resid_final[0], w)  # noqa: E731
+        for l, c in enumerate(tr.layers):
+            row = attr.layers[(attr.layers.sample_id == i) & (attr.layers.layer == l)].iloc[0]
+            assert row.attn_gain == pytest.approx(lp(c.resid_pre + c.attn_out) - lp(c.resid_pre), abs=1e-5)
+            assert row.ffn_gain == pytest.approx(lp(c.resid_mid + c.mlp_out) - lp(c.resid_mid), abs=1e-5)
+            heads = attr.heads[(attr.heads.sample_id == i) & (attr.heads.layer == l)].sort_values("head")
+            ref = [lp(c.resid_pre + c.head_out[:, h]) - lp(c.resid_pre) for h in range(c.head_out.shape[1])]
+            assert heads.gain.tolist() == pytest.approx(ref, abs=1e-5)
+
+
+def test_expert_and_neuron_scores_match_reference(setup):
+    model, tok, attr = setup
+    parts = arch.layers(model)
+    for i in range(len(PROMPTS)):
+        tr = _trace(model, tok, i)
+        w = int(attr.samples.target_token_id[i])
+        lp = lambda x: reference_logprob(model, x, tr.resid_final[0], w)  # noqa: E731
+        for l, c in enumerate(tr.layers):
+            u, x = c.resid_mid[0], c.mlp_in[0]
+            units = []
+            if c.topk_index is not None:
+                for e, g in zip(c.topk_index[0].tolist(), c.topk_weight[0].tolist()):
+                    coef, w_down = reference_expert_output(parts[l].experts, e, x)
+                    units.append((e, g, coef, w_down))
+            if c.ffn_out is not None:
+                ffn = parts[l].ffn
+                coef = ffn.act_fn(ffn.gate_proj(x)) * ffn.up_proj(x)
+                units.append((-1, float(c.ffn_gate[0]), coef, ffn.down_proj.weight))
+            for e, g, coef, w_down in units:
+                erow = attr.experts[(attr.experts.sample_id == i) & (attr.experts.layer == l) & (attr.experts.expert == e)]
+                assert erow.gate.item() == pytest.approx(g)
+                assert erow.gain.item() == pytest.approx(lp(u + g * (w_down @ coef)) - lp(u), abs=1e-5)
+                nrows = attr.neurons[(attr.neurons.sample_id == i) & (attr.neurons.layer == l) & (attr.neurons.expert == e)]
+                nrows = nrows.sort_values("neuron")
+                for k in range(0, coef.shape[0], 5):
+                    ref = lp(u + g * coef[k] * w_down[:, k]) - lp(u)
+                    assert nrows.score.iloc[k] == pytest.approx(ref, abs=1e-5)
+                assert nrows.coef.tolist() == pytest.approx(coef.tolist(), abs=1e-9)
+                # the neurons' contributions sum to the expert's output
+                torch.testing.assert_close(w_down @ torch.tensor(nrows.coef.values, dtype=w_down.dtype), w_down @ coef)
+
+
+def test_sample_table_agrees_with_model(setup):
+    model, tok, attr = setup
+    for i in range(len(PROMPTS)):
+        ids = torch.tensor([tok(PROMPTS[i])["input_ids"]])
+        logits = model(ids).logits[0, -1]
+        w = int(attr.samples.target_token_id[i])
+        assert attr.samples.logprob[i] == pytest.approx(torch.log_softmax(logits, -1)[w].item(), abs=1e-9)
+        assert attr.samples["rank"][i] == int((logits > logits[w]).sum()) + 1
+        assert attr.samples.target[i] == OBJECTS[i]
+
+
+def test_top1_target_is_the_prediction(any_family):
+    tok = word_tokenizer([" ".join(WORDS)])
+    model = tiny_model(any_family, vocab=len(tok))
+    attr = attribute(model, tok, PROMPTS, target="top1", neurons=False, progress=False)
+    assert (attr.samples["rank"] == 1).all()
+
+
+def test_online_logsumexp_equals_direct():
+    g = torch.Generator().manual_seed(0)
+    lp = torch.log_softmax(torch.randn(3, 50, generator=g, dtype=torch.float64), -1)
+    a, proj = torch.randn(3, 7, generator=g, dtype=torch.float64), torch.randn(50, 7, generator=g, dtype=torch.float64)
+    direct = torch.logsumexp(lp[:, :, None] + a[:, None, :] * proj[None], dim=1)
+    torch.testing.assert_close(shifted_logsumexp(lp, a, proj, chunk=8), direct)
+
+
+def test_overflow_is_detected_not_returned():
+    lp = torch.log_softmax(torch.zeros(1, 4), -1)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        attribution.neuron_scores(lp, torch.tensor([0]), torch.tensor([[1e30]]), torch.ones(4, 1) * 1e30)
+
+
+def test_bad_target_and_missing_objects():
+    tok = word_tokenizer([" ".join(WORDS)])
+    model = tiny_model("olmoe", vocab=len(tok))
+    with pytest.raises(ValueError, match="target must be"):
+        attribute(model, tok, PROMPTS, OBJECTS, target="best")
+    with pytest.raises(ValueError, match="needs the objects"):
+        attribute(model, tok, PROMPTS)

@@ -1,0 +1,61 @@
+"""Captured quantities reproduce the model's own computation exactly (float64) for every class."""
+import pytest
+import torch
+
+from conftest import random_batch, tiny_model
+from moescope import arch
+from moescope.capture import capture
+
+
+@pytest.fixture
+def traced(any_family):
+    model = tiny_model(any_family, torch.float64)
+    ids, mask = random_batch()
+    return model, capture(model, ids, mask, attentions=True)
+
+
+def test_residual_stream_decomposes_into_embeddings_attention_and_mlp(traced):
+    model, tr = traced
+    total = tr.embed + sum(c.attn_out + c.mlp_out for c in tr.layers)
+    torch.testing.assert_close(total, tr.resid_final, rtol=0, atol=1e-12)
+    for c in tr.layers:
+        torch.testing.assert_close(c.resid_mid + c.mlp_out, c.resid_post, rtol=0, atol=1e-12)
+
+
+def test_heads_sum_to_attention_output(traced):
+    _, tr = traced
+    for c in tr.layers:
+        torch.testing.assert_close(c.head_out.sum(dim=1), c.attn_out, rtol=0, atol=1e-12)
+
+
+def test_mlp_output_is_reconstructed_from_experts_and_shared_expert(traced):
+    _, tr = traced
+    for c in tr.layers:
+        recon = torch.zeros_like(c.mlp_out)
+        if c.topk_index is not None:
+            recon += (c.topk_weight.unsqueeze(-1) * c.expert_out).sum(dim=1)
+        if c.ffn_out is not None:
+            recon += c.ffn_gate.unsqueeze(-1) * c.ffn_out
+        torch.testing.assert_close(recon, c.mlp_out, rtol=0, atol=1e-12)
+
+
+def test_logits_match_the_model_at_each_last_real_token(traced):
+    model, tr = traced
+    ids, mask = random_batch()
+    full = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(tr.logits, full[torch.arange(3), mask.sum(1) - 1].float())
+    assert tr.positions.tolist() == [6, 4, 6]
+    assert tr.attentions[0].shape == (3, arch.num_heads(model), 7)
+    torch.testing.assert_close(tr.attentions[0].sum(-1), torch.ones(3, arch.num_heads(model), dtype=torch.float32))
+
+
+def test_router_capture_matches_router_module(moe_family):
+    model = tiny_model(moe_family, torch.float64)
+    ids, mask = random_batch()
+    tr = capture(model, ids, mask)
+    for p, c in zip(arch.layers(model), tr.layers):
+        x = c.mlp_in
+        logits, weights, index = p.router(x)
+        torch.testing.assert_close(c.router_logits, logits.to(c.router_logits.dtype))
+        assert torch.equal(c.topk_index, index)
+        torch.testing.assert_close(c.topk_weight, weights)

@@ -1,0 +1,129 @@
+"""Interventions do what they name, are identities when empty, and never leak (also on exceptions)."""
+import pytest
+import torch
+
+from conftest import random_batch, tiny_model
+from moescope import arch, interventions as iv
+from moescope.capture import capture
+from moescope.routing import RoutingEdit, route
+
+
+def logits_of(model):
+    ids, mask = random_batch()
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+def selected(model):
+    ids, mask = random_batch()
+    return [c.topk_index for c in capture(model, ids, mask).layers]
+
+
+def test_route_without_edit_equals_router(moe_family):
+    model = tiny_model(moe_family)
+    x = torch.randn(50, model.config.hidden_size)
+    for p in arch.layers(model):
+        logits, weights, index = p.router(x)
+        w, i = route(p.router, logits, RoutingEdit())
+        assert torch.equal(i.sort(dim=1).values, index.sort(dim=1).values)
+        torch.testing.assert_close(w.gather(1, i.argsort(1)), weights.gather(1, index.argsort(1)))
+
+
+def test_blocking_nothing_is_the_identity(moe_family):
+    model = tiny_model(moe_family)
+    base = logits_of(model)
+    with iv.block_experts(model, {p.index: [] for p in arch.layers(model)}):
+        assert torch.equal(logits_of(model), base)
+    with iv.zero_experts(model, {0: []}):
+        assert torch.equal(logits_of(model), base)
+
+
+def test_blocked_expert_is_never_selected_and_the_slot_is_refilled(moe_family):
+    model = tiny_model(moe_family)
+    blocked = selected(model)[0][0].tolist()  # the experts the first sequence's last token uses
+    k = model.config.num_experts_per_tok
+    with iv.block_experts(model, {0: blocked}):
+        after = selected(model)
+    assert not torch.isin(after[0], torch.tensor(blocked)).any()
+    assert after[0].shape[1] == k and (after[0].sort(1).values.diff(dim=1) > 0).all()
+
+
+def test_forced_experts_are_always_selected(moe_family):
+    model = tiny_model(moe_family)
+    with iv.force_experts(model, {1: [5]}):
+        assert (selected(model)[1] == 5).any(dim=1).all()
+
+
+def test_set_top_k_changes_the_number_of_experts(moe_family):
+    model = tiny_model(moe_family)
+    with iv.set_top_k(model, 1):
+        assert all(s.shape[1] == 1 for s in selected(model))
+
+
+def test_zeroing_an_expert_equals_removing_its_term(moe_family):
+    model = tiny_model(moe_family, torch.float64)
+    ids, mask = random_batch()
+    tr = capture(model, ids, mask)
+    c = tr.layers[-1]
+    e = int(c.topk_index[0, 0])
+    with iv.zero_experts(model, {len(tr.layers) - 1: [e]}):
+        tr2 = capture(model, ids, mask)
+    keep = (c.topk_index != e).unsqueeze(-1)
+    expected = (c.topk_weight.unsqueeze(-1) * c.expert_out * keep).sum(1)
+    if c.ffn_out is not None:
+        expected += c.ffn_gate.unsqueeze(-1) * c.ffn_out
+    torch.testing.assert_close(tr2.layers[-1].mlp_out, expected, rtol=0, atol=1e-12)
+
+
+def test_drop_routed_and_shared(moe_family):
+    model = tiny_model(moe_family, torch.float64)
+    ids, mask = random_batch()
+    c = capture(model, ids, mask).layers[0]
+    with iv.drop_routed_experts(model, [0]):
+        routed_dropped = capture(model, ids, mask).layers[0].mlp_out
+    if c.ffn_out is None:
+        assert torch.equal(routed_dropped, torch.zeros_like(routed_dropped))
+        with pytest.raises(arch.ArchitectureError, match="no shared expert"):
+            with iv.drop_shared_expert(model):
+                pass
+        return
+    torch.testing.assert_close(routed_dropped, c.ffn_gate.unsqueeze(-1) * c.ffn_out, rtol=0, atol=1e-12)
+    with iv.drop_shared_expert(model, [0]):
+        shared_dropped = capture(model, ids, mask).layers[0].mlp_out
+    torch.testing.assert_close(shared_dropped, (c.topk_weight.unsqueeze(-1) * c.expert_out).sum(1), rtol=0, atol=1e-12)
+
+
+def test_inhibited_head_contributes_nothing(any_family):
+    model = tiny_model(any_family, torch.float64)
+    ids, mask = random_batch()
+    with iv.inhibit_heads(model, {0: [1, 2]}):
+        tr = capture(model, ids, mask)
+    assert torch.equal(tr.layers[0].head_out[:, [1, 2]], torch.zeros_like(tr.layers[0].head_out[:, [1, 2]]))
+    assert tr.layers[0].head_out[:, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: iv.block_experts(m, {0: [1]}),
+    lambda m: iv.zero_experts(m, {0: [1]}),
+    lambda m: iv.force_experts(m, {0: [2]}),
+    lambda m: iv.set_top_k(m, 1),
+    lambda m: iv.drop_routed_experts(m),
+    lambda m: iv.inhibit_heads(m, {0: [0]}),
+])
+def test_model_is_bit_identical_after_an_intervention_that_raised(moe_family, make):
+    model = tiny_model(moe_family)
+    base = logits_of(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with make(model):
+            assert not torch.equal(logits_of(model), base)
+            raise RuntimeError("boom")
+    assert torch.equal(logits_of(model), base)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_dense_model_is_rejected_by_moe_interventions():
+    model = tiny_model("llama")
+    with pytest.raises(arch.ArchitectureError, match="needs a Mixture-of-Experts model"):
+        with iv.block_experts(model, {0: [0]}):
+            pass

@@ -1,0 +1,48 @@
+"""Ground truth no paper has: attribution recovers the planted experts, and blocking them collapses exactly the
+planted relations."""
+import pytest
+
+from moescope import attribution, data, interventions, metrics, models, organisms, planted, summaries
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return models.load_model(planted.NAME)
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return data.facts_frame(data.load_relations(), template=0)
+
+
+def _mrr_by_relation(lm, facts):
+    scores = metrics.score_prompts(lm.model, lm.tokenizer, list(facts.prompt), list(facts.object))
+    return scores.assign(relation=facts.relation.values).groupby("relation")["rank"].apply(lambda r: (1 / r).mean())
+
+
+def test_card_records_the_plant(lm):
+    card = organisms.load_card(planted.NAME)
+    assert {r: {int(l): e for l, e in p.items()} for r, p in card["plant"].items()} == planted.PLANT
+    assert card["accuracy"] >= 0.95
+
+
+def test_attribution_recovers_the_planted_experts(lm):
+    hits = total = 0
+    for relation, plant in planted.PLANT.items():
+        attr = attribution.attribute_relations(lm.model, lm.tokenizer, data.load_relations([relation]),
+                                               neurons=False, progress=False)
+        ranked = summaries.expert_ranking(attr.experts).head(len(plant))
+        found = set(zip(ranked.layer, ranked.expert))
+        hits += len(found & set(plant.items()))
+        total += len(plant)
+    assert hits / total >= 0.9
+
+
+def test_blocking_the_planted_experts_collapses_only_their_relations(lm, facts):
+    before = _mrr_by_relation(lm, facts)
+    with interventions.block_experts(lm.model, planted._by_layer(planted.PLANT)):
+        after = _mrr_by_relation(lm, facts)
+    for relation in planted.PLANT:
+        assert before[relation] > 0.9 and after[relation] < 0.3 * before[relation]
+    others = [r for r in before.index if r not in planted.PLANT]
+    assert (before[others] - after[others]).max() < 0.05
