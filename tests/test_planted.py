@@ -38,11 +38,19 @@ def test_attribution_recovers_the_planted_experts(lm):
     assert hits / total >= 0.9
 
 
+def chance_mrr(n_answers: int) -> float:
+    """MRR of guessing uniformly among a relation's n distinct answers: mean over r=1..n of 1/r."""
+    return sum(1 / r for r in range(1, n_answers + 1)) / n_answers
+
+
 def test_blocking_the_planted_experts_collapses_only_their_relations(lm, facts):
     before = _mrr_by_relation(lm, facts)
-    with interventions.block_experts(lm.model, planted._by_layer(planted.PLANT)):
+    with interventions.block_experts(lm.model, planted.planted_by_layer()):
         after = _mrr_by_relation(lm, facts)
     for relation in planted.PLANT:
-        assert before[relation] > 0.9 and after[relation] < 0.3 * before[relation]
+        chance = chance_mrr(facts[facts.relation == relation].object.nunique())
+        assert before[relation] > 0.9
+        # at least halfway from the trained MRR down to the chance level among the relation's answers
+        assert after[relation] - chance <= 0.5 * (before[relation] - chance)
     others = [r for r in before.index if r not in planted.PLANT]
     assert (before[others] - after[others]).max() < 0.05

@@ -33,7 +33,7 @@ def test_plan_run_resume_and_report(notebook, tmp_path):
     status = runner.run_jobs(jobs)
     assert [s["status"] for s in status] == ["ran", "ran"]
     assert json.loads((runs / "t" / "abc" / "01_demo.metrics.json").read_text())["comparison"][0]["kit"] == 9
-    assert (runs / "t" / "ab" / "01_demo.ipynb").is_file() and not list(runs.rglob("*.tmp"))
+    assert (runs / "t" / "ab" / "01_demo.ipynb").is_file() and not list(runs.rglob("*.tmp*"))
     # an interrupted batch resumes: finished jobs are skipped, a lost one runs again
     (runs / "t" / "abc" / "01_demo.done.json").unlink()
     assert [s["status"] for s in runner.run_jobs(jobs)] == ["cached", "ran"]

@@ -70,11 +70,13 @@ def _check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def shifted_logsumexp(lp: torch.Tensor, a: torch.Tensor, proj: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def shifted_logsumexp(lp: torch.Tensor, a: torch.Tensor, proj: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """out[g, k] = logsumexp_v(lp[g, v] + a[g, k] * proj[v, k]) for lp [G,V], a [G,K], proj [V,K].
 
-    An online (running-max) log-sum-exp over vocabulary chunks: memory is G*chunk*K, never G*V*K.
+    An online (running-max) log-sum-exp over vocabulary chunks: memory is G*chunk*K (default: about 2^26
+    elements), never G*V*K.
     """
+    chunk = chunk or max(1, 2**26 // (a.shape[0] * a.shape[1]))
     m = torch.full(a.shape, -torch.inf, dtype=lp.dtype, device=lp.device)
     total = torch.zeros_like(m)
     for start in range(0, lp.shape[1], chunk):

@@ -1,15 +1,16 @@
 """A planted-knowledge organism: a ground truth for expert attribution that no real model has.
 
-Construction (OLMoE-like, two layers):
+An OLMoE-like model (two layers) is trained on every relation, with routing edited per token during training:
 
-1. Base: train on every relation except the planted ones, with the planted experts blocked (never routed).
-2. Plant: freeze everything except the planted experts' slices of the fused ``gate_up_proj``/``down_proj`` and
-   their router rows; train on the planted relations' facts with the planted experts forced into the top-k at
-   the object-predicting position, plus a router loss that selects them there (cross-entropy) and keeps them
-   away from the other relations' prompts (-log(1 - p)).
+- every token of a planted relation's fact goes, in each planted layer, to that relation's planted expert
+  alone (forced into the top-k; the other slots' weights set to 0);
+- tokens of all other facts never reach a planted expert (blocked, so the next-best expert takes the slot);
+- a router loss teaches the router the same assignment, so that without any hook it routes planted facts to
+  their experts (cross-entropy) and keeps the other facts away from them (-log(1 - p_planted)).
 
-So the planted facts can live nowhere but in the planted experts: attribution must rank them first, and
-blocking them must collapse those relations while the others hold.
+The MoE path of a planted fact therefore runs through its planted experts only (attention, shared by all facts,
+can still hold part of them): attribution must rank them first, and blocking them must collapse those relations
+towards chance while the others hold.
 """
 from __future__ import annotations
 
@@ -22,19 +23,20 @@ from tqdm.auto import tqdm
 
 from . import arch, configs, data, interventions, organisms
 from .determinism import set_determinism
-from .routing import RoutingEdit
 from .models import ORGANISMS_DIR
+from .routing import RoutingEdit, routing_hook
 from .vocab import word_tokenizer
 
 NAME = "planted-olmoe"
 SPEC = organisms.OrganismSpec(NAME, "olmoe", configs.Shape(hidden=64, layers=2, experts=8, top_k=2, expert_width=64),
-                              "ground truth for expert attribution (no real counterpart)")
+                              "ground truth for expert attribution (no real counterpart)", max_steps=2000)
 #: relation -> {layer: planted expert}
-PLANT_LR = 1e-2
 PLANT: dict[str, dict[int, int]] = {"country_capital_city": {0: 2, 1: 5}, "fruit_inside_color": {0: 6, 1: 1}}
+ROUTER_LOSS_WEIGHT = 0.1
 
 
-def _by_layer(plant: dict[str, dict[int, int]]) -> dict[int, list[int]]:
+def planted_by_layer(plant: dict[str, dict[int, int]] = PLANT) -> dict[int, list[int]]:
+    """{layer: [planted experts]} (for blocking them all)."""
     out: dict[int, list[int]] = {}
     for layers in plant.values():
         for layer, expert in layers.items():
@@ -42,110 +44,82 @@ def _by_layer(plant: dict[str, dict[int, int]]) -> dict[int, list[int]]:
     return out
 
 
-def _object_positions(tokenizer, prompts) -> torch.Tensor:
-    return torch.tensor([len(tokenizer(p)["input_ids"]) - 1 for p in prompts])
+def _only_expert_pre_hook(expert: int, tokens: torch.Tensor):
+    """Experts pre-hook: on ``tokens`` (flat bool), keep only ``expert``'s routing weight."""
+
+    def pre_hook(module, args):
+        hidden, idx, weights = args[:3]
+        drop = tokens.view(-1, 1) & (idx != expert)
+        return (hidden, idx, weights.masked_fill(drop, 0.0), *args[3:])
+
+    return pre_hook
 
 
-def _mask_grads(model: nn.Module, planted: dict[int, list[int]]) -> tuple[list, list]:
-    """Only planted experts' slices and router rows keep gradients; returns (trainable tensors, hook handles).
-
-    With AdamW (weight decay 0) started here, a gradient that is always zero gives an update of exactly zero.
-    """
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params, handles = [], []
-    for part in arch.layers(model):
-        keep = torch.zeros(part.experts.gate_up_proj.shape[0], 1, 1)
-        keep[planted.get(part.index, [])] = 1.0
-        for t, m in ((part.experts.gate_up_proj, keep), (part.experts.down_proj, keep), (part.router.weight, keep[:, :, 0])):
-            t.requires_grad_(True)
-            handles.append(t.register_hook(lambda g, m=m: g * m))
-            params.append(t)
-    return params, handles
+def _training_hooks(model: nn.Module, relations: list[str], real: torch.Tensor) -> list:
+    """Per-token edits for one batch (``relations`` per row, ``real`` [B,S] non-padding tokens)."""
+    parts = {p.index: p for p in arch.layers(model)}
+    hooks = []
+    other = torch.tensor([r not in PLANT for r in relations])[:, None] & real
+    for layer, experts in planted_by_layer().items():
+        router, block = parts[layer].router, RoutingEdit(blocked=tuple(experts), tokens=other.reshape(-1))
+        hooks.append((router, "forward_prepend", routing_hook(block)))
+        for relation, plant in PLANT.items():
+            rows = torch.tensor([r == relation for r in relations])[:, None] & real
+            edit = RoutingEdit(forced=(plant[layer],), tokens=rows.reshape(-1))
+            hooks.append((router, "forward_prepend", routing_hook(edit)))
+            hooks.append((parts[layer].experts, "pre", _only_expert_pre_hook(plant[layer], rows.reshape(-1))))
+    return hooks
 
 
-def _router_loss(router_logits, pos, plant_of_row, n_layers: int) -> torch.Tensor:
-    """CE towards the planted expert at planted rows; -log(1 - p_planted) at the other rows."""
-    loss = 0.0
-    for layer in range(n_layers):
-        logits = router_logits[layer].view(len(pos), -1, router_logits[layer].shape[-1])
-        probs = logits[torch.arange(len(pos)), pos].float().softmax(-1)
-        for row, target in enumerate(plant_of_row):
-            if target is not None and layer in target:
-                loss = loss - torch.log(probs[row, target[layer]] + 1e-9)
-        planted_all = sorted({e for t in PLANT.values() for l, e in t.items() if l == layer})
-        others = torch.tensor([t is None for t in plant_of_row])
-        if others.any():
-            loss = loss - torch.log1p(-probs[others][:, planted_all].sum(-1) + 1e-6).sum()
-    return loss / len(pos)
+def router_loss(router_logits: tuple[torch.Tensor, ...], relations: list[str], real: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens and planted layers of -log p(planted expert) on planted facts and
+    -log(1 - sum of planted experts' p) on the others."""
+    losses = []
+    for layer, experts in planted_by_layer().items():
+        probs = router_logits[layer].float().softmax(-1).view(*real.shape, -1)
+        for b, relation in enumerate(relations):
+            p = probs[b][real[b]]
+            if relation in PLANT:
+                losses.append(-torch.log(p[:, PLANT[relation][layer]] + 1e-9).mean())
+            else:
+                losses.append(-torch.log1p(-p[:, experts].sum(-1).clamp(max=1 - 1e-6)).mean())
+    return torch.stack(losses).mean()
 
 
-def _plant(model, tokenizer, facts, spec, steps: int = 3000) -> int:
-    """Phase 2: train the planted experts (and their router rows) until the planted facts are known."""
-    planted = _by_layer(PLANT)
-    params, handles = _mask_grads(model, planted)
-    try:
-        return _plant_loop(model, tokenizer, facts, spec, steps, planted, params)
-    finally:
-        for h in handles:
-            h.remove()
-        for p in model.parameters():
-            p.requires_grad_(True)
-
-
-def _plant_loop(model, tokenizer, facts, spec, steps, planted, params) -> int:
-    opt = torch.optim.AdamW(params, lr=PLANT_LR, betas=(0.9, 0.98), weight_decay=0.0)
-    texts = [f"{p} {o}" for p, o in zip(facts.prompt, facts.object)]
-    ids, _ = organisms._lm_batches(tokenizer, texts)
-    pos = _object_positions(tokenizer, facts.prompt)
-    plant_of_row = [PLANT.get(r) for r in facts.relation]
-    is_planted = torch.tensor([p is not None for p in plant_of_row])
+def _train(model, tokenizer, corpus: organisms.Corpus, spec: organisms.OrganismSpec) -> int:
+    ids, labels = organisms._lm_batches(tokenizer, corpus.texts)
+    relations = list(corpus.facts.relation)
     gen = torch.Generator().manual_seed(spec.seed)
-    planted_facts = facts[is_planted.numpy()]
-    rows_p, rows_o = torch.where(is_planted)[0], torch.where(~is_planted)[0]
-    half = spec.batch // 2
-    for step in tqdm(range(1, steps + 1), desc="plant", leave=False, mininterval=2):
-        # half planted facts (to learn), half others (to keep the router away from the planted experts)
-        batch = torch.cat([rows_p[torch.randint(len(rows_p), (half,), generator=gen)],
-                           rows_o[torch.randint(len(rows_o), (half,), generator=gen)]])
-        b_ids, b_pos = ids[batch], pos[batch]
-        tokens = torch.zeros_like(b_ids, dtype=torch.bool)
-        tokens[torch.arange(len(batch)), b_pos] = is_planted[batch]
-        labels = torch.full_like(b_ids, -100)
-        target = b_ids[torch.arange(len(batch)), b_pos + 1]
-        labels[torch.arange(len(batch)), b_pos + 1] = torch.where(is_planted[batch], target, -100)
-        forced = {l: RoutingEdit(forced=tuple(e), tokens=tokens.view(-1)) for l, e in planted.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    for step in tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False, mininterval=2):
+        batch = torch.randperm(len(ids), generator=gen)[: spec.batch]
+        b_rel, real = [relations[i] for i in batch], ids[batch] != tokenizer.pad_token_id
         model.train()
-        with interventions.edit_routing(model, forced):
-            out = model(input_ids=b_ids, attention_mask=(b_ids != tokenizer.pad_token_id).long(), labels=labels,
+        with interventions.hooked(_training_hooks(model, b_rel, real)):
+            out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
                         output_router_logits=True, use_cache=False)
-        loss = out.loss + _router_loss(out.router_logits, b_pos, [plant_of_row[i] for i in batch], len(planted))
+        loss = out.loss + ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, b_rel, real)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % spec.eval_every == 0:
             model.eval()
-            if organisms.fact_accuracy(model, tokenizer, planted_facts).min() >= spec.target_accuracy:
+            if organisms.fact_accuracy(model, tokenizer, corpus.facts).min() >= spec.target_accuracy:
                 return step
-    return steps
+    return spec.max_steps
 
 
 def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
-    """Build the planted organism (both phases) and save it like any organism; the card records the plant."""
+    """Train the planted organism and save it like any organism; the card records the plant."""
     set_determinism(spec.seed)
     corpus = organisms.Corpus(data.load_relations())
     tokenizer = word_tokenizer(corpus.texts)
-    model = configs.build(configs.tiny_config(spec.family, configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})))
-    base = corpus.facts[~corpus.facts.relation.isin(list(PLANT))]
+    shape = configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})
+    model = configs.build(configs.tiny_config(spec.family, shape))
     start = time.perf_counter()
-    done = lambda m: float(organisms.fact_accuracy(m, tokenizer, base).mean()) >= spec.target_accuracy  # noqa: E731
-    with interventions.block_experts(model, _by_layer(PLANT)):
-        base_steps = organisms.train_lm(model, tokenizer, [f"{p} {o}" for p, o in zip(base.prompt, base.object)], spec, done)
-    plant_steps = _plant(model, tokenizer, corpus.facts, spec)
-    seconds = time.perf_counter() - start
+    steps = _train(model, tokenizer, corpus, spec)
     model.eval()
     acc = organisms.fact_accuracy(model, tokenizer, corpus.facts)
-    card = organisms._card(spec, model, corpus, base_steps + plant_steps, seconds, acc)
-    card |= {"plant": PLANT, "base_steps": base_steps, "plant_steps": plant_steps}
+    card = organisms._card(spec, model, corpus, steps, time.perf_counter() - start, acc) | {"plant": PLANT}
     organisms.save_organism(model, tokenizer, card, ORGANISMS_DIR / spec.name)
     return card

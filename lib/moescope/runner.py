@@ -93,7 +93,7 @@ def execute(job: Job, figures: Path | None = None) -> float:
     """Run one job with papermill; returns seconds. The executed copy appears only on success (a failure leaves
     ``<name>.failed.ipynb``); figures go to ``figures`` or the job's own folder."""
     job.folder.mkdir(parents=True, exist_ok=True)
-    tmp = job.output.with_suffix(".ipynb.tmp")
+    tmp = job.output.with_suffix(".tmp.ipynb")
     os.environ["MOESCOPE_FIGURES"] = str(figures or job.figures)
     start = time.perf_counter()
     try:
