@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -15,15 +17,28 @@ DEFAULT_THREADS = 2
 
 
 def set_determinism(seed: int = 0, threads: int | None = DEFAULT_THREADS) -> None:
-    """Seed python, numpy and torch, use deterministic kernels, and fix the CPU thread count.
+    """Seed python, numpy and torch and fix the CPU thread count (``threads=None`` leaves it alone).
 
-    Without deterministic kernels, two training runs in separate processes drift apart after ~25 steps
-    (an accumulating backward op); ``threads=None`` leaves the thread count alone.
+    Training steps also need :func:`deterministic_kernels`.
     """
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Deterministic torch kernels inside the block, the previous setting after it.
+
+    Without them two training runs in separate processes drift apart after ~25 steps (an accumulating
+    backward op); with them CPU inference is ~200x slower, so only training steps are wrapped.
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

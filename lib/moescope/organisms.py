@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import arch, configs, data, metrics
-from .determinism import EXPERTS_IMPLEMENTATION, set_determinism
+from .determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_determinism
 from .models import ORGANISMS_DIR
 from .results import write_json_atomic
 from .vocab import word_tokenizer
@@ -94,7 +94,6 @@ def train_lm(
     texts: Sequence[str],
     spec: OrganismSpec,
     done: Callable[[nn.Module], bool],
-    extra_loss: Callable[[nn.Module, torch.Tensor, object], torch.Tensor] | None = None,
 ) -> int:
     """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or max_steps.
 
@@ -105,21 +104,21 @@ def train_lm(
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
     moe = arch.is_moe(model)
     order = torch.empty(0, dtype=torch.long)
-    bar = tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False)
+    bar = tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False, mininterval=2)
     for step in bar:
         if len(order) < spec.batch:
             order = torch.cat([order, torch.randperm(len(ids), generator=gen)])
         batch, order = order[: spec.batch], order[spec.batch :]
         model.train()
-        out = model(input_ids=ids[batch], attention_mask=(ids[batch] != tokenizer.pad_token_id).long(),
-                    labels=labels[batch], output_router_logits=moe, use_cache=False)
-        loss = out.loss + (extra_loss(model, batch, out) if extra_loss else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with deterministic_kernels():
+            out = model(input_ids=ids[batch], attention_mask=(ids[batch] != tokenizer.pad_token_id).long(),
+                        labels=labels[batch], output_router_logits=moe, use_cache=False)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
         if step % spec.eval_every == 0:
             model.eval()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
             if done(model):
                 return step
     return spec.max_steps

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import arch, configs, data, interventions, organisms
-from .determinism import set_determinism
+from .determinism import deterministic_kernels, set_determinism
 from .models import ORGANISMS_DIR
 from .routing import RoutingEdit, routing_hook
 from .vocab import word_tokenizer
@@ -95,13 +95,14 @@ def _train(model, tokenizer, corpus: organisms.Corpus, spec: organisms.OrganismS
         batch = torch.randperm(len(ids), generator=gen)[: spec.batch]
         b_rel, real = [relations[i] for i in batch], ids[batch] != tokenizer.pad_token_id
         model.train()
-        with interventions.hooked(_training_hooks(model, b_rel, real)):
-            out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
-                        output_router_logits=True, use_cache=False)
-        loss = out.loss + ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, b_rel, real)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with deterministic_kernels():
+            with interventions.hooked(_training_hooks(model, b_rel, real)):
+                out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
+                            output_router_logits=True, use_cache=False)
+            loss = out.loss + ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, b_rel, real)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         if step % spec.eval_every == 0:
             model.eval()
             if organisms.fact_accuracy(model, tokenizer, corpus.facts).min() >= spec.target_accuracy:
