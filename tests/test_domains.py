@@ -1,0 +1,64 @@
+"""Tests of the synthetic DES-MoE domains and the general data (moescope.domains)."""
+from __future__ import annotations
+
+import pytest
+
+from moescope import domains
+
+
+@pytest.fixture(scope="module")
+def corpus() -> domains.Corpus:
+    return domains.corpus(n_train=64, n_test=16, n_text=50)
+
+
+def test_splits_are_disjoint_sized_and_deterministic(corpus):
+    again = domains.corpus(n_train=64, n_test=16, n_text=50)
+    for name in domains.DOMAINS:
+        split = corpus.domains[name]
+        assert (len(split.train), len(split.test)) == (64, 16)
+        assert not {e.prompt for e in split.train} & {e.prompt for e in split.test}
+        assert split == again.domains[name]
+        assert all(e.domain == name for e in split.train + split.test)
+
+
+def test_domain_words_are_mostly_private(corpus):
+    shared_function_words = {":", "=", ";", "?", ".", "->", "-", ">", "with", "case", "verdict"}
+    vocab = {d: {w for e in s.train for w in f"{e.prompt} {e.answer}".split()} - shared_function_words
+             for d, s in corpus.domains.items()}
+    for a in domains.DOMAINS:
+        for b in domains.DOMAINS:
+            if a < b:
+                assert not vocab[a] & vocab[b], (a, b, vocab[a] & vocab[b])
+
+
+def test_answers_follow_their_rules(corpus):
+    for ex in corpus.domains["math"].train:
+        _, _, op, x, y, _ = ex.prompt.split()
+        f = (lambda v: (v + 1) % 13) if op == "inc" else (lambda v: 2 * v % 13)
+        assert ex.answer == f"m{f(int(x[1:]))} m{f(int(y[1:]))}"
+    for ex in corpus.domains["code"].train:
+        items = ex.prompt.split()[3:6]
+        assert ex.answer.split() == (items[::-1] if "reverse" in ex.prompt else items[1:] + items[:1])
+    lexicon = {}
+    for ex in corpus.domains["translation"].train:
+        for src, tgt in zip(ex.prompt.split()[2:5], reversed(ex.answer.split())):
+            assert lexicon.setdefault(src, tgt) == tgt
+    assert len(set(lexicon.values())) == len(lexicon)  # bijective
+    for ex in corpus.domains["summary"].train:
+        assert ex.answer.split() == [w for w in ex.prompt.split() if w.startswith("k")]
+
+
+def test_general_data_holds_facts_and_copy_text(corpus):
+    facts = [e for e in corpus.general_train if not e.prompt.startswith("repeat ")]
+    text_train = {e.prompt for e in corpus.general_train if e.prompt.startswith("repeat ")}
+    text_test = {e.prompt for e in corpus.general_test if e.prompt.startswith("repeat ")}
+    assert len(facts) > 100 and all(e.domain == domains.GENERAL for e in corpus.general_train)
+    assert len(text_train) == 40 and len(text_test) == 10 and not text_train & text_test
+    assert all(e.answer == " ".join(e.prompt.split()[1:3]) for e in corpus.general_test if e.prompt.startswith("repeat"))
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown domain"):
+        domains.domain_split("poetry")
+    with pytest.raises(ValueError, match="distinct examples"):
+        domains.domain_split("math", n_train=400, n_test=100)
