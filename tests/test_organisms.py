@@ -38,3 +38,8 @@ def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     assert shipped.keys() == fresh.keys()
     assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
     assert card["training_steps"] == organisms.load_card(name)["training_steps"]
+
+
+def test_organisms_are_distinct_models():
+    weights = {n: (models.ORGANISMS_DIR / n / "model.safetensors").read_bytes() for n in organisms.ZOO}
+    assert len(set(weights.values())) == len(weights)

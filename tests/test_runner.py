@@ -57,3 +57,13 @@ def test_failed_notebook_leaves_no_output(notebook, tmp_path):
 def test_unknown_notebook_selection_is_an_error():
     with pytest.raises(FileNotFoundError, match="no notebook"):
         runner.find_notebooks(["99_nothing"])
+
+
+def test_architecture_error_marks_the_job_not_applicable(notebook, tmp_path):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from moescope import arch\nif model == 'dense':\n    raise arch.ArchitectureError('needs a Mixture-of-Experts model')"))
+    nbformat.write(nb, notebook)
+    jobs = runner.plan([notebook], ["dense", "moe"], runs_dir=tmp_path)
+    status = runner.run_jobs(jobs)
+    assert status[0]["status"].startswith("not applicable: needs a Mixture-of-Experts") and status[1]["status"] == "ran"

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from transformers.utils import logging as hf_logging
+
 from .configs import MOE_FAMILIES
 from .determinism import EXPERTS_IMPLEMENTATION
 
@@ -89,6 +91,7 @@ def load_model(
     model goes to ``device``.
     """
     target, source = resolve(name)
+    hf_logging.disable_progress_bar()  # per-shard loading bars are noise in notebooks; the kit shows its own
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs = dict(dtype=dtype or default_dtype(device), attn_implementation="eager")

@@ -52,7 +52,7 @@ ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
     OrganismSpec("llama-like", "llama", configs.Shape(hidden=64, layers=4, expert_width=256), "huggyllama/llama-7b"),
     OrganismSpec("qwen2-like", "qwen2", configs.Shape(hidden=64, layers=4, expert_width=256), "Qwen/Qwen1.5-7B"),
     OrganismSpec("mistral-like", "mistral", configs.Shape(hidden=64, layers=4, expert_width=256),
-                 "mistralai/Mistral-7B-v0.1"),
+                 "mistralai/Mistral-7B-v0.1", seed=1),  # same shapes as llama-like: a seed of its own
 )}
 MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
 DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")

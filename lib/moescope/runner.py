@@ -112,7 +112,11 @@ def execute(job: Job, figures: Path | None = None) -> float:
 
 
 def run_jobs(jobs: list[Job], force: bool = False, figures: Path | None = None) -> list[dict]:
-    """Execute the jobs not already done (all with ``force``), with a progress bar; returns a status per job."""
+    """Execute the jobs not already done (all with ``force``), with a progress bar; returns a status per job.
+
+    A notebook that stops on an ArchitectureError (an MoE-only analysis given a dense model, or a shared-expert
+    analysis given a model without one) is recorded as not applicable; any other error stops the batch.
+    """
     status = []
     bar = tqdm(jobs, desc="notebooks")
     for job in bar:
@@ -121,7 +125,14 @@ def run_jobs(jobs: list[Job], force: bool = False, figures: Path | None = None) 
             status.append({"notebook": job.notebook.name, "model": job.label, "status": "cached",
                            "seconds": json.loads(job.stamp.read_text())["seconds"]})
             continue
-        seconds = execute(job, figures)
+        try:
+            seconds = execute(job, figures)
+        except papermill.PapermillExecutionError as err:
+            if err.ename != "ArchitectureError":
+                raise
+            status.append({"notebook": job.notebook.name, "model": job.label,
+                           "status": f"not applicable: {err.evalue}", "seconds": None})
+            continue
         status.append({"notebook": job.notebook.name, "model": job.label, "status": "ran", "seconds": round(seconds, 1)})
     return status
 

@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 
 from .. import configs, domains
-from ..determinism import EXPERTS_IMPLEMENTATION, set_determinism
+from ..determinism import set_determinism
+from ..models import load_model, load_tokenizer
 from ..results import write_json_atomic
 from ..vocab import word_tokenizer
 from .batches import Encoded
@@ -82,9 +83,7 @@ class Organism:
 
     def load(self) -> nn.Module:
         """A fresh copy of the base model, on the setup's device and dtype."""
-        model = AutoModelForCausalLM.from_pretrained(self.path, attn_implementation="eager",
-                                                     experts_implementation=EXPERTS_IMPLEMENTATION)
-        return model.to(device=self.setup.device, dtype=getattr(torch, self.setup.dtype))
+        return load_model(str(self.path), device=self.setup.device, dtype=self.setup.dtype).model
 
     def evaluator(self, names) -> Evaluator:
         return Evaluator(self.tokenizer, [e for d in names for e in self.corpus.domains[d].test],
@@ -110,7 +109,7 @@ def base_organism(setup: Setup, out_dir: Path | str) -> Organism:
         tok.save_pretrained(path)
         write_json_atomic(scores_file, {"scores": res.final, "train_seconds": res.train_seconds})
     scores = json.loads(scores_file.read_text())["scores"]
-    return Organism(path, AutoTokenizer.from_pretrained(path), corpus, scores, setup)
+    return Organism(path, load_tokenizer(str(path)), corpus, scores, setup)
 
 
 @dataclass(frozen=True)
