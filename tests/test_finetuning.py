@@ -10,7 +10,7 @@ from moescope.finetuning import desmoe, esft, masks
 from moescope.finetuning.batches import Encoded, domain_batches, encode
 from moescope.finetuning.evaluate import exact_match, forgetting_reduction
 from moescope.finetuning.experiments import Run, Setup, base_organism, desmoe_step_benchmark, run
-from moescope.finetuning.methods import ESFT, DESMoE, FrozenRouterFT, FullFT, Method, StepPlan
+from moescope.finetuning.methods import ESFT, DESMoE, FrozenRouterFT, Method, StepPlan
 from moescope.finetuning.train import TrainConfig, train
 from moescope.interventions import hooked
 from moescope.vocab import word_tokenizer

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from conftest import tiny_model
 from moescope import arch, metrics, models
 from moescope.vocab import word_tokenizer
 

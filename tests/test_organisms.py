@@ -1,6 +1,4 @@
 """Shipped organisms: accuracy, cards, and bit-exact re-training on this machine class."""
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import time
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -120,11 +121,9 @@ def real_model(model_id: str, device: str = "cuda", dtype: torch.dtype = torch.b
     return model, synthetic_tokenizer(config.vocab_size)
 
 
-def suite(device: str = "cpu", batch_size: int = 128) -> "pd.DataFrame":
+def suite(device: str = "cpu", batch_size: int = 128) -> pd.DataFrame:
     """CPU: the MoE organisms on every fact (template 0). GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B configurations
     with random bf16 weights on 128 random 16-token prompts."""
-    import pandas as pd
-
     from . import data, models, organisms
 
     rows = []
@@ -142,7 +141,7 @@ def suite(device: str = "cpu", batch_size: int = 128) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-def plot(table: "pd.DataFrame"):
+def plot(table: pd.DataFrame):
     """Bar chart of ms per prompt: per-neuron loop vs batched (log scale)."""
     import matplotlib.pyplot as plt
 

@@ -26,7 +26,7 @@ from ..results import write_json_atomic
 from ..vocab import word_tokenizer
 from .batches import Encoded
 from .evaluate import Evaluator
-from .methods import DESMoE, ESFT, FrozenRouterFT, FullFT, Method
+from .methods import DESMoE, ESFT, FrozenRouterFT, FullFT
 from .train import TrainConfig, train
 
 CACHE_VERSION = 1
