@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
 from transformers.utils import logging as hf_logging
 
 from .configs import MOE_FAMILIES

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import arch, configs, data, metrics
 from .determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_determinism
+from .interventions import hooked
 from .models import ORGANISMS_DIR
 from .results import write_json_atomic
 from .vocab import word_tokenizer
@@ -94,10 +95,14 @@ def train_lm(
     texts: Sequence[str],
     spec: OrganismSpec,
     done: Callable[[nn.Module], bool],
+    step_hooks: Callable[[torch.Tensor, torch.Tensor], list] | None = None,
+    extra_loss: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> int:
     """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or max_steps.
 
-    ``done`` is checked every ``spec.eval_every`` steps; returns the number of steps taken.
+    ``done`` is checked every ``spec.eval_every`` steps; returns the number of steps taken. For a batch of text
+    indices ``rows`` with non-padding mask ``real``, ``step_hooks(rows, real)`` gives hooks active during its
+    forward pass and ``extra_loss(output, rows, real)`` is added to the loss.
     """
     ids, labels = _lm_batches(tokenizer, texts)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -109,16 +114,19 @@ def train_lm(
         if len(order) < spec.batch:
             order = torch.cat([order, torch.randperm(len(ids), generator=gen)])
         batch, order = order[: spec.batch], order[spec.batch :]
+        real = ids[batch] != tokenizer.pad_token_id
         model.train()
         with deterministic_kernels():
-            out = model(input_ids=ids[batch], attention_mask=(ids[batch] != tokenizer.pad_token_id).long(),
-                        labels=labels[batch], output_router_logits=moe, use_cache=False)
+            with hooked(step_hooks(batch, real) if step_hooks else []):
+                out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
+                            output_router_logits=moe, use_cache=False)
+            loss = out.loss + (extra_loss(out, batch, real) if extra_loss else 0.0)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             opt.step()
         if step % spec.eval_every == 0:
             model.eval()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if done(model):
                 return step
     return spec.max_steps

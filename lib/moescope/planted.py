@@ -19,10 +19,9 @@ from dataclasses import asdict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import arch, configs, data, interventions, organisms
-from .determinism import deterministic_kernels, set_determinism
+from . import arch, configs, data, organisms
+from .determinism import set_determinism
 from .models import ORGANISMS_DIR
 from .routing import RoutingEdit, routing_hook
 from .vocab import word_tokenizer
@@ -86,28 +85,9 @@ def router_loss(router_logits: tuple[torch.Tensor, ...], relations: list[str], r
     return torch.stack(losses).mean()
 
 
-def _train(model, tokenizer, corpus: organisms.Corpus, spec: organisms.OrganismSpec) -> int:
-    ids, labels = organisms._lm_batches(tokenizer, corpus.texts)
-    relations = list(corpus.facts.relation)
-    gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    for step in tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False, mininterval=2):
-        batch = torch.randperm(len(ids), generator=gen)[: spec.batch]
-        b_rel, real = [relations[i] for i in batch], ids[batch] != tokenizer.pad_token_id
-        model.train()
-        with deterministic_kernels():
-            with interventions.hooked(_training_hooks(model, b_rel, real)):
-                out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
-                            output_router_logits=True, use_cache=False)
-            loss = out.loss + ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, b_rel, real)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if step % spec.eval_every == 0:
-            model.eval()
-            if organisms.fact_accuracy(model, tokenizer, corpus.facts).min() >= spec.target_accuracy:
-                return step
-    return spec.max_steps
+def _done(tokenizer, facts, target: float):
+    """Stop when every relation, planted or not, is known without any hook."""
+    return lambda model: organisms.fact_accuracy(model, tokenizer, facts).min() >= target
 
 
 def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
@@ -118,7 +98,13 @@ def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
     shape = configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})
     model = configs.build(configs.tiny_config(spec.family, shape))
     start = time.perf_counter()
-    steps = _train(model, tokenizer, corpus, spec)
+    relations = list(corpus.facts.relation)
+    rows_relations = lambda rows: [relations[i] for i in rows]  # noqa: E731
+    steps = organisms.train_lm(
+        model, tokenizer, corpus.texts, spec, _done(tokenizer, corpus.facts, spec.target_accuracy),
+        step_hooks=lambda rows, real: _training_hooks(model, rows_relations(rows), real),
+        extra_loss=lambda out, rows, real: ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, rows_relations(rows), real),
+    )
     model.eval()
     acc = organisms.fact_accuracy(model, tokenizer, corpus.facts)
     card = organisms._card(spec, model, corpus, steps, time.perf_counter() - start, acc) | {"plant": PLANT}
