@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export OMP_NUM_THREADS ?= 2
+# CPU numerics independent of the instruction set (see lib/moescope/numerics.py); set before any torch process.
+NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+export $(NUMERICS)
 export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -10,11 +12,12 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: reproduce test setup
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (moescope)" > /dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (moescope)" \
+		$(foreach kv,$(NUMERICS),--env $(subst =, ,$(kv))) > /dev/null
 	touch $@
 
 reproduce: setup  ## train/load the organisms, run every notebook, write runs/report.md

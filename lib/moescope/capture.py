@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import arch
-from .interventions import hooked
+from .hooks import hooked
 from .routing import family
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-DATA_DIR: Path = Path(
-    os.environ.get("MOESCOPE_DATA") or Path(__file__).resolve().parents[2] / "data" / "relations"
-)
+from . import paths
+
+DATA_DIR: Path = paths.RELATIONS
 
 PAPER_TASKS: dict[str, str] = {
     "name_birthplace": "name_birthplace",

@@ -5,33 +5,15 @@ also when the body raises, so the model is restored exactly (no weight or attrib
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from . import arch
+from .hooks import hooked
 from .routing import RoutingEdit, routing_hook
-
-Hook = tuple[nn.Module, str, Callable]
-
-
-@contextmanager
-def hooked(hooks: Iterable[Hook]) -> Iterator[None]:
-    """Register (module, kind, fn) hooks, kind in {'forward', 'pre', 'forward_prepend'}; always remove them."""
-    handles = []
-    try:
-        for module, kind, fn in hooks:
-            if kind == "pre":
-                handles.append(module.register_forward_pre_hook(fn))
-            else:
-                handles.append(module.register_forward_hook(fn, prepend=kind == "forward_prepend"))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
     arch.require_moe(model, "this intervention")

@@ -1,13 +1,8 @@
-"""Knowledge-prediction metrics: the rank of the gold object's first token, HIT@k and MRR.
-
-The target token is found the same way for every tokenizer: tokenise ``prompt + " " + object`` and take the
-first token after the prompt's tokens. This respects each tokenizer's leading-space convention (GPT-2's "Ġ",
-SentencePiece's "▁", or none for the kit's word-level tokenizers).
-"""
+"""Knowledge-prediction metrics: the rank of the gold object's first token, HIT@k and MRR (prompts are encoded
+by :mod:`moescope.prompts`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -15,61 +10,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .capture import at_least_fp32, last_positions
-
-
-class PromptError(ValueError):
-    """A prompt or object cannot be scored (tokenises to nothing, or exceeds the context)."""
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Right-padded prompts and each prompt's gold first token."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    target_ids: torch.Tensor
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
-
-
-def object_first_token(tokenizer: PreTrainedTokenizerBase, prompt: str, obj: str) -> int:
-    """Id of the first token of `` obj`` as it continues ``prompt``."""
-    if not obj.strip():
-        raise PromptError(f"object {obj!r} of prompt {prompt!r} is empty")
-    head, full = _ids(tokenizer, prompt), _ids(tokenizer, f"{prompt} {obj.strip()}")
-    if full[: len(head)] != head or len(full) == len(head):
-        rest = _ids(tokenizer, f" {obj.strip()}")[len(_ids(tokenizer, "")) :]
-        if not rest:
-            raise PromptError(f"object {obj!r} tokenizes to nothing")
-        return rest[0]
-    return full[len(head)]
-
-
-def encode(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], objects: Sequence[str] | None, max_length: int
-) -> Encoded:
-    """Tokenise prompts (right padding) and their objects' first tokens; errors name the offending prompt."""
-    rows = []
-    for prompt in prompts:
-        ids = _ids(tokenizer, prompt)
-        if not ids:
-            raise PromptError(f"prompt {prompt!r} tokenizes to nothing")
-        if len(ids) > max_length:
-            raise PromptError(f"prompt {prompt!r} has {len(ids)} tokens, more than the model's context ({max_length})")
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    targets = [object_first_token(tokenizer, p, o) for p, o in zip(prompts, objects)] if objects else [-1] * len(rows)
-    return Encoded(input_ids, mask, torch.tensor(targets))
-
-
-def context_length(model: nn.Module) -> int:
-    """The model's maximum context (max_position_embeddings)."""
-    return int(getattr(model.config, "max_position_embeddings", 10**9))
+from .prompts import Encoded, context_length, encode
 
 
 def ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ from ``organisms/<name>``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from . import paths
 from .configs import MOE_FAMILIES
 from .determinism import EXPERTS_IMPLEMENTATION
 
-ORGANISMS_DIR = Path(os.environ.get("MOESCOPE_ORGANISMS", Path(__file__).resolve().parents[2] / "organisms"))
 
 
 class ModelNotFoundError(LookupError):
@@ -41,16 +40,16 @@ class LoadedModel:
 
 
 def available_organisms() -> list[str]:
-    """Names of the organisms saved under ORGANISMS_DIR."""
-    if not ORGANISMS_DIR.is_dir():
+    """Names of the organisms saved under paths.ORGANISMS."""
+    if not paths.ORGANISMS.is_dir():
         return []
-    return sorted(p.name for p in ORGANISMS_DIR.iterdir() if (p / "config.json").is_file())
+    return sorted(p.name for p in paths.ORGANISMS.iterdir() if (p / "config.json").is_file())
 
 
 def resolve(name: str) -> tuple[str, str]:
     """(path or id to load, source kind) for ``name``: 'organism', 'local' or 'hub'."""
-    if "/" not in name and (ORGANISMS_DIR / name / "config.json").is_file():
-        return str(ORGANISMS_DIR / name), "organism"
+    if "/" not in name and (paths.ORGANISMS / name / "config.json").is_file():
+        return str(paths.ORGANISMS / name), "organism"
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

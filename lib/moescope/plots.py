@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 
-FIGURES_DIR = Path(os.environ.get("MOESCOPE_FIGURES", Path(__file__).resolve().parents[2] / "figures"))
+from . import paths  # noqa: E402
+
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
     "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False,
@@ -25,8 +26,8 @@ def use_style() -> None:
 
 
 def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: FIGURES_DIR); returns the paths."""
-    folder = Path(folder) if folder is not None else FIGURES_DIR
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES); returns the paths."""
+    folder = Path(folder) if folder is not None else paths.FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
     for path in paths:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..domains import Example
+from .domains import Example
 
 IGNORE = -100
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import arch
-from ..interventions import hooked
+from ..hooks import hooked
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..domains import GENERAL, Example
+from .domains import GENERAL, Example
 from .batches import IGNORE, Encoded, encode
 
 

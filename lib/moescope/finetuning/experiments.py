@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
-from .. import configs, domains
+from .. import configs
+from . import domains
 from ..determinism import set_determinism
 from ..models import load_model, load_tokenizer
 from ..results import write_json_atomic

@@ -15,8 +15,8 @@ from torch import nn
 
 from .. import arch
 from ..determinism import deterministic_kernels
-from ..domains import Example
-from ..interventions import hooked
+from .domains import Example
+from ..hooks import hooked
 from .batches import Encoded, domain_batches, encode
 from .masks import PARTS, ExpertFreezer, parameter_parts, set_trainable
 from .methods import Method

@@ -1,7 +1,7 @@
 """requirements.txt and environment.yml carry the same pins; torch is pinned."""
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pins(lines):

@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from . import arch, data, metrics, paper, summaries
-from .attribution import Attribution, attribute
-from .capture import Trace, capture, expert_coefficients, expert_outputs
-from .interventions import block_experts, drop_routed_experts, drop_shared_expert, force_experts, inhibit_heads
-from .interventions import set_top_k, zero_experts
-from .models import LoadedModel, load_model
-from .routing import family
+from .. import arch, data, metrics
+from ..capture import Trace, capture, expert_coefficients, expert_outputs
+from ..interventions import block_experts, drop_routed_experts, drop_shared_expert, force_experts, inhibit_heads
+from ..interventions import set_top_k, zero_experts
+from ..models import LoadedModel, load_model
+from ..routing import family
+from . import paper, summaries
+from .lpi import Attribution, attribute
 
 PAPER_TASK_OF = {stem: task for task, stem in data.PAPER_TASKS.items()}
 DEFAULT_RELATIONS = tuple(data.PAPER_TASKS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .attribution import Attribution
+from .lpi import Attribution
 
 STAGES = ("early", "middle", "late")
 

@@ -20,11 +20,11 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from . import arch, configs, data, organisms
-from .determinism import set_determinism
-from .models import ORGANISMS_DIR
-from .routing import RoutingEdit, routing_hook
-from .vocab import word_tokenizer
+from .. import arch, configs, data, paths
+from ..determinism import set_determinism
+from ..routing import RoutingEdit, routing_hook
+from ..vocab import word_tokenizer
+from . import training as organisms
 
 NAME = "planted-olmoe"
 SPEC = organisms.OrganismSpec(NAME, "olmoe", configs.Shape(hidden=64, layers=2, experts=8, top_k=2, expert_width=64),
@@ -108,5 +108,5 @@ def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
     model.eval()
     acc = organisms.fact_accuracy(model, tokenizer, corpus.facts)
     card = organisms._card(spec, model, corpus, steps, time.perf_counter() - start, acc) | {"plant": PLANT}
-    organisms.save_organism(model, tokenizer, card, ORGANISMS_DIR / spec.name)
+    organisms.save_organism(model, tokenizer, card, paths.ORGANISMS / spec.name)
     return card

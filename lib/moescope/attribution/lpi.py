@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import arch, data, metrics
-from .capture import LayerCapture, Trace, capture
+from .. import arch, data, metrics
+from ..prompts import context_length, encode
+from ..capture import LayerCapture, Trace, capture
 
 TARGETS = ("gold", "top1")
 
@@ -213,7 +214,7 @@ def attribute(
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     if target == "gold" and objects is None:
         raise ValueError("target='gold' needs the objects; pass objects or use target='top1'")
-    enc = metrics.encode(tokenizer, prompts, objects, metrics.context_length(model))
+    enc = encode(tokenizer, prompts, objects, context_length(model))
     readout, parts = Readout(model, dtype), arch.layers(model)
     device = next(model.parameters()).device
     samples, layers, heads, experts, neuron_frames = [], [], [], [], []

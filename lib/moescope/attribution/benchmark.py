@@ -15,9 +15,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import arch, attribution, configs, metrics
-from .capture import capture
-from .vocab import word_tokenizer
+from .. import arch, configs
+from ..prompts import context_length, encode
+from ..capture import capture
+from ..vocab import word_tokenizer
+from . import lpi as attribution
 
 
 def _sync(device: torch.device) -> None:
@@ -61,7 +63,7 @@ def neurons_per_prompt(model: nn.Module) -> int:
 @torch.no_grad()
 def loop_seconds_per_neuron(model: nn.Module, tokenizer, prompt: str, n_neurons: int = 200) -> float:
     """Time of the reference per-neuron loop (one unembedding + log-softmax per neuron), per neuron."""
-    enc = metrics.encode(tokenizer, [prompt], None, metrics.context_length(model))
+    enc = encode(tokenizer, [prompt], None, context_length(model))
     device = next(model.parameters()).device
     tr = capture(model, enc.input_ids.to(device), enc.attention_mask.to(device))
     readout = attribution.Readout(model)
@@ -124,12 +126,13 @@ def real_model(model_id: str, device: str = "cuda", dtype: torch.dtype = torch.b
 def suite(device: str = "cpu", batch_size: int = 128) -> pd.DataFrame:
     """CPU: the MoE organisms on every fact (template 0). GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B configurations
     with random bf16 weights on 128 random 16-token prompts."""
-    from . import data, models, organisms
+    from .. import data, models
+    from ..organisms import zoo
 
     rows = []
     if device == "cpu":
         prompts = list(data.facts_frame(data.load_relations()).prompt)
-        for name in organisms.MOE_ORGANISMS:
+        for name in zoo.MOE_ORGANISMS:
             lm = models.load_model(name)
             rows.append(run(lm.model, lm.tokenizer, prompts, batch_size, name))
     else:
@@ -145,7 +148,7 @@ def plot(table: pd.DataFrame):
     """Bar chart of ms per prompt: per-neuron loop vs batched (log scale)."""
     import matplotlib.pyplot as plt
 
-    from .plots import PALETTE
+    from ..plots import PALETTE
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     x = range(len(table))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import data
+from .. import data
 
 DOMAINS = ("math", "code", "intent", "summary", "law", "translation")
 GENERAL = "general"

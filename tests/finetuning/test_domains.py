@@ -1,9 +1,9 @@
-"""Tests of the synthetic DES-MoE domains and the general data (moescope.domains)."""
+"""Tests of the synthetic DES-MoE domains and the general data (moescope.finetuning.domains)."""
 from __future__ import annotations
 
 import pytest
 
-from moescope import domains
+from moescope.finetuning import domains
 
 
 @pytest.fixture(scope="module")

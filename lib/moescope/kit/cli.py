@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import organisms
-from .models import available_organisms
-from .results import write_csv_atomic
+from .. import paths
+from ..models import available_organisms
+from ..organisms import zoo
+from ..results import write_csv_atomic
 
 
 def _attribute(args: argparse.Namespace) -> int:
-    from . import attribution, data, models
+    from .. import attribution, data, models
 
     lm = models.load_model(args.model, device=args.device, dtype=args.dtype)
     common = dict(neurons=not args.no_neurons, top_neurons=args.top_neurons, batch_size=args.batch_size)
@@ -37,7 +38,7 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _organisms(args: argparse.Namespace) -> int:
-    table = organisms.ensure_zoo(args.names or None, retrain=args.retrain)
+    table = zoo.ensure_zoo(args.names or None, retrain=args.retrain)
     print(table.to_string(index=False))
     return 0
 
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
 
     jobs = runner.plan(runner.find_notebooks(args.notebooks), args.models, args.run, _parse_overrides(args.param),
                        Path(args.out))
-    shared_figures = runner.ROOT / "figures" if not args.models else None  # per-model runs keep their own
+    shared_figures = paths.FIGURES if not args.models else None  # per-model runs keep their own
     status = runner.run_jobs(jobs, force=args.force, figures=shared_figures)
     path = runner.report(jobs, Path(args.out) / args.run / "report.md")
     print(pd.DataFrame(status).to_string(index=False))
@@ -70,24 +71,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from . import planted, runner
+    from ..organisms import planted
+    from . import runner
 
     start = time.perf_counter()
     print("== model organisms (trained on first use, then loaded) ==")
-    print(organisms.ensure_zoo().to_string(index=False))
+    print(zoo.ensure_zoo().to_string(index=False))
     if planted.NAME not in available_organisms():
         planted.train_planted()
     jobs = runner.plan(runner.find_notebooks(), None)
-    status = runner.run_jobs(jobs, force=args.force, figures=runner.ROOT / "figures")
-    path = runner.report(jobs, runner.RUNS_DIR / runner.DEFAULT_RUN / "report.md")
+    status = runner.run_jobs(jobs, force=args.force, figures=paths.FIGURES)
+    path = runner.report(jobs, paths.RUNS / runner.DEFAULT_RUN / "report.md")
     print(pd.DataFrame(status).to_string(index=False))
     print(f"reproduction finished in {time.perf_counter() - start:.0f} s; report: {path}")
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from . import benchmark, plots
-    from .results import write_json_atomic
+    from .. import plots
+    from ..attribution import benchmark
+    from ..results import write_json_atomic
 
     table = benchmark.suite(args.device, args.batch_size)
     out = Path(args.out)
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moescope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("organisms", help="train (if missing) and list the model organisms")
-    p.add_argument("--names", nargs="*", choices=sorted(organisms.ZOO), help="organisms (default: all)")
+    p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO), help="organisms (default: all)")
     p.add_argument("--retrain", action="store_true", help="train again even if saved")
     p.set_defaults(func=_organisms)
     p = sub.add_parser("attribute", help="LPI attribution of one prompt or a relation, written as CSV files")
@@ -123,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="time neuron-level attribution (batched vs per-neuron loop)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    p.add_argument("--out", default=str(paths.BENCHMARKS))
     p.set_defaults(func=_benchmark)
     p = sub.add_parser("run", help="execute notebooks over models with papermill; resumable; writes a report")
     p.add_argument("--notebooks", nargs="*", help="notebook name prefixes, e.g. 10 40 (default: all)")
     p.add_argument("--models", nargs="*", help="organism names, local paths or hub ids (default: each notebook's own)")
     p.add_argument("--run", default="default", help="name of this batch (folder under --out)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "runs"))
+    p.add_argument("--out", default=str(paths.RUNS))
     p.add_argument("-p", "--param", action="append", default=[], help="notebook parameter key=value (repeatable)")
     p.add_argument("--force", action="store_true", help="re-run notebooks already done")
     p.set_defaults(func=_run)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from moescope import arch, metrics, models
+from moescope import arch, metrics, models, paths, prompts
 from moescope.vocab import word_tokenizer
 
 
@@ -24,7 +24,7 @@ def test_hub_id_offline_gives_clear_error(monkeypatch):
 
 def test_organism_and_local_path_load_the_same_weights():
     by_name = models.load_model("olmoe-like")
-    by_path = models.load_model(str(models.ORGANISMS_DIR / "olmoe-like"))
+    by_path = models.load_model(str(paths.ORGANISMS / "olmoe-like"))
     assert by_name.source == "organism" and by_path.source == "local"
     for a, b in zip(by_name.model.parameters(), by_path.model.parameters()):
         assert torch.equal(a, b)
@@ -38,22 +38,22 @@ def test_dense_model_is_rejected_by_moe_analysis():
 
 def test_object_first_token_respects_leading_space_conventions():
     tok = word_tokenizer(["The capital of Canada is Ottawa", "New Delhi"])
-    assert tok.convert_ids_to_tokens(metrics.object_first_token(tok, "The capital of Canada is", "New Delhi")) == "New"
-    with pytest.raises(metrics.PromptError, match="empty"):
-        metrics.object_first_token(tok, "The capital of Canada is", "  ")
+    assert tok.convert_ids_to_tokens(prompts.object_first_token(tok, "The capital of Canada is", "New Delhi")) == "New"
+    with pytest.raises(prompts.PromptError, match="empty"):
+        prompts.object_first_token(tok, "The capital of Canada is", "  ")
 
 
 def test_object_that_tokenizes_to_nothing_is_an_error():
     tok = word_tokenizer(["a b"])
     tok.backend_tokenizer.pre_tokenizer = None
-    with pytest.raises(metrics.PromptError):
-        metrics.object_first_token(tok, "a", "")
+    with pytest.raises(prompts.PromptError):
+        prompts.object_first_token(tok, "a", "")
 
 
 def test_prompt_longer_than_context_is_an_error():
     tok = word_tokenizer(["a b c d e"])
-    with pytest.raises(metrics.PromptError, match="more than the model's context"):
-        metrics.encode(tok, ["a b c d e"], ["a"], max_length=3)
+    with pytest.raises(prompts.PromptError, match="more than the model's context"):
+        prompts.encode(tok, ["a b c d e"], ["a"], max_length=3)
 
 
 def test_ranks_hit_and_mrr():

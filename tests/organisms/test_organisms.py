@@ -3,41 +3,42 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moescope import data, models, organisms
+from moescope import data, models, paths
+from moescope.organisms import training, zoo
 
 
-@pytest.mark.parametrize("name", list(organisms.ZOO))
+@pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_organism_card_and_accuracy(name):
-    card = organisms.load_card(name)
+    card = zoo.load_card(name)
     lm = models.load_model(name)
-    corpus = organisms.Corpus(data.load_relations())
+    corpus = training.Corpus(data.load_relations())
     assert card["data_hash"] == data.data_hash(corpus.relations), "organism is stale: data changed since training"
-    acc = organisms.fact_accuracy(lm.model, lm.tokenizer, corpus.facts)
+    acc = training.fact_accuracy(lm.model, lm.tokenizer, corpus.facts)
     assert acc.mean() >= 0.95
     assert acc.round(4).to_dict() == card["accuracy_per_relation"]
     assert card["architecture"]["params"] == sum(p.numel() for p in lm.model.parameters())
 
 
 def test_organism_shapes_mirror_the_papers_models():
-    layers = {n: organisms.load_card(n)["architecture"] for n in organisms.ZOO}
+    layers = {n: zoo.load_card(n)["architecture"] for n in zoo.ZOO}
     assert layers["olmoe-like"]["layers"] < layers["qwen-moe-like"]["layers"] < layers["mixtral-like"]["layers"]
     assert layers["qwen-moe-like"]["shared_expert"] and not layers["olmoe-like"]["shared_expert"]
     assert layers["olmoe-like"]["experts"] > layers["mixtral-like"]["experts"] == 8
     assert layers["mixtral-like"]["top_k"] == 2
-    assert all(layers[n]["moe_layers"] == 0 for n in organisms.DENSE_ORGANISMS)
+    assert all(layers[n]["moe_layers"] == 0 for n in zoo.DENSE_ORGANISMS)
 
 
 @pytest.mark.slow
 def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     name = "olmoe-like"
-    card = organisms.train_organism(organisms.ZOO[name], out_dir=tmp_path / name)
-    shipped = load_file(models.ORGANISMS_DIR / name / "model.safetensors")
+    card = training.train_organism(zoo.ZOO[name], out_dir=tmp_path / name)
+    shipped = load_file(paths.ORGANISMS / name / "model.safetensors")
     fresh = load_file(tmp_path / name / "model.safetensors")
     assert shipped.keys() == fresh.keys()
     assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
-    assert card["training_steps"] == organisms.load_card(name)["training_steps"]
+    assert card["training_steps"] == zoo.load_card(name)["training_steps"]
 
 
 def test_organisms_are_distinct_models():
-    weights = {n: (models.ORGANISMS_DIR / n / "model.safetensors").read_bytes() for n in organisms.ZOO}
+    weights = {n: (paths.ORGANISMS / n / "model.safetensors").read_bytes() for n in zoo.ZOO}
     assert len(set(weights.values())) == len(weights)

@@ -1,10 +1,7 @@
-"""Model organisms: small models of each paper family, trained by the kit on the relation facts.
+"""Training an organism: the corpus, the training loop (with two extension points), its card, saving it.
 
-Each organism memorises every fact under every prompt template (gold object = top-1 for >= 95% of training
-prompts), is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>``, and
+Each organism is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>`` and
 carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation.
-Relative shapes follow the paper's models: Qwen1.5-MoE (24 layers, shared expert) is deeper than OLMoE
-(16 layers, many experts, no shared expert); Mixtral and the dense models are deepest (32 layers).
 """
 from __future__ import annotations
 
@@ -19,12 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import arch, configs, data, metrics
-from .determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_determinism
-from .interventions import hooked
-from .models import ORGANISMS_DIR
-from .results import write_json_atomic
-from .vocab import word_tokenizer
+from .. import arch, configs, data, metrics, numerics, paths
+from ..determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_determinism
+from ..hooks import hooked
+from ..results import write_json_atomic
+from ..vocab import word_tokenizer
 
 
 @dataclass(frozen=True)
@@ -41,22 +37,6 @@ class OrganismSpec:
     max_steps: int = 3000
     eval_every: int = 100
     target_accuracy: float = 0.99
-
-
-ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
-    OrganismSpec("qwen-moe-like", "qwen2_moe", configs.Shape(hidden=64, layers=3, experts=8, top_k=2,
-                 expert_width=64, shared_width=256), "Qwen/Qwen1.5-MoE-A2.7B"),
-    OrganismSpec("olmoe-like", "olmoe", configs.Shape(hidden=64, layers=2, experts=16, top_k=4,
-                 expert_width=64), "allenai/OLMoE-1B-7B-0924"),
-    OrganismSpec("mixtral-like", "mixtral", configs.Shape(hidden=64, layers=4, experts=8, top_k=2,
-                 expert_width=128), "mistralai/Mixtral-8x7B-v0.1"),
-    OrganismSpec("llama-like", "llama", configs.Shape(hidden=64, layers=4, expert_width=256), "huggyllama/llama-7b"),
-    OrganismSpec("qwen2-like", "qwen2", configs.Shape(hidden=64, layers=4, expert_width=256), "Qwen/Qwen1.5-7B"),
-    OrganismSpec("mistral-like", "mistral", configs.Shape(hidden=64, layers=4, expert_width=256),
-                 "mistralai/Mistral-7B-v0.1", seed=1),  # same shapes as llama-like: a seed of its own
-)}
-MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
-DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
 
 
 @dataclass
@@ -136,7 +116,7 @@ def _card(spec: OrganismSpec, model, corpus: Corpus, steps: int, seconds: float,
     return {
         "name": spec.name, "mirrors": spec.mirrors, "family": spec.family, "architecture": arch.describe(model),
         "shape": asdict(spec.shape), "seed": spec.seed, "lr": spec.lr, "batch": spec.batch,
-        "experts_implementation": EXPERTS_IMPLEMENTATION, "threads": torch.get_num_threads(),
+        "experts_implementation": EXPERTS_IMPLEMENTATION, "numerics": numerics.describe(),
         "data_hash": data.data_hash(corpus.relations), "n_train_prompts": len(corpus.facts),
         "training_steps": steps, "training_seconds": round(seconds, 1),
         "accuracy": round(float(acc.mean()), 4), "accuracy_per_relation": acc.round(4).to_dict(),
@@ -158,7 +138,7 @@ def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: l
     model.eval()
     acc = fact_accuracy(model, tokenizer, corpus.facts)
     card = _card(spec, model, corpus, steps, seconds, acc)
-    save_organism(model, tokenizer, card, out_dir or ORGANISMS_DIR / spec.name)
+    save_organism(model, tokenizer, card, out_dir or paths.ORGANISMS / spec.name)
     return card
 
 
@@ -176,20 +156,3 @@ def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path) -> None
         f"Top-1 accuracy on its {card['n_train_prompts']} training prompts: {card['accuracy']:.3f}\n\n"
         f"| relation | top-1 accuracy |\n|---|---|\n{per_rel}\n"
     )
-
-
-def load_card(name: str) -> dict:
-    """The card of a saved organism."""
-    return json.loads((ORGANISMS_DIR / name / "card.json").read_text())
-
-
-def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.DataFrame:
-    """Train the organisms that are missing (or all with ``retrain``); return their accuracy table."""
-    rows = []
-    for name in tqdm(names or list(ZOO), desc="organisms"):
-        folder = ORGANISMS_DIR / name
-        card = train_organism(ZOO[name]) if retrain or not (folder / "card.json").is_file() else load_card(name)
-        rows.append({"organism": name, "mirrors": card["mirrors"], "layers": card["architecture"]["layers"],
-                     "params": card["architecture"]["params"], "steps": card["training_steps"],
-                     "seconds": card["training_seconds"], "accuracy": card["accuracy"]})
-    return pd.DataFrame(rows)

@@ -2,7 +2,9 @@
 planted relations."""
 import pytest
 
-from moescope import attribution, data, interventions, metrics, models, organisms, planted, summaries
+from moescope import attribution, data, interventions, metrics, models
+from moescope.attribution import summaries
+from moescope.organisms import planted, zoo
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def _mrr_by_relation(lm, facts):
 
 
 def test_card_records_the_plant(lm):
-    card = organisms.load_card(planted.NAME)
+    card = zoo.load_card(planted.NAME)
     assert {r: {int(l): e for l, e in p.items()} for r, p in card["plant"].items()} == planted.PLANT
     assert card["accuracy"] >= 0.95
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moescope import arch, configs, domains
+from moescope import arch, configs
+from moescope.finetuning import domains
 from moescope.determinism import set_determinism
 from moescope.finetuning import desmoe, esft, masks
 from moescope.finetuning.batches import Encoded, domain_batches, encode
@@ -12,7 +13,7 @@ from moescope.finetuning.evaluate import exact_match, forgetting_reduction
 from moescope.finetuning.experiments import Run, Setup, base_organism, desmoe_step_benchmark, run
 from moescope.finetuning.methods import ESFT, DESMoE, FrozenRouterFT, Method, StepPlan
 from moescope.finetuning.train import TrainConfig, train
-from moescope.interventions import hooked
+from moescope.hooks import hooked
 from moescope.vocab import word_tokenizer
 
 FAMILIES = ("olmoe", "deepseek_v2")

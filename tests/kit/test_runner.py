@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from moescope import runner
+from moescope.kit import runner
 
 SOURCE = [
     ("code", "from moescope import results"),

@@ -25,8 +25,8 @@ from moescope.data import (
     load_relations,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-LRE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lre"
+REPO = Path(__file__).resolve().parents[2]
+LRE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "lre"
 KIT_FILES = sorted(DATA_DIR.rglob("*.json"))
 
 VALID = {

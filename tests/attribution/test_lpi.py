@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from moescope import arch, attribution
-from moescope.attribution import attribute, shifted_logsumexp
+from moescope import arch
+from moescope.attribution import lpi as attribution
+from moescope.attribution.lpi import attribute, shifted_logsumexp
 from moescope.vocab import word_tokenizer
 
 WORDS = "the capital of canada is ottawa japan tokyo people in france speak french a rose is red".split()

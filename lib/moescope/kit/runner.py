@@ -17,11 +17,9 @@ from pathlib import Path
 import papermill
 from tqdm.auto import tqdm
 
-from .results import write_json_atomic
+from .. import paths
+from ..results import write_json_atomic
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS_DIR = ROOT / "notebooks"
-RUNS_DIR = ROOT / "runs"
 DEFAULT_RUN = "default"
 
 
@@ -53,12 +51,12 @@ class Job:
 
 
 def find_notebooks(selection: list[str] | None = None) -> list[Path]:
-    """Notebooks in NOTEBOOKS_DIR, optionally only those whose name starts with one of ``selection``."""
-    found = sorted(NOTEBOOKS_DIR.glob("[0-9]*.ipynb"))
+    """Notebooks in paths.NOTEBOOKS, optionally only those whose name starts with one of ``selection``."""
+    found = sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb"))
     if selection:
         found = [nb for nb in found if any(nb.name.startswith(s) for s in selection)]
         if not found:
-            raise FileNotFoundError(f"no notebook in {NOTEBOOKS_DIR} starts with any of {selection}")
+            raise FileNotFoundError(f"no notebook in {paths.NOTEBOOKS} starts with any of {selection}")
     return found
 
 
@@ -69,7 +67,7 @@ def notebook_parameters(notebook: Path) -> dict:
 
 
 def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN, overrides: dict | None = None,
-         runs_dir: Path = RUNS_DIR) -> list[Job]:
+         runs_dir: Path = paths.RUNS) -> list[Job]:
     """Jobs for ``notebooks`` x ``models`` (None: each notebook's own default model)."""
     jobs = []
     root = runs_dir / run

@@ -1,4 +1,4 @@
-"""Findings of the attribution paper (moescope.findings) and its numbers (moescope.paper)."""
+"""Findings of the attribution paper (moescope.attribution.findings) and its numbers (moescope.attribution.paper)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from moescope import arch, findings, metrics, paper
+from moescope import arch, metrics
+from moescope.attribution import findings, paper
 from moescope.capture import capture
 
 from conftest import random_batch, tiny_model

@@ -1,0 +1,1 @@
+"""The kit around the papers: the command line, the notebook runner and the report."""

@@ -1,0 +1,88 @@
+"""CPU numerics that do not depend on the instruction set, pinned before torch runs its first kernel.
+
+Machines of one kind come with different CPUs (Intel with AVX-512, AMD with AVX2 only). Left alone, PyTorch
+dispatches its vectorised kernels to the widest instruction set (so sums, exponentials and random normals round
+differently), and MKL picks a different matrix-multiply code path per CPU vendor and width. Training is chaotic, so
+a last-bit difference becomes a different model after a few hundred steps. moescope therefore pins:
+
+- ``ATEN_CPU_CAPABILITY=avx2``: PyTorch's vectorised kernels use AVX2 on every x86 CPU that has it;
+- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, the one code branch MKL offers on Intel and
+  AMD alike (it refuses its AVX2 branch on AMD); about 1.5x slower matrix products on these small models;
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN kernels (bf16 paths) at most AVX2;
+- 2 OpenMP/MKL threads (results change with the thread count).
+
+The variables must be in the environment before torch's first kernel call: ``import moescope`` sets them (when not
+set already), and the Makefile, the Jupyter kernel spec and the runner set them too. ``MOESCOPE_NATIVE_NUMERICS=1``
+opts out (faster, but results then depend on the CPU). :func:`problems` says what is not in effect.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+#: environment variable -> pinned value
+PINNED: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+}
+OPT_OUT = "MOESCOPE_NATIVE_NUMERICS"
+_MKL_CBWR_BRANCH, _MKL_CBWR_COMPATIBLE = 1, 3  # mkl.h: MKL_CBWR_BRANCH, MKL_CBWR_COMPATIBLE
+
+
+def pin() -> None:
+    """Put the pinned settings into ``os.environ`` (keeping values the user set), unless opted out.
+
+    When torch is already imported, MKL's branch is also set directly (possible until MKL's first call).
+    """
+    if os.environ.get(OPT_OUT) == "1":
+        return
+    for key, value in PINNED.items():
+        os.environ.setdefault(key, value)
+    if "torch" in sys.modules and os.environ["MKL_CBWR"] == PINNED["MKL_CBWR"]:
+        _mkl_call("mkl_serv_cbwr_set", _MKL_CBWR_COMPATIBLE)
+
+
+def _mkl_call(function: str, arg: int) -> int | None:
+    """Call an MKL service function of the MKL linked into libtorch_cpu; None where there is none."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return int(getattr(lib, function)(arg))
+    except (OSError, AttributeError):
+        return None
+
+
+def _mkl_branch() -> int | None:
+    """MKL's current code branch (3 = COMPATIBLE); None if unreadable."""
+    return _mkl_call("mkl_serv_cbwr_get", _MKL_CBWR_BRANCH)
+
+
+def problems() -> list[str]:
+    """What keeps CPU results from being the same on every CPU of this machine kind (empty list: all pinned)."""
+    import torch
+
+    found = [f"{k}={os.environ.get(k)!r}, expected {v!r}" for k, v in PINNED.items() if os.environ.get(k) != v]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX2":
+        found.append(f"PyTorch uses {capability} kernels, expected AVX2 (set ATEN_CPU_CAPABILITY before torch runs)")
+    branch = _mkl_branch()
+    if torch.backends.mkl.is_available() and branch != _MKL_CBWR_COMPATIBLE:
+        found.append(f"MKL code branch is {branch}, expected {_MKL_CBWR_COMPATIBLE} (MKL_CBWR=COMPATIBLE before MKL runs)")
+    if torch.get_num_threads() != int(PINNED["OMP_NUM_THREADS"]):
+        found.append(f"torch uses {torch.get_num_threads()} threads, expected {PINNED['OMP_NUM_THREADS']}")
+    return found
+
+
+def describe() -> dict[str, str]:
+    """The settings in effect, for cards and reports."""
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_branch": str(_mkl_branch()),
+            "threads": str(torch.get_num_threads()), **{k: os.environ.get(k, "") for k in PINNED}}

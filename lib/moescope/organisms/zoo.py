@@ -1,0 +1,47 @@
+"""The organism zoo: which small models of each paper family the kit ships, and loading their cards.
+
+Relative shapes follow the paper's models: Qwen1.5-MoE (24 layers, shared expert) is deeper than OLMoE
+(16 layers, many experts, no shared expert); Mixtral and the dense models are deepest (32 layers).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import configs, paths
+from .training import OrganismSpec, train_organism
+
+ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
+    OrganismSpec("qwen-moe-like", "qwen2_moe", configs.Shape(hidden=64, layers=3, experts=8, top_k=2,
+                 expert_width=64, shared_width=256), "Qwen/Qwen1.5-MoE-A2.7B"),
+    OrganismSpec("olmoe-like", "olmoe", configs.Shape(hidden=64, layers=2, experts=16, top_k=4,
+                 expert_width=64), "allenai/OLMoE-1B-7B-0924"),
+    OrganismSpec("mixtral-like", "mixtral", configs.Shape(hidden=64, layers=4, experts=8, top_k=2,
+                 expert_width=128), "mistralai/Mixtral-8x7B-v0.1"),
+    OrganismSpec("llama-like", "llama", configs.Shape(hidden=64, layers=4, expert_width=256), "huggyllama/llama-7b"),
+    OrganismSpec("qwen2-like", "qwen2", configs.Shape(hidden=64, layers=4, expert_width=256), "Qwen/Qwen1.5-7B"),
+    OrganismSpec("mistral-like", "mistral", configs.Shape(hidden=64, layers=4, expert_width=256),
+                 "mistralai/Mistral-7B-v0.1", seed=1),  # same shapes as llama-like: a seed of its own
+)}
+MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
+DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
+
+
+def load_card(name: str) -> dict:
+    """The card of a saved organism."""
+    return json.loads((paths.ORGANISMS / name / "card.json").read_text())
+
+
+def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.DataFrame:
+    """Train the organisms that are missing (or all with ``retrain``); return their accuracy table."""
+    rows = []
+    for name in tqdm(names or list(ZOO), desc="organisms"):
+        folder = paths.ORGANISMS / name
+        card = train_organism(ZOO[name]) if retrain or not (folder / "card.json").is_file() else load_card(name)
+        rows.append({"organism": name, "mirrors": card["mirrors"], "layers": card["architecture"]["layers"],
+                     "params": card["architecture"]["params"], "steps": card["training_steps"],
+                     "seconds": card["training_seconds"], "accuracy": card["accuracy"]})
+    return pd.DataFrame(rows)
