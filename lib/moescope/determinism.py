@@ -14,6 +14,9 @@ import torch
 EXPERTS_IMPLEMENTATION = "grouped_mm"
 #: Results on CPU depend on the thread count (1 vs 2 threads diverge from the second training step).
 DEFAULT_THREADS = 2
+#: Training steps run on one thread: bit-identical on every machine, and two trainings can share a 2-core machine
+#: (with 2 OpenMP threads per process an oversubscribed CPU runs a training step ~8x slower, not 2x).
+TRAIN_THREADS = 1
 
 
 def set_determinism(seed: int = 0, threads: int | None = DEFAULT_THREADS) -> None:
@@ -31,14 +34,17 @@ def set_determinism(seed: int = 0, threads: int | None = DEFAULT_THREADS) -> Non
 
 @contextmanager
 def deterministic_kernels() -> Iterator[None]:
-    """Deterministic torch kernels inside the block, the previous setting after it.
+    """Deterministic torch kernels on TRAIN_THREADS threads inside the block, the previous settings after it.
 
-    Without them two training runs in separate processes drift apart after ~25 steps (an accumulating
-    backward op); with them CPU inference is ~200x slower, so only training steps are wrapped.
+    Without deterministic kernels two training runs in separate processes drift apart after ~25 steps (an
+    accumulating backward op); with them CPU inference is ~200x slower, so only training steps are wrapped.
     """
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(TRAIN_THREADS)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(threads)
