@@ -75,6 +75,8 @@ def test_unknown_notebook_selection_is_an_error(notebook):
     runner.find_notebooks(["01"], notebook.parent)
     with pytest.raises(runner.PlanError, match="no notebook in .* starts with '99_nothing'; available: 01_demo"):
         runner.find_notebooks(["01", "99_nothing"], notebook.parent)
+    with pytest.raises(runner.PlanError, match="no notebook .* in .*nowhere; give the folder with --notebook-dir"):
+        runner.find_notebooks(None, notebook.parent / "nowhere")
 
 
 FAILING = SOURCE + [

@@ -95,6 +95,8 @@ class Job:
 def find_notebooks(selection: list[str] | None = None, folder: Path = paths.NOTEBOOKS) -> list[Path]:
     """Notebooks in ``folder``, optionally only those whose name starts with one of ``selection``."""
     found = sorted(Path(folder).glob("[0-9]*.ipynb"))
+    if not found:
+        raise PlanError(f"no notebook (named like 10_name.ipynb) in {folder}; give the folder with --notebook-dir")
     if not selection:
         return found
     missing = [s for s in selection if not any(nb.name.startswith(s) for nb in found)]
