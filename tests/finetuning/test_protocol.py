@@ -67,8 +67,8 @@ def test_grid_plan_covers_the_protocol():
     grid = protocol.FULL
     rates = {m: grid.rates(m)[0] for m in grid.methods}
     sweep, main = protocol.sweep_specs(grid), protocol.main_specs(grid, rates)
-    assert {len(grid.rates(m)) for m in grid.methods} == {3}
-    assert len(sweep) == 3 * len(grid.methods) and all(len(s.domains) == 6 for s in sweep)
+    assert {len(grid.rates(m)) for m in grid.methods} == {4}
+    assert len(sweep) == 4 * len(grid.methods) and all(len(s.domains) == 6 for s in sweep)
     for m in grid.curve_methods:
         for n in (2, 4, 6):
             runs = [s for s in main if s.method == m and len(s.domains) == n]

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from .. import paths
+from .. import arch, paths
 from . import base as base_model
 from . import protocol, tables
 
@@ -47,6 +47,4 @@ def base_for(model: str = base_model.NAME, device: str = "cpu", dtype: str | Non
 
 def describe(base: base_model.Base) -> dict:
     """Architecture summary of the base model (what the claims' preconditions read)."""
-    from .. import arch
-
     return arch.describe(base.load())

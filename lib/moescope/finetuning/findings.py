@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import arch
 from ..verdicts import Estimate, over_seeds
 from . import esft
 from .base import Base
@@ -46,8 +47,6 @@ def premise_scores(base: Base, names: Sequence[str] = DOMAINS, batch_size: int =
                    for i in range(0, len(data), batch_size)]
         seq = esft.sequence_scores(model, batches)
         token[d], gate[d] = seq.token.numpy(), seq.gate.numpy()
-    from .. import arch
-
     return Premise(token, gate, arch.top_k(model))
 
 
@@ -186,6 +185,11 @@ def _per_seed(grid: Grid, method: str, n: int, column: str) -> pd.Series:
     return g.groupby("seed")[column].mean()
 
 
+def per_seed_drop(grid: Grid, method: str, n_low: int, n_high: int) -> pd.Series:
+    """general(N=n_low) - general(N=n_high) per seed (orders averaged)."""
+    return (_per_seed(grid, method, n_low, "general") - _per_seed(grid, method, n_high, "general")).dropna()
+
+
 def forgetting_at(grid: Grid, method: str, n: int | None = None) -> Estimate:
     """Forgetting F = general_base - general of ``method`` at N (default largest), over seeds."""
     n = n or int(grid.runs.n_domains.max())
@@ -194,8 +198,7 @@ def forgetting_at(grid: Grid, method: str, n: int | None = None) -> Estimate:
 
 def drop_between(grid: Grid, method: str, n_low: int, n_high: int) -> Estimate:
     """general(N=n_low) - general(N=n_high) of ``method`` (orders averaged), over seeds."""
-    low, high = _per_seed(grid, method, n_low, "general"), _per_seed(grid, method, n_high, "general")
-    return _estimate((low - high).dropna().tolist())
+    return _estimate(per_seed_drop(grid, method, n_low, n_high).tolist())
 
 
 def reduction_absolute(grid: Grid, method: str = "desmoe", reference: str = "fft", least: float = 0.0) -> Estimate:
@@ -211,8 +214,7 @@ def reduction_slope(grid: Grid, method: str = "desmoe", reference: str = "fft", 
     """Second reading: 1 - drop_method(N_min -> N_max) / drop_reference(N_min -> N_max), per seed (guarded)."""
     ns = sorted(grid.chosen().n_domains.unique())
     lo, hi = int(ns[0]), int(ns[-1])
-    d_m = _per_seed(grid, method, lo, "general") - _per_seed(grid, method, hi, "general")
-    d_r = _per_seed(grid, reference, lo, "general") - _per_seed(grid, reference, hi, "general")
+    d_m, d_r = per_seed_drop(grid, method, lo, hi), per_seed_drop(grid, reference, lo, hi)
     values = [forgetting_reduction(d_m[s], d_r[s], least) for s in d_m.index.intersection(d_r.index)]
     return _guarded(values)
 
@@ -297,10 +299,10 @@ def pareto_points(grid: Grid) -> pd.DataFrame:
 
 
 def matched_level(grid: Grid, methods: Sequence[str], share: float = 0.9) -> float:
-    """The learning level every method reaches: ``share`` x the smallest, over ``methods``, of the mean chosen
-    validation score."""
+    """A learning level every run of ``methods`` reaches: ``share`` x the lowest chosen-checkpoint validation score
+    over those methods and their seeds (chosen rates, N_max)."""
     frame = grid.at()
-    return share * float(min(frame[frame.method == m].val.mean() for m in methods))
+    return share * float(frame[frame.method.isin(list(methods))].val.min())
 
 
 def general_at_level(grid: Grid, method: str, level: float) -> pd.Series:
