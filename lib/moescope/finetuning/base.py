@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import arch, configs, numerics, paths
-from ..determinism import EXPERTS_IMPLEMENTATION, set_determinism
+from ..determinism import EXPERTS_IMPLEMENTATION, TRAIN_THREADS, set_determinism
 from ..models import load_model, load_tokenizer
 from ..organisms.training import save_organism
 from ..vocab import word_tokenizer
@@ -33,7 +33,7 @@ from .train import TrainConfig, train
 
 NAME = "desmoe-base"
 CORPUS_FILE = paths.DATA / "desmoe" / "corpus.json"
-THREADS = 1
+THREADS = TRAIN_THREADS  # training and evaluation of the grid on one thread (see determinism.TRAIN_THREADS)
 #: attention kernel for training and fine-tuning (SDPA: ~20% faster than eager on these models)
 ATTENTION = "sdpa"
 
