@@ -107,7 +107,8 @@ def _desmoe_grid(args: argparse.Namespace) -> int:
     if args.retrain_base or base.NAME not in available_organisms():
         print(f"== pre-training the DES-MoE base organism ({base.NAME}) ==")
         base.train_base()
-    folder = Path(args.folder) if args.folder else experiments.GRID_FOLDER
+    default = paths.RUNS / "desmoe-grid-reduced" if args.reduced else experiments.GRID_FOLDER
+    folder = Path(args.folder) if args.folder else default
     grid = protocol.FULL.reduced(args.steps) if args.reduced else protocol.FULL
     rates = protocol.run_grid(experiments.base_for(), folder, grid, jobs=args.jobs)
     print("chosen learning rates (validation only):", rates)
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
     p = sub.add_parser("desmoe-grid", help="pre-train the DES-MoE base (if missing) and run or resume its grid")
     p.add_argument("--jobs", type=int, default=2, help="parallel one-thread worker processes (default 2)")
-    p.add_argument("--folder", help="output folder (default: the shipped cache, data/desmoe/grid)")
+    p.add_argument("--folder", help="output folder (default: the shipped cache data/desmoe/grid; with --reduced "
+                   "runs/desmoe-grid-reduced)")
     p.add_argument("--retrain-base", action="store_true", help="pre-train the base organism again")
     p.add_argument("--reduced", action="store_true", help="the reduced grid (one rate, N in {2, 6}, two seeds)")
     p.add_argument("--steps", type=int, default=60, help="with --reduced: steps per run")
