@@ -10,7 +10,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup
+.PHONY: reproduce test setup desmoe-grid
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -26,3 +26,6 @@ reproduce: setup  ## train/load the organisms, run every notebook, write runs/re
 
 test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
 	$(PY) -m pytest
+
+desmoe-grid: setup  ## pre-train the DES-MoE base (if missing) and run/resume the full fine-tuning grid into data/desmoe/grid
+	$(PY) -m moescope desmoe-grid

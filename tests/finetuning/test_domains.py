@@ -8,17 +8,24 @@ from moescope.finetuning import domains
 
 @pytest.fixture(scope="module")
 def corpus() -> domains.Corpus:
-    return domains.corpus(n_train=64, n_test=16, n_text=50)
+    return domains.corpus(n_train=64, n_val=8, n_test=16, n_text=50)
 
 
 def test_splits_are_disjoint_sized_and_deterministic(corpus):
-    again = domains.corpus(n_train=64, n_test=16, n_text=50)
+    again = domains.corpus(n_train=64, n_val=8, n_test=16, n_text=50)
     for name in domains.DOMAINS:
         split = corpus.domains[name]
-        assert (len(split.train), len(split.test)) == (64, 16)
-        assert not {e.prompt for e in split.train} & {e.prompt for e in split.test}
+        assert (len(split.train), len(split.val), len(split.test)) == (64, 8, 16)
+        parts = [{e.prompt for e in part} for part in (split.train, split.val, split.test)]
+        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
         assert split == again.domains[name]
-        assert all(e.domain == name for e in split.train + split.test)
+        assert all(e.domain == name for e in split.all())
+
+
+def test_corpus_round_trips_through_json(corpus, tmp_path):
+    path = domains.save_corpus(corpus, tmp_path / "corpus.json")
+    again = domains.load_corpus(path)
+    assert again == corpus and again.digest() == corpus.digest()
 
 
 def test_domain_words_are_mostly_private(corpus):
@@ -52,7 +59,7 @@ def test_general_data_holds_facts_and_copy_text(corpus):
     facts = [e for e in corpus.general_train if not e.prompt.startswith("repeat ")]
     text_train = {e.prompt for e in corpus.general_train if e.prompt.startswith("repeat ")}
     text_test = {e.prompt for e in corpus.general_test if e.prompt.startswith("repeat ")}
-    assert len(facts) > 100 and all(e.domain == domains.GENERAL for e in corpus.general_train)
+    assert len(facts) > 100 and all(e.domain == domains.GENERAL for e in corpus.general_train + corpus.general_mix)
     assert len(text_train) == 40 and len(text_test) == 10 and not text_train & text_test
     assert all(e.answer == " ".join(e.prompt.split()[1:3]) for e in corpus.general_test if e.prompt.startswith("repeat"))
 
@@ -61,4 +68,4 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="unknown domain"):
         domains.domain_split("poetry")
     with pytest.raises(ValueError, match="distinct examples"):
-        domains.domain_split("math", n_train=400, n_test=100)
+        domains.domain_split("math", n_train=400, n_val=0, n_test=100)

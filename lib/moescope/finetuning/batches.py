@@ -2,7 +2,9 @@
 
 A sequence is tokenizer(prompt) + tokenizer(" " + answer, no specials) + <eos>; the loss (labels != -100) covers
 the answer and <eos> only. Batches hold one domain each (DGES masks are per batch domain, eq. 7) and cycle
-through the domains in a fixed order, so every domain gets an equal share of the steps.
+through the task domains in a fixed order, so every domain gets an equal share of the steps. When the data also
+holds general rows (domain ``'general'``), every task batch is followed by a general batch of the same size: the
+1:1 mix of task and general ("alignment") data that ESFT uses for every method.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .domains import Example
+from .domains import GENERAL, Example
 
 IGNORE = -100
 
@@ -61,13 +63,23 @@ def encode(tokenizer, examples: Sequence[Example]) -> Encoded:
     return Encoded(ids, mask, lab, tuple(ex.domain for ex in examples))
 
 
+def batch_cycle(domains: Sequence[str]) -> list[str]:
+    """One round of batch domains: the task domains in sorted order, each followed by 'general' if present."""
+    tasks = sorted(set(domains) - {GENERAL})
+    if GENERAL not in domains:
+        return tasks
+    return [d for task in tasks for d in (task, GENERAL)] if tasks else [GENERAL]
+
+
 def domain_batches(data: Encoded, batch_size: int, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Endless (domain, row indices) batches: domains in turn (sorted order), rows reshuffled each epoch."""
+    """Endless (domain, row indices) batches in :func:`batch_cycle` order; rows reshuffled each epoch."""
     gen = torch.Generator().manual_seed(seed)
     by_domain = {d: torch.tensor([i for i, x in enumerate(data.domains) if x == d]) for d in sorted(set(data.domains))}
     queues = {d: torch.empty(0, dtype=torch.long) for d in by_domain}
+    cycle = batch_cycle(data.domains)
     while True:
-        for d, rows in by_domain.items():
+        for d in cycle:
+            rows = by_domain[d]
             while len(queues[d]) < min(batch_size, len(rows)):
                 queues[d] = torch.cat([queues[d], rows[torch.randperm(len(rows), generator=gen)]])
             take = min(batch_size, len(rows))

@@ -85,6 +85,19 @@ class AdaptiveRouting:
         return torch.stack(losses).mean()
 
 
+def distilled_backward(routing: AdaptiveRouting, loss: torch.Tensor, token_mask: torch.Tensor, lam: float,
+                       tau: float = 0.7) -> None:
+    """Backward pass where the ALR heads get lam * grad L_KD + (1 - lam) * grad L_task and every other parameter
+    grad L_task (the distillation loss does not reach the backbone)."""
+    heads = list(routing.heads.parameters())
+    kd = routing.kd_loss(token_mask, tau)
+    kd_grads = torch.autograd.grad(kd, heads, retain_graph=True, allow_unused=True)
+    loss.backward()
+    for p, g_kd in zip(heads, kd_grads):
+        g_task = p.grad if p.grad is not None else torch.zeros_like(p)
+        p.grad = (1 - lam) * g_task + (lam * g_kd if g_kd is not None else 0)
+
+
 def distillation_weight(alpha: float) -> float:
     """lambda(alpha) = max(0, 1 - alpha), alpha = fraction of training completed."""
     return max(0.0, 1.0 - alpha)

@@ -9,15 +9,24 @@ is exact match of the whole answer (see :mod:`moescope.finetuning.evaluate`).
 General data = the kit's relation facts (``moescope.data``, template 0: memorised knowledge) + "text": a
 ``repeat`` copy task over the whole vocabulary, which also gives every domain word a trained embedding before
 adaptation (the plan's "reserve domain tokens so they exist").
+
+Each domain has train / validation / test splits (disjoint prompts): fine-tuning methods are tuned and their
+checkpoints chosen on validation only; test and general scores are read once, at the chosen checkpoint. The
+corpus of the shipped experiments is saved as JSON (``save_corpus``) so later changes to the relation files
+cannot silently change what the cached results were computed on.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from .. import data
+from ..results import write_json_atomic
 
 DOMAINS = ("math", "code", "intent", "summary", "law", "translation")
 GENERAL = "general"
@@ -33,10 +42,14 @@ class Example(NamedTuple):
 
 @dataclass(frozen=True)
 class Split:
-    """Train and held-out test examples of one domain."""
+    """Train, validation and test examples of one domain (disjoint prompts)."""
 
     train: list[Example]
+    val: list[Example]
     test: list[Example]
+
+    def all(self) -> list[Example]:
+        return self.train + self.val + self.test
 
 
 def _words(prefix: str, n: int) -> list[str]:
@@ -106,26 +119,28 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
 }
 
 
-def domain_split(domain: str, n_train: int = 256, n_test: int = 64, seed: int = 0) -> Split:
-    """Distinct examples of ``domain``; test prompts never occur in train."""
+def domain_split(domain: str, n_train: int = 192, n_val: int = 32, n_test: int = 64, seed: int = 0) -> Split:
+    """Distinct examples of ``domain``; no prompt occurs in two splits."""
     if domain not in GENERATORS:
         raise ValueError(f"unknown domain {domain!r}; choose from {DOMAINS}")
     rng = random.Random(f"{domain}-{seed}")
     seen: dict[str, str] = {}
-    for _ in range(100 * (n_train + n_test)):
+    total = n_train + n_val + n_test
+    for _ in range(100 * total):
         prompt, answer = GENERATORS[domain](rng)
         seen.setdefault(prompt, answer)
-        if len(seen) == n_train + n_test:
+        if len(seen) == total:
             break
     else:
-        raise ValueError(f"{domain}: only {len(seen)} distinct examples exist, asked for {n_train + n_test}")
+        raise ValueError(f"{domain}: only {len(seen)} distinct examples exist, asked for {total}")
     rows = [Example(p, a, domain) for p, a in seen.items()]
-    return Split(train=rows[:n_train], test=rows[n_train:])
+    return Split(train=rows[:n_train], val=rows[n_train:n_train + n_val], test=rows[n_train + n_val:])
 
 
-def domain_splits(domains: Iterable[str] = DOMAINS, n_train: int = 256, n_test: int = 64, seed: int = 0) -> dict[str, Split]:
+def domain_splits(domains: Iterable[str] = DOMAINS, n_train: int = 192, n_val: int = 32, n_test: int = 64,
+                  seed: int = 0) -> dict[str, Split]:
     """{domain: Split} for each named domain."""
-    return {d: domain_split(d, n_train, n_test, seed) for d in domains}
+    return {d: domain_split(d, n_train, n_val, n_test, seed) for d in domains}
 
 
 def fact_examples(relations: Iterable[data.Relation] | None = None) -> list[Example]:
@@ -136,7 +151,7 @@ def fact_examples(relations: Iterable[data.Relation] | None = None) -> list[Exam
 
 def domain_vocabulary(splits: dict[str, Split]) -> list[str]:
     """Every word of the domains' prompts and answers, sorted."""
-    return sorted({w for s in splits.values() for ex in s.train + s.test for w in f"{ex.prompt} {ex.answer}".split()})
+    return sorted({w for s in splits.values() for ex in s.all() for w in f"{ex.prompt} {ex.answer}".split()})
 
 
 def text_examples(vocabulary: list[str], n: int, seed: int = 0) -> list[Example]:
@@ -153,24 +168,54 @@ def text_examples(vocabulary: list[str], n: int, seed: int = 0) -> list[Example]
 class Corpus:
     """Everything the DES-MoE experiments train and test on.
 
-    ``general_train`` pre-trains the base organism; ``general_test`` measures retention (the facts themselves,
-    as memorised knowledge, plus held-out copy prompts).
+    ``general_train`` pre-trains the base organism. ``general_mix`` is the general ("alignment") data mixed 1:1
+    into every fine-tuning run: half of the facts plus the copy text. ``general_test`` measures retention on
+    general knowledge the mix does not replay: the other half of the facts (memorised in pre-training) plus
+    held-out copy prompts, as ESFT's general benchmarks are not its alignment data.
     """
 
     domains: dict[str, Split]
     general_train: list[Example]
+    general_mix: list[Example]
     general_test: list[Example]
 
     def texts(self) -> list[str]:
         """All prompt and answer strings (to build a tokenizer)."""
-        rows = self.general_train + self.general_test + [e for s in self.domains.values() for e in s.train + s.test]
+        rows = self.general_train + self.general_mix + self.general_test + [e for s in self.domains.values()
+                                                                            for e in s.all()]
         return [t for e in rows for t in (e.prompt, e.answer)]
 
+    def to_json(self) -> dict:
+        return {"domains": {d: {k: [list(e) for e in getattr(s, k)] for k in ("train", "val", "test")}
+                            for d, s in self.domains.items()},
+                **{k: [list(e) for e in getattr(self, k)] for k in ("general_train", "general_mix", "general_test")}}
 
-def corpus(n_train: int = 256, n_test: int = 64, n_text: int = 400, seed: int = 0) -> Corpus:
-    """The six domains and the general data (facts + copy text, 80/20 split of the text)."""
-    splits = domain_splits(DOMAINS, n_train, n_test, seed)
+    def digest(self) -> str:
+        """First 16 hex digits of sha256 over the corpus content."""
+        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def corpus(n_train: int = 192, n_val: int = 32, n_test: int = 64, n_text: int = 400, seed: int = 0) -> Corpus:
+    """The six domains and the general data: pre-training on all facts + 80% of the copy text; the fine-tuning
+    mix replays the even-numbered facts + that text; retention is tested on the odd-numbered facts + the other
+    20% of the text."""
+    splits = domain_splits(DOMAINS, n_train, n_val, n_test, seed)
     facts = fact_examples()
     text = text_examples(domain_vocabulary(splits), n_text, seed)
     cut = (4 * len(text)) // 5
-    return Corpus(domains=splits, general_train=facts + text[:cut], general_test=facts + text[cut:])
+    return Corpus(domains=splits, general_train=facts + text[:cut], general_mix=facts[0::2] + text[:cut],
+                  general_test=facts[1::2] + text[cut:])
+
+
+def save_corpus(corp: Corpus, path: Path | str) -> Path:
+    """Write ``corp`` as JSON (atomically)."""
+    return write_json_atomic(path, corp.to_json())
+
+
+def load_corpus(path: Path | str) -> Corpus:
+    """Read a corpus written by :func:`save_corpus`."""
+    raw = json.loads(Path(path).read_text())
+    rows = lambda items: [Example(*e) for e in items]  # noqa: E731
+    splits = {d: Split(rows(s["train"]), rows(s["val"]), rows(s["test"])) for d, s in raw["domains"].items()}
+    return Corpus(splits, rows(raw["general_train"]), rows(raw["general_mix"]), rows(raw["general_test"]))

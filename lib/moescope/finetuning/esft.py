@@ -59,32 +59,45 @@ def dense_routing(weights: torch.Tensor, index: torch.Tensor, n_experts: int) ->
 
 
 def _per_sequence(dense: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum_j 1/L_j sum_k dense[j, k] over real tokens; dense [B*S, E], mask [B, S]."""
+    """1/L_j sum_k dense[j, k] over the real tokens of each sequence j; dense [B*S, E], mask [B, S] -> [B, E]."""
     m = mask.float()
     per_token = dense.view(*m.shape, -1) * m[..., None]
-    return (per_token.sum(1) / m.sum(1, keepdim=True).clamp(min=1)).sum(0)
+    return per_token.sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class SequenceScores:
+    """Per-sequence ESFT contributions, each [n_sequences, n_moe_layers, E]: the scores are their means."""
+
+    gate: torch.Tensor
+    token: torch.Tensor
+    tokens: int
 
 
 @torch.no_grad()
-def relevance(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Relevance:
-    """Gate and token scores of every routed expert over ``batches`` of (input_ids, attention_mask)."""
+def sequence_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> SequenceScores:
+    """1/L_j sum_k g_{i,k} and 1/L_j sum_k 1[g_{i,k} > 0] / K for every sequence j, layer and routed expert i."""
     arch.require_moe(model, "ESFT expert relevance")
     n_experts, k = arch.num_experts(model), arch.top_k(model)
-    gate = token = None
-    n_seq = n_tok = 0
+    gates, tokens, n_tok = [], [], 0
     with routing_log(model) as log:
         for ids, mask in batches:
             for row in log:
                 row.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
-            g = torch.stack([_per_sequence(dense_routing(w, i, n_experts), mask) for (w, i), in log])
-            t = torch.stack([_per_sequence(dense_routing(torch.ones_like(w) / k, i, n_experts), mask)
-                             for (w, i), in log])
-            gate, token = (g, t) if gate is None else (gate + g, token + t)
-            n_seq, n_tok = n_seq + ids.shape[0], n_tok + int(mask.sum())
-    if gate is None:
+            gates.append(torch.stack([_per_sequence(dense_routing(w, i, n_experts), mask) for (w, i), in log], 1))
+            tokens.append(torch.stack([_per_sequence(dense_routing(torch.ones_like(w) / k, i, n_experts), mask)
+                                       for (w, i), in log], 1))
+            n_tok += int(mask.sum())
+    if not gates:
         raise ValueError("relevance needs at least one batch")
-    return Relevance(gate=(gate / n_seq).cpu(), token=(token / n_seq).cpu(), tokens=n_tok)
+    return SequenceScores(torch.cat(gates).cpu(), torch.cat(tokens).cpu(), n_tok)
+
+
+def relevance(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Relevance:
+    """Gate and token scores of every routed expert over ``batches`` of (input_ids, attention_mask)."""
+    seq = sequence_scores(model, batches)
+    return Relevance(gate=seq.gate.mean(0), token=seq.token.mean(0), tokens=seq.tokens)
 
 
 def select_top_p(scores: torch.Tensor, p: float) -> torch.Tensor:

@@ -41,24 +41,28 @@ def accuracy_by_domain(model: nn.Module, data: Encoded) -> dict[str, float]:
 
 
 class Evaluator:
-    """Scores a model on held-out domain tests and on the general set (encoded once)."""
+    """Scores a model on the domains' validation and test sets and on the general set (each encoded once).
 
-    def __init__(self, tokenizer, domain_tests: Sequence[Example], general: Sequence[Example]):
-        self.domains = encode(tokenizer, domain_tests)
+    Returns ``{"val": {domain: acc, "avg": mean}, "test": {...}, "general": {"all", "facts", "text"}}``. Checkpoint
+    and learning-rate selection read ``val`` only (:mod:`.protocol`); ``test`` and ``general`` are reported.
+    """
+
+    def __init__(self, tokenizer, val: Sequence[Example], test: Sequence[Example], general: Sequence[Example]):
+        self.sets = {"val": encode(tokenizer, val), "test": encode(tokenizer, test)}
         self.general = encode(tokenizer, general)
         self.general_kinds = ["text" if ex.prompt.startswith("repeat ") else "facts" for ex in general]
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        """{'<domain>': acc, ..., 'domain_avg': mean over domains, 'general': acc, 'general_facts', 'general_text'}."""
-        scores = accuracy_by_domain(model, self.domains)
-        out = {d: scores[d] for d in scores}
-        out["domain_avg"] = sum(scores.values()) / len(scores)
+    def __call__(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, data in self.sets.items():
+            scores = accuracy_by_domain(model, data)
+            out[name] = scores | {"avg": sum(scores.values()) / len(scores)}
         hits = exact_match(model, self.general).float()
-        out[GENERAL] = float(hits.mean())
+        out[GENERAL] = {"all": float(hits.mean())}
         for kind in ("facts", "text"):
             rows = [k == kind for k in self.general_kinds]
             if any(rows):
-                out[f"{GENERAL}_{kind}"] = float(hits[rows].mean())
+                out[GENERAL][kind] = float(hits[rows].mean())
         return out
 
 
@@ -67,6 +71,7 @@ def forgetting(base: float, after: float) -> float:
     return base - after
 
 
-def forgetting_reduction(f_method: float, f_reference: float) -> float:
-    """1 - F_method / F_reference (the paper's "x% less forgetting"); nan when the reference did not forget."""
-    return float("nan") if f_reference <= 0 else 1.0 - f_method / f_reference
+def forgetting_reduction(f_method: float, f_reference: float, least: float = 0.0) -> float:
+    """1 - F_method / F_reference (the paper's "x% less forgetting"); nan (undefined) unless the reference forgot
+    more than ``least``: a ratio to a forgetting of about zero means nothing."""
+    return float("nan") if not f_reference > least else 1.0 - f_method / f_reference

@@ -1,8 +1,9 @@
 """Which parameters train, and exact freezing of single experts inside fused expert tensors.
 
-Parameters fall in five parts: ``router`` (mlp.gate), ``experts`` (the fused routed-expert tensors
+Parameters fall in six parts: ``router`` (mlp.gate), ``experts`` (the fused routed-expert tensors
 ``gate_up_proj[E,2I,H]`` and ``down_proj[E,H,I]``), ``shared`` (shared experts and their gate), ``embeddings``
-(input and output embeddings) and ``other`` (attention, norms, dense FFNs). Whole parts are frozen with
+(input and output embeddings), ``other`` (attention, norms, dense FFNs) and ``adapter`` (parameters added to the
+model after the map was made, e.g. LoRA adapters). Whole parts are frozen with
 ``requires_grad=False`` (the optimizer then skips them: no update, no weight decay). One expert is a slice of a
 fused tensor, so it is frozen by (1) zeroing its gradient rows before ``opt.step()`` and (2) restoring its
 slice from a snapshot after the step, which also cancels AdamW momentum and weight decay: frozen experts stay
@@ -17,12 +18,28 @@ from torch import nn
 
 from .. import arch
 
-PARTS = ("router", "experts", "shared", "embeddings", "other")
+PARTS = ("router", "experts", "shared", "embeddings", "other", "adapter")
+BASE_PARTS = PARTS[:-1]
 BACKBONE = ("embeddings", "other")
 
 
+class PartMap:
+    """Which part each parameter of a model belongs to, fixed when made; parameters added later are 'adapter'."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.owner = {id(p): name for name, ps in parameter_parts(model).items() for p in ps}
+
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """{part: parameters} of the model as it is now."""
+        out: dict[str, list[nn.Parameter]] = {name: [] for name in PARTS}
+        for param in self.model.parameters():
+            out[self.owner.get(id(param), "adapter")].append(param)
+        return out
+
+
 def parameter_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """{part: parameters} covering every parameter of ``model`` exactly once."""
+    """{part: parameters} covering every parameter of ``model`` exactly once (no 'adapter' parameters)."""
     owner: dict[int, str] = {}
     for p in arch.layers(model):
         if p.is_moe:
@@ -42,13 +59,14 @@ def parameter_parts(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return parts
 
 
-def set_trainable(model: nn.Module, parts: Iterable[str]) -> None:
+def set_trainable(model: nn.Module | PartMap, parts: Iterable[str]) -> None:
     """requires_grad = True for the parameters of ``parts``, False for all others."""
     wanted = set(parts)
     unknown = wanted - set(PARTS)
     if unknown:
         raise ValueError(f"unknown parameter parts {sorted(unknown)}; choose from {PARTS}")
-    for name, params in parameter_parts(model).items():
+    by_part = model.parts() if isinstance(model, PartMap) else parameter_parts(model)
+    for name, params in by_part.items():
         for param in params:
             param.requires_grad_(name in wanted)
 

@@ -8,8 +8,14 @@ backward pass (router distillation).
 - :class:`FrozenRouterFT` : every parameter but the routers (mlp.gate) trains.
 - :class:`ESFT` : only the routed experts selected by relevance (Gate score p=0.1 or Token score p=0.2) train;
   router, shared experts, attention, embeddings and norms stay frozen; routing is unchanged.
+- :class:`ESFTALR` : ESFT plus the ALR router trained with distillation (Table 3's "ESFT + ALR").
+- :class:`LoRA` : low-rank adapters (PEFT) on every linear layer but the LM head, on the fused routed experts
+  (PEFT ``target_parameters``) and on the routers; the base weights stay frozen.
 - :class:`DESMoE` : ALR + distillation, DGES masks, three-phase schedule (:mod:`.desmoe`); ``alr=False`` and
   ``dges=False`` give the paper's ablations.
+
+General-data batches (the 1:1 mix) are batches of domain ``'general'``: ESFT trains its task-selected experts on
+them, DES-MoE treats 'general' as one more domain with its own DGES mask.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from torch import nn
 from .. import arch
 from . import desmoe, esft
 from .batches import Encoded
-from .masks import BACKBONE, PARTS
+from .domains import GENERAL
+from .masks import BACKBONE, BASE_PARTS
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Method:
         return []
 
     def plan(self, step: int, total: int, domain: str) -> StepPlan:
-        return StepPlan(frozenset(PARTS))
+        return StepPlan(frozenset(BASE_PARTS))
 
     def backward(self, loss: torch.Tensor, batch: Encoded, step: int, total: int) -> None:
         loss.backward()
@@ -77,7 +84,7 @@ class FrozenRouterFT(Method):
         arch.require_moe(model, "frozen-router fine-tuning")
 
     def plan(self, step, total, domain):
-        return StepPlan(frozenset(PARTS) - {"router"})
+        return StepPlan(frozenset(BASE_PARTS) - {"router"})
 
 
 def _score_batches(data: Encoded, rows: list[int], batch_size: int):
@@ -87,36 +94,79 @@ def _score_batches(data: Encoded, rows: list[int], batch_size: int):
 
 
 class ESFT(Method):
-    """Expert-specialised fine-tuning: train only experts selected by ``score`` ('gate' or 'token') up to ``p``.
+    """Expert-specialised fine-tuning: train only the experts selected by ``score`` ('gate' or 'token') up to ``p``.
 
-    ``selection='mixed'`` scores the pooled training data (one static mask); ``'per_domain'`` scores each domain
-    and applies its mask to that domain's batches.
+    Relevance is scored on the pooled task training data (general rows excluded), with the original router, and
+    gives one static mask for every batch.
     """
 
-    def __init__(self, score: str = "gate", p: float | None = None, selection: str = "mixed"):
-        if score not in ("gate", "token") or selection not in ("mixed", "per_domain"):
-            raise ValueError("score must be 'gate' or 'token', selection 'mixed' or 'per_domain'")
-        self.score, self.selection = score, selection
+    def __init__(self, score: str = "gate", p: float | None = None):
+        if score not in ("gate", "token"):
+            raise ValueError("score must be 'gate' or 'token'")
+        self.score = score
         self.p = p if p is not None else (0.1 if score == "gate" else 0.2)
         self.name = f"esft_{score}"
-        self.masks: dict[str, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
 
     def prepare(self, model, data, batch_size):
         arch.require_moe(model, "ESFT")
         device = next(model.parameters()).device
-        data = data.rows(range(len(data)), device)
-        groups = {"*": list(range(len(data)))}
-        if self.selection == "per_domain":
-            groups = {d: [i for i, x in enumerate(data.domains) if x == d] for d in sorted(set(data.domains))}
-        for key, rows in groups.items():
-            rel = esft.relevance(model, _score_batches(data, rows, batch_size))
-            self.masks[key] = esft.select_top_p(getattr(rel, self.score), self.p)
+        rows = [i for i, d in enumerate(data.domains) if d != GENERAL]
+        if not rows:
+            raise ValueError("ESFT needs task (non-general) training rows to score expert relevance")
+        rel = esft.relevance(model, _score_batches(data.rows(rows, device), list(range(len(rows))), batch_size))
+        self.mask = esft.select_top_p(getattr(rel, self.score), self.p)
 
     def plan(self, step, total, domain):
-        return StepPlan(frozenset({"experts"}), self.masks.get(domain, self.masks.get("*")))
+        return StepPlan(frozenset({"experts"}), self.mask)
 
     def summary(self):
-        return {"experts_per_layer": {k: m.sum(1).tolist() for k, m in self.masks.items()}}
+        return {"experts_per_layer": self.mask.sum(1).tolist(), "mask": self.mask.tolist()}
+
+
+class ESFTALR(ESFT):
+    """ESFT's expert selection plus an ALR router trained with distillation throughout (lambda = 1 - alpha)."""
+
+    def __init__(self, score: str = "gate", p: float | None = None, tau: float = 0.7):
+        super().__init__(score, p)
+        self.name, self.tau = f"esft_{score}_alr", tau
+        self.routing: desmoe.AdaptiveRouting | None = None
+
+    def prepare(self, model, data, batch_size):
+        super().prepare(model, data, batch_size)
+        self.routing = desmoe.AdaptiveRouting(model)
+
+    def hooks(self):
+        return self.routing.hooks()
+
+    def extra_parameters(self):
+        return list(self.routing.heads.parameters())
+
+    def backward(self, loss, batch, step, total):
+        desmoe.distilled_backward(self.routing, loss, batch.attention_mask, desmoe.distillation_weight(step / total),
+                                  self.tau)
+
+
+class LoRA(Method):
+    """LoRA (rank ``rank``, scaling alpha / rank) on every linear layer but the LM head, the fused routed experts
+    and the routers, injected with PEFT (:mod:`.lora`); only the adapters train."""
+
+    name = "lora"
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0):
+        self.rank, self.alpha = rank, alpha
+        self.trainable = 0
+
+    def prepare(self, model, data, batch_size):
+        from .lora import add_adapters
+
+        self.trainable = add_adapters(model, self.rank, self.alpha)
+
+    def plan(self, step, total, domain):
+        return StepPlan(frozenset({"adapter"}))
+
+    def summary(self):
+        return {"adapter_params": self.trainable, "rank": self.rank, "alpha": self.alpha}
 
 
 class DESMoE(Method):
@@ -190,14 +240,8 @@ class DESMoE(Method):
         if not (self.alr and self._router_trains(desmoe.phase(step, total, self.t1, self.t2))):
             loss.backward()
             return
-        lam = desmoe.distillation_weight(step / total)
-        heads = [p for p in self.routing.heads.parameters()]
-        kd = self.routing.kd_loss(batch.attention_mask, self.tau)
-        kd_grads = torch.autograd.grad(kd, heads, retain_graph=True, allow_unused=True)
-        loss.backward()
-        for p, g_kd in zip(heads, kd_grads):
-            g_task = p.grad if p.grad is not None else torch.zeros_like(p)
-            p.grad = (1 - lam) * g_task + (lam * g_kd if g_kd is not None else 0)
+        desmoe.distilled_backward(self.routing, loss, batch.attention_mask, desmoe.distillation_weight(step / total),
+                                  self.tau)
 
     def after_step(self, step, total, domain, batch):
         self.affinity.observe(domain, self._index, batch.attention_mask)

@@ -2,7 +2,8 @@
 
 Per step: plan = method.plan(step, T, domain); parts outside plan.parts get requires_grad=False (AdamW skips
 them); routed experts outside plan.experts are frozen exactly (:class:`.masks.ExpertFreezer`); the method's
-hooks (e.g. the ALR router) are active throughout training and evaluation and removed afterwards.
+hooks (e.g. the ALR router) are active throughout training and evaluation and removed afterwards. The parameter
+map and the expert freezer are made before ``method.prepare`` (which may wrap modules, as LoRA does).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..determinism import deterministic_kernels
 from .domains import Example
 from ..hooks import hooked
 from .batches import Encoded, domain_batches, encode
-from .masks import PARTS, ExpertFreezer, parameter_parts, set_trainable
+from .masks import BASE_PARTS, ExpertFreezer, PartMap, set_trainable
 from .methods import Method
 
 
@@ -49,8 +50,8 @@ class TrainResult:
     method: dict = field(default_factory=dict)
 
 
-def _trained_params(model: nn.Module, freezer: ExpertFreezer | None, experts: torch.Tensor | None) -> int:
-    parts = parameter_parts(model)
+def _trained_params(part_map: PartMap, freezer: ExpertFreezer | None, experts: torch.Tensor | None) -> int:
+    parts = part_map.parts()
     dense = sum(p.numel() for name, ps in parts.items() if name != "experts" for p in ps if p.requires_grad)
     if freezer is None or not any(p.requires_grad for p in parts["experts"]):
         return dense + sum(p.numel() for p in parts["experts"] if p.requires_grad)
@@ -66,10 +67,11 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
     """
     device = next(model.parameters()).device
     data = examples if isinstance(examples, Encoded) else encode(tokenizer, examples)
+    part_map = PartMap(model)
+    freezer = ExpertFreezer(model) if arch.is_moe(model) else None
     method.prepare(model, data, config.batch_size)
     opt = torch.optim.AdamW(list(model.parameters()) + method.extra_parameters(), lr=config.lr,
                             betas=config.betas, weight_decay=config.weight_decay)
-    freezer = ExpertFreezer(model) if arch.is_moe(model) else None
     extra = {"output_router_logits": True} if config.aux_loss and hasattr(model.config, "router_aux_loss_coef") else {}
     stream = domain_batches(data, config.batch_size, config.seed)
     result = TrainResult()
@@ -86,7 +88,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
             domain, rows = next(stream)
             batch = data.rows(rows, device)
             plan = method.plan(step, config.steps, domain)
-            set_trainable(model, plan.parts)
+            set_trainable(part_map, plan.parts)
             start = time.perf_counter()
             if freezer is not None:
                 freezer.hold(plan.experts)
@@ -106,11 +108,11 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
             result.step_seconds.append(time.perf_counter() - start)
             result.train_seconds += result.step_seconds[-1]
             result.losses.append(out.loss.item())
-            trained += _trained_params(model, freezer, plan.experts)
+            trained += _trained_params(part_map, freezer, plan.experts)
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
                 evaluation(step + 1)
         evaluation(config.steps)
-    set_trainable(model, PARTS)
+    set_trainable(part_map, BASE_PARTS)
     result.final = result.history[-1] if result.history else {}
     result.trained_params = trained / max(config.steps, 1)
     result.method = method.summary()

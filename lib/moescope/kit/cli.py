@@ -1,4 +1,4 @@
-"""Command line: ``python -m moescope {organisms,attribute,benchmark,run,reproduce} ...``.
+"""Command line: ``python -m moescope {organisms,attribute,benchmark,run,reproduce,desmoe-grid} ...``.
 
 Every error is one line on stderr that names the problem and what to do, with exit status 2 for bad input and
 1 when notebooks of a batch failed or the kit itself broke; ``--debug`` shows the traceback instead.
@@ -174,6 +174,22 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _desmoe_grid(args: argparse.Namespace) -> int:
+    from ..finetuning import base, experiments, protocol
+
+    start = time.perf_counter()
+    if args.retrain_base or base.NAME not in available_organisms():
+        print(f"== pre-training the DES-MoE base organism ({base.NAME}) ==")
+        base.train_base()
+    default = paths.RUNS / "desmoe-grid-reduced" if args.reduced else experiments.GRID_FOLDER
+    folder = Path(args.folder) if args.folder else default
+    grid = protocol.FULL.reduced(args.steps) if args.reduced else protocol.FULL
+    rates = protocol.run_grid(experiments.base_for(), folder, grid, jobs=args.jobs)
+    print("chosen learning rates (validation only):", rates)
+    print(f"DES-MoE grid finished in {time.perf_counter() - start:.0f} s; results in {folder}/")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -247,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", default=[], help="notebook parameter key=value (repeatable)")
     _batch_options(p)
     p.set_defaults(func=_run)
+    p = sub.add_parser("desmoe-grid", help="pre-train the DES-MoE base (if missing) and run or resume its grid")
+    p.add_argument("--jobs", type=int, default=2, help="parallel one-thread worker processes (default 2)")
+    p.add_argument("--folder", help="output folder (default: the shipped cache data/desmoe/grid; with --reduced "
+                   "runs/desmoe-grid-reduced)")
+    p.add_argument("--retrain-base", action="store_true", help="pre-train the base organism again")
+    p.add_argument("--reduced", action="store_true", help="the reduced grid (one rate, N in {2, 6}, two seeds)")
+    p.add_argument("--steps", type=int, default=60, help="with --reduced: steps per run")
+    p.set_defaults(func=_desmoe_grid)
     p = sub.add_parser("reproduce", help="reproduce every finding of both papers on the organisms")
     _batch_options(p)
     p.set_defaults(func=_reproduce)

@@ -1,0 +1,284 @@
+"""The fair DES-MoE protocol as a grid of runs: methods x learning rates x domain counts x orders x seeds.
+
+Every run starts from a fresh copy of the base model and fine-tunes one method jointly on N domains mixed 1:1
+with general data (ESFT's mix, for every method). It is evaluated every ``eval_every`` steps on the domains'
+validation and test sets and on the general set; the checkpoint kept is the one with the best *validation*
+domain average (earliest on ties), and its test and general scores are what the tables report.
+
+Stages (each run is one atomic JSON file under ``folder``; a finished run is never redone, so an interrupted
+grid resumes):
+
+1. sweep: every method at N=6 (first order) for the ``sweep_seeds`` at each of its learning rates;
+2. the rate of each method is fixed as the one with the best mean validation score in the sweep (never the
+   general score), then every method runs at that rate for the remaining seeds at N=6 and, for the methods of the
+   forgetting curve, at N in ``n_domains`` for both domain orders;
+3. sequential adaptation (an extension beyond the paper) for ``sequential_methods`` at their chosen rates.
+
+Runs use one thread each (bit-identical whatever the machine's core count) and can run in parallel processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import arch
+from ..determinism import set_determinism
+from ..results import write_json_atomic
+from . import domains
+from .base import THREADS, Base
+from .methods import DESMoE, ESFT, ESFTALR, FrozenRouterFT, FullFT, LoRA, Method
+from .train import TrainConfig, train
+
+VERSION = 1
+
+#: every method of the protocol, by name
+METHODS: dict[str, Callable[[], Method]] = {
+    "fft": FullFT,
+    "frozen_router": FrozenRouterFT,
+    "lora": LoRA,
+    "esft_gate": lambda: ESFT("gate", 0.1),
+    "esft_token": lambda: ESFT("token", 0.2),
+    "esft_gate_alr": lambda: ESFTALR("gate", 0.1),
+    "desmoe": DESMoE,
+    "desmoe_no_alr": lambda: DESMoE(alr=False),
+    "desmoe_no_dges": lambda: DESMoE(dges=False),
+}
+#: learning rates swept per method: four values over a decade and a half, as the papers' own searches (four values,
+#: one set for all methods, picked per method); the methods that train fewer parameters get a grid shifted up by
+#: one step. findings.sweep_table flags a chosen rate at the edge of its sweep.
+LOW, HIGH = (3e-4, 1e-3, 3e-3, 1e-2), (1e-3, 3e-3, 1e-2, 3e-2)
+LEARNING_RATES: dict[str, tuple[float, ...]] = {
+    "fft": LOW, "frozen_router": LOW, "lora": HIGH, "esft_gate": HIGH, "esft_token": HIGH, "esft_gate_alr": HIGH,
+    "desmoe": HIGH, "desmoe_no_alr": HIGH, "desmoe_no_dges": HIGH,
+}
+CURVE_METHODS = ("fft", "desmoe")
+ORDERS = {"a": domains.DOMAINS, "b": ("translation", "law", "summary", "intent", "code", "math")}
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What the grid runs. ``FULL`` is the shipped grid; :meth:`reduced` a quick one for any model."""
+
+    methods: tuple[str, ...] = tuple(METHODS)
+    curve_methods: tuple[str, ...] = CURVE_METHODS
+    learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = tuple(LEARNING_RATES.items())
+    n_domains: tuple[int, ...] = (2, 4, 6)
+    orders: tuple[str, ...] = ("a", "b")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sweep_seeds: tuple[int, ...] = (0,)
+    steps: int = 160
+    eval_every: int = 40
+    batch_size: int = 32
+    sequential_methods: tuple[str, ...] = ("fft", "desmoe")
+    sequential_steps: int = 30
+
+    def rates(self, method: str) -> tuple[float, ...]:
+        return dict(self.learning_rates)[method]
+
+    def reduced(self, steps: int = 60, seeds: Sequence[int] = (0, 1)) -> "GridSpec":
+        """One rate per method (the middle of its sweep), N in {2, 6}, one order, ``seeds``."""
+        middle = tuple((m, (lrs[len(lrs) // 2],)) for m, lrs in self.learning_rates)
+        return replace(self, learning_rates=middle, n_domains=(2, 6), orders=("a",), seeds=tuple(seeds),
+                       sweep_seeds=(seeds[0],), steps=steps, eval_every=max(1, steps // 4),
+                       sequential_steps=max(1, steps // 4))
+
+
+FULL = GridSpec()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run; ``domains`` in the order they were added (N = len)."""
+
+    method: str
+    lr: float
+    domains: tuple[str, ...]
+    order: str
+    seed: int
+    steps: int
+    eval_every: int
+    batch_size: int
+    stage: str = "joint"
+
+    @property
+    def id(self) -> str:
+        kind = "seq" if self.stage == "sequential" else f"n{len(self.domains)}"
+        return f"{self.method}-{kind}-{self.order}-s{self.seed}-lr{self.lr:g}"
+
+
+def _key(spec: RunSpec, base: Base) -> str:
+    blob = json.dumps([VERSION, asdict(spec), base.model, base.corpus.digest()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_file(folder: Path, spec: RunSpec) -> Path:
+    return Path(folder) / f"{spec.id}.json"
+
+
+def is_done(folder: Path, spec: RunSpec, base: Base) -> bool:
+    file = run_file(folder, spec)
+    return file.is_file() and json.loads(file.read_text()).get("key") == _key(spec, base)
+
+
+def best_checkpoint(val_scores: Sequence[float]) -> int:
+    """Index of the checkpoint with the best validation score (the earliest among ties).
+
+    Takes validation scores only, so no test or general score can influence which checkpoint is kept.
+    """
+    if not len(val_scores):
+        raise ValueError("no checkpoints to choose from")
+    best = max(val_scores)
+    return next(i for i, v in enumerate(val_scores) if v == best)
+
+
+def choose_rate(sweep: dict[float, Sequence[float]]) -> float:
+    """The learning rate whose runs reach the best mean validation score ({lr: best validation per seed});
+    the smallest rate among ties."""
+    if not sweep:
+        raise ValueError("no sweep runs to choose a learning rate from")
+    means = {lr: sum(v) / len(v) for lr, v in sweep.items()}
+    best = max(means.values())
+    return min(lr for lr, m in means.items() if m == best)
+
+
+def _compact(result) -> dict:
+    losses = [round(x, 4) for x in result.losses[::10]]
+    steps = sorted(result.step_seconds)
+    return {"history": result.history, "losses_every_10": losses, "train_seconds": round(result.train_seconds, 3),
+            "median_step_seconds": steps[len(steps) // 2] if steps else None,
+            "trained_params": result.trained_params, "method": result.method}
+
+
+def run_joint(base: Base, spec: RunSpec) -> dict:
+    """Train ``spec`` from a fresh copy of the base model; evaluation history and method summary."""
+    set_determinism(spec.seed, threads=THREADS)
+    model = base.load()
+    examples = [e for d in spec.domains for e in base.corpus.domains[d].train] + list(base.corpus.general_mix)
+    cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
+                      eval_every=spec.eval_every)
+    return _compact(train(model, base.tokenizer, examples, METHODS[spec.method](), cfg, base.evaluator(spec.domains)))
+
+
+def run_sequential(base: Base, spec: RunSpec) -> dict:
+    """Adapt to ``spec.domains`` one after another (each stage mixed 1:1 with general data); after each stage
+    every domain so far is scored. DES-MoE stages reuse the ALR heads and keep the experts of earlier domains'
+    final DGES masks frozen."""
+    set_determinism(spec.seed, threads=THREADS)
+    model = base.load()
+    stages, routing, reserved = [], None, None
+    for stage, domain in enumerate(spec.domains):
+        method = METHODS[spec.method]()
+        if isinstance(method, DESMoE):
+            method.routing, method.reserved = routing, reserved
+        cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed + stage)
+        examples = list(base.corpus.domains[domain].train) + list(base.corpus.general_mix)
+        res = train(model, base.tokenizer, examples, method, cfg, base.evaluator(spec.domains[: stage + 1]))
+        if isinstance(method, DESMoE):
+            routing = method.routing
+            names = method.affinity.domains
+            final = torch.tensor(method.snapshots["T"]["masks"][names.index(domain)], dtype=torch.bool)
+            reserved = final if reserved is None else reserved | final
+        stages.append({"stage": stage + 1, "trained": domain, "scores": res.final})
+    return {"stages": stages}
+
+
+def execute(base: Base, spec: RunSpec, folder: Path) -> Path:
+    """Run ``spec`` and write its JSON atomically (spec, key, results)."""
+    body = run_sequential(base, spec) if spec.stage == "sequential" else run_joint(base, spec)
+    return write_json_atomic(run_file(folder, spec), {"spec": asdict(spec), "id": spec.id, "key": _key(spec, base),
+                                                      "base_model": base.model, **body})
+
+
+_WORKER_BASE: Base | None = None
+
+
+def _worker_init(base: Base) -> None:
+    global _WORKER_BASE
+    _WORKER_BASE = base
+
+
+def _worker(args: tuple[RunSpec, Path]) -> str:
+    spec, folder = args
+    execute(_WORKER_BASE, spec, folder)
+    return spec.id
+
+
+def run_all(base: Base, specs: Sequence[RunSpec], folder: Path, jobs: int = 1, desc: str = "runs") -> None:
+    """Run the specs not done yet, ``jobs`` processes in parallel, with a progress bar."""
+    todo = [s for s in specs if not is_done(folder, s, base)]
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc)
+    if jobs <= 1 or len(todo) <= 1:
+        for spec in todo:
+            bar.set_postfix_str(spec.id)
+            execute(base, spec, folder)
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(jobs, initializer=_worker_init, initargs=(base,)) as pool:
+            for done in pool.imap_unordered(_worker, [(s, folder) for s in todo]):
+                bar.set_postfix_str(done)
+                bar.update()
+    bar.close()
+
+
+def _joint(grid: GridSpec, method: str, lr: float, n: int, order: str, seed: int) -> RunSpec:
+    return RunSpec(method, lr, tuple(ORDERS[order][:n]), order, seed, grid.steps, grid.eval_every, grid.batch_size)
+
+
+def sweep_specs(grid: GridSpec) -> list[RunSpec]:
+    n, order = max(grid.n_domains), grid.orders[0]
+    return [_joint(grid, m, lr, n, order, s) for m in grid.methods for lr in grid.rates(m) for s in grid.sweep_seeds]
+
+
+def chosen_rates(grid: GridSpec, folder: Path) -> dict[str, float]:
+    """{method: learning rate} chosen on the sweep runs' validation scores."""
+    sweep: dict[str, dict[float, list[float]]] = {}
+    for spec in sweep_specs(grid):
+        history = json.loads(run_file(folder, spec).read_text())["history"]
+        best = max(h["val"]["avg"] for h in history)
+        sweep.setdefault(spec.method, {}).setdefault(spec.lr, []).append(best)
+    return {m: choose_rate(v) for m, v in sweep.items()}
+
+
+def main_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
+    """Stage 2: the chosen rates at N=6 for every seed, and the curve methods at every N and order."""
+    top = max(grid.n_domains)
+    specs = [_joint(grid, m, rates[m], top, grid.orders[0], s) for m in grid.methods for s in grid.seeds]
+    specs += [_joint(grid, m, rates[m], n, o, s) for m in grid.curve_methods for n in grid.n_domains if n != top
+              for o in grid.orders for s in grid.seeds]
+    specs += [_joint(grid, m, rates[m], top, o, s) for m in grid.curve_methods for o in grid.orders[1:]
+              for s in grid.seeds if set(ORDERS[o][:top]) != set(ORDERS[grid.orders[0]][:top])]
+    return list(dict.fromkeys(specs))
+
+
+def sequential_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
+    return [RunSpec(m, rates[m], ORDERS[grid.orders[0]], grid.orders[0], s, grid.sequential_steps, 0,
+                    grid.batch_size, "sequential") for m in grid.sequential_methods for s in grid.seeds]
+
+
+def run_grid(base: Base, folder: Path | str, grid: GridSpec = FULL, jobs: int = 1) -> dict[str, float]:
+    """Run (or resume) the whole grid into ``folder``; returns the chosen learning rates."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_all(base, sweep_specs(grid), folder, jobs, "1/3 learning-rate sweep")
+    rates = chosen_rates(grid, folder)
+    write_json_atomic(folder / "chosen_rates.json", {"rates": rates, "grid": asdict(grid), "version": VERSION,
+                                                     "base_model": base.model, "corpus": base.corpus.digest(),
+                                                     "model": arch.describe(base.load())})
+    run_all(base, main_specs(grid, rates), folder, jobs, "2/3 seeds, N and orders")
+    run_all(base, sequential_specs(grid, rates), folder, jobs, "3/3 sequential extension")
+    return rates
+
+
+def all_specs(grid: GridSpec, folder: Path | str) -> list[RunSpec]:
+    """Every run of a finished grid (the sweep, the main runs, the sequential runs)."""
+    rates = chosen_rates(grid, Path(folder))
+    return list(dict.fromkeys(sweep_specs(grid) + main_specs(grid, rates) + sequential_specs(grid, rates)))
+

@@ -1,0 +1,100 @@
+"""A finished grid (a folder of run JSONs, see :mod:`.protocol`) read back as tidy DataFrames.
+
+``runs``: one row per joint run at its validation-chosen checkpoint (``best_step``): validation, test and general
+scores there, the base model's scores (the step-0 evaluation), forgetting F = general_base - general and retention
+= general / general_base. ``history``: one row per run and evaluation. ``sequential``: one row per stage and
+domain of the sequential runs. ``raw``: the JSON of each run (method summaries: masks, affinities).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .protocol import best_checkpoint
+
+GENERAL_KEYS = ("all", "facts", "text")
+
+
+@dataclass
+class Grid:
+    """The cached results of one grid."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    sequential: pd.DataFrame
+    raw: dict[str, dict] = field(repr=False)
+    rates: dict[str, float]
+
+    def chosen(self) -> pd.DataFrame:
+        """The runs at each method's chosen learning rate (the protocol's results)."""
+        return self.runs[self.runs.lr == self.runs.method.map(self.rates)]
+
+    def at(self, n: int | None = None) -> pd.DataFrame:
+        """Chosen-rate runs with ``n`` domains (default: the largest N)."""
+        frame = self.chosen()
+        return frame[frame.n_domains == (n or int(frame.n_domains.max()))]
+
+
+def _spec_columns(spec: dict) -> dict:
+    return {"method": spec["method"], "lr": spec["lr"], "n_domains": len(spec["domains"]), "order": spec["order"],
+            "seed": spec["seed"], "domains": "+".join(spec["domains"]), "steps": spec["steps"]}
+
+
+def _history_rows(run: dict) -> list[dict]:
+    rows = []
+    for h in run["history"]:
+        row = {"id": run["id"], **_spec_columns(run["spec"]), "step": h["step"], "train_seconds": h["train_seconds"],
+               "val": h["val"]["avg"], "test": h["test"]["avg"], "general": h["general"]["all"]}
+        row |= {f"general_{k}": h["general"].get(k) for k in GENERAL_KEYS[1:]}
+        row |= {f"test_{d}": v for d, v in h["test"].items() if d != "avg"}
+        rows.append(row)
+    return rows
+
+
+def _run_row(run: dict) -> dict:
+    history = run["history"]
+    pick = best_checkpoint([h["val"]["avg"] for h in history])
+    best, base = history[pick], history[0]
+    row = {"id": run["id"], **_spec_columns(run["spec"]), "best_step": best["step"], "val": best["val"]["avg"],
+           "test": best["test"]["avg"], "general": best["general"]["all"], "base_general": base["general"]["all"],
+           "base_test": base["test"]["avg"], "train_seconds": run["train_seconds"],
+           "median_step_seconds": run["median_step_seconds"], "trained_params": run["trained_params"]}
+    row |= {f"general_{k}": best["general"].get(k) for k in GENERAL_KEYS[1:]}
+    row |= {f"test_{d}": v for d, v in best["test"].items() if d != "avg"}
+    row["forgetting"] = row["base_general"] - row["general"]
+    row["retention"] = row["general"] / row["base_general"] if row["base_general"] else float("nan")
+    return row
+
+
+def _sequential_rows(run: dict) -> list[dict]:
+    spec = run["spec"]
+    rows = []
+    for stage in run["stages"]:
+        scores = stage["scores"]
+        common = {"method": spec["method"], "seed": spec["seed"], "stage": stage["stage"], "trained": stage["trained"]}
+        rows += [common | {"domain": d, "acc": v} for d, v in scores["test"].items() if d != "avg"]
+        rows.append(common | {"domain": "general", "acc": scores["general"]["all"]})
+    return rows
+
+
+def load(folder: Path | str) -> Grid:
+    """Read every run JSON in ``folder`` (and its chosen_rates.json)."""
+    folder = Path(folder)
+    rates_file = folder / "chosen_rates.json"
+    if not rates_file.is_file():
+        raise FileNotFoundError(f"{folder} holds no finished grid (no chosen_rates.json); run `python -m moescope "
+                                "desmoe-grid` first")
+    raw = {}
+    for file in sorted(folder.glob("*.json")):
+        if file.name != rates_file.name:
+            run = json.loads(file.read_text())
+            raw[run["id"]] = run
+    joint = [r for r in raw.values() if r["spec"]["stage"] == "joint"]
+    seq = [r for r in raw.values() if r["spec"]["stage"] == "sequential"]
+    return Grid(runs=pd.DataFrame([_run_row(r) for r in joint]),
+                history=pd.DataFrame([row for r in joint for row in _history_rows(r)]),
+                sequential=pd.DataFrame([row for r in seq for row in _sequential_rows(r)]),
+                raw=raw, rates=json.loads(rates_file.read_text())["rates"])

@@ -1,0 +1,49 @@
+"""The shipped DES-MoE base organism: its layout, its corpus, and bit-identical re-creation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moescope import paths
+from moescope.finetuning import base, domains, experiments, protocol
+from moescope.models import load_model
+
+
+def test_base_organism_mirrors_deepseek_v2_lite():
+    card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())
+    lm = load_model(base.NAME)
+    assert type(lm.model).__name__ == "DeepseekV2ForCausalLM"
+    layers = lm.model.model.layers
+    assert not hasattr(layers[0].mlp, "experts")  # first layer dense, as in DeepSeek-V2-Lite
+    assert all(hasattr(layer.mlp, "experts") and hasattr(layer.mlp, "shared_experts") for layer in layers[1:])
+    assert card["architecture"]["experts"] == 16 and card["architecture"]["top_k"] == 2
+    assert card["threads"] == base.THREADS and card["data_hash"] == base.shipped_corpus().digest()
+    assert 0.5 < card["base_scores"]["general"]["all"] < 1.0  # room to forget, not at chance
+    assert card["base_scores"]["test"]["avg"] < 0.05  # the domains are new to it
+
+
+def test_shipped_corpus_matches_the_generators_for_the_domains():
+    shipped = base.shipped_corpus()
+    fresh = domains.domain_splits()
+    assert shipped.domains == fresh
+
+
+@pytest.mark.slow
+def test_retraining_the_base_reproduces_the_shipped_weights_exactly(tmp_path):
+    card = base.train_base(folder=tmp_path / base.NAME)
+    shipped = load_file(paths.ORGANISMS / base.NAME / "model.safetensors")
+    fresh = load_file(tmp_path / base.NAME / "model.safetensors")
+    assert shipped.keys() == fresh.keys() and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    assert card["final_loss"] == json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())["final_loss"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_cached_grid_run_gives_the_same_history():
+    spec = protocol.sweep_specs(protocol.FULL)[0]
+    cached = json.loads(protocol.run_file(experiments.GRID_FOLDER, spec).read_text())
+    fresh = protocol.run_joint(experiments.base_for(), spec)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "train_seconds"} for row in h]  # noqa: E731
+    assert strip(fresh["history"]) == strip(cached["history"])
