@@ -3,9 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU numerics independent of the instruction set (see lib/moescope/numerics.py); set before any torch process.
-NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-	MKL_DYNAMIC=FALSE OMP_DYNAMIC=FALSE
-export $(NUMERICS)
+# One assignment per line: GNU make would read `export A=1 B=2` as the names "A=1" and "B=2".
+NUMERICS := ATEN_CPU_CAPABILITY MKL_CBWR ONEDNN_MAX_CPU_ISA OMP_NUM_THREADS MKL_NUM_THREADS MKL_DYNAMIC OMP_DYNAMIC
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_CBWR := COMPATIBLE
+export ONEDNN_MAX_CPU_ISA := AVX2
+export OMP_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
+export MKL_DYNAMIC := FALSE
+export OMP_DYNAMIC := FALSE
 export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -18,7 +24,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (moescope)" \
-		$(foreach kv,$(NUMERICS),--env $(subst =, ,$(kv))) > /dev/null
+		$(foreach v,$(NUMERICS),--env $(v) $($(v))) > /dev/null
 	touch $@
 
 reproduce: setup  ## train/load the organisms, run every notebook, write runs/report.md

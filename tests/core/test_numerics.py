@@ -43,6 +43,10 @@ def test_jupyter_kernel_spec_carries_the_settings():
 
 
 def test_makefile_exports_the_same_settings():
-    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
-    line = next(l for l in makefile.splitlines() if l.startswith("NUMERICS :="))
-    assert dict(kv.split("=") for kv in line.removeprefix("NUMERICS :=").split()) == numerics.PINNED
+    """Ask make itself, from an empty environment, what its recipes see (a text match would miss make's parsing)."""
+    probe = "probe: ; @env"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-s", "-C", str(root), "--eval", probe, "probe"], env={"PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, check=True)
+    seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert {k: seen.get(k) for k in numerics.PINNED} == numerics.PINNED

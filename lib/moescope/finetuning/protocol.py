@@ -58,7 +58,7 @@ LEARNING_RATES: dict[str, tuple[float, ...]] = {
     "fft": LOW, "frozen_router": LOW, "lora": HIGH, "esft_gate": HIGH, "esft_token": HIGH, "esft_gate_alr": HIGH,
     "desmoe": HIGH, "desmoe_no_alr": HIGH, "desmoe_no_dges": HIGH,
 }
-CURVE_METHODS = ("fft", "desmoe")
+CURVE_METHODS = ("fft", "lora", "esft_gate", "esft_token", "desmoe")
 ORDERS = {"a": domains.DOMAINS, "b": ("translation", "law", "summary", "intent", "code", "math")}
 
 
@@ -83,9 +83,11 @@ class GridSpec:
         return dict(self.learning_rates)[method]
 
     def reduced(self, steps: int = 60, seeds: Sequence[int] = (0, 1)) -> "GridSpec":
-        """One rate per method (the middle of its sweep), N in {2, 6}, one order, ``seeds``."""
+        """One rate per method (the middle of its sweep), N in {2, 6}, one order, ``seeds``; curves of full FT and
+        DES-MoE only."""
         middle = tuple((m, (lrs[len(lrs) // 2],)) for m, lrs in self.learning_rates)
         return replace(self, learning_rates=middle, n_domains=(2, 6), orders=("a",), seeds=tuple(seeds),
+                       curve_methods=("fft", "desmoe"),
                        sweep_seeds=(seeds[0],), steps=steps, eval_every=max(1, steps // 4),
                        sequential_steps=max(1, steps // 4))
 
