@@ -29,10 +29,10 @@ def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> li
     """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES); returns the paths."""
     folder = Path(folder) if folder is not None else paths.FIGURES
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
-    for path in paths:
+    files = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
+    for path in files:
         fig.savefig(path, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else {"Software": None})
-    return paths
+    return files
 
 
 use_style()

@@ -58,13 +58,13 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import runner
+    from . import report, runner
 
     jobs = runner.plan(runner.find_notebooks(args.notebooks), args.models, args.run, _parse_overrides(args.param),
                        Path(args.out))
     shared_figures = paths.FIGURES if not args.models else None  # per-model runs keep their own
     status = runner.run_jobs(jobs, force=args.force, figures=shared_figures)
-    path = runner.report(jobs, Path(args.out) / args.run / "report.md")
+    path, _ = report.write(Path(args.out) / args.run)
     print(pd.DataFrame(status).to_string(index=False))
     print(f"report: {path}")
     return 0
@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from ..organisms import planted
-    from . import runner
+    from . import report, runner
 
     start = time.perf_counter()
     print("== model organisms (trained on first use, then loaded) ==")
@@ -81,7 +81,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         planted.train_planted()
     jobs = runner.plan(runner.find_notebooks(), None)
     status = runner.run_jobs(jobs, force=args.force, figures=paths.FIGURES)
-    path = runner.report(jobs, paths.RUNS / runner.DEFAULT_RUN / "report.md")
+    path, _ = report.write(paths.RUNS / runner.DEFAULT_RUN)
     print(pd.DataFrame(status).to_string(index=False))
     print(f"reproduction finished in {time.perf_counter() - start:.0f} s; report: {path}")
     return 0
