@@ -236,8 +236,10 @@ def _rr(b: Blocking, task: str, selection: str, method: str = "reroute", k: int 
     return b.rr[(task, "original", "none", 0) if selection == "original" else (task, selection, method, k)]
 
 
-def _drop(b: Blocking, task: str, method: str, k: int) -> tuple[v.Estimate, v.Estimate]:
-    """(attributed drop, mean random drop) of one task, bootstrap over its prompts."""
+def _drop(b: Blocking, task: str, method: str, k: int) -> tuple[v.Estimate | None, v.Estimate | None]:
+    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run)."""
+    if (task, "attributed", method, k) not in b.rr:
+        return None, None
     base = _rr(b, task, "original")[0]
     att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, "random", method, k)
     ctl = lambda idx: np.mean([ratio_drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
@@ -278,10 +280,13 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         pairs = [_drop(r, task, method, k) for r in results]
         return combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
 
+    def ran(k):
+        return "" if not moe or (k in set(results[0].ranks.k)) else f"top-{k} was not blocked in this run"
+
     for task in _tasks(results):
         for k in (1, 5, 10):
             kit, ctl = drops(task, "reroute", k)
-            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, model=label(names)))
+            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, ran(k), label(names)))
         share_k = min(r.paper_ks.get(pm, 0) for r in results) if moe else 0
         kit, ctl = drops(task, "reroute", share_k) if share_k else (None, None)
         rows.append(claims.decide(claims.table5_id(pm, task, "share"), facts_for(task, share_k) | {"share_k": share_k},
@@ -289,7 +294,7 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         for method in ("reroute", "mask", "zero"):
             kit, ctl = drops(task, method, 10)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
-                                      model=label(names)))
+                                      ran(10), label(names)))
     rows.append(_core_vs_tolerant(results, names, moe))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"
@@ -326,7 +331,7 @@ def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) 
                          fraction=float(np.mean([_fraction(r, t, 10) for r in results for t in core + tolerant]))
                          if moe and core and tolerant else math.nan)
     kit = None
-    if moe and core and tolerant:
+    if moe and core and tolerant and all(10 in set(r.ranks.k) for r in results):
         def estimate(b):
             c, t = _family_drop(b, core), _family_drop(b, tolerant)
             sizes = {x: len(_rr(b, x, "original")[0]) for x in core + tolerant}
@@ -345,9 +350,10 @@ def table5_contrast_rows(by_model: Mapping[str, Sequence[Blocking]]) -> list[Row
     deep = max(shared, key=lambda m: moe[m][0].facts["layers"], default=None)
     shallow = min(unshared, key=lambda m: moe[m][0].facts["layers"], default=None)
     contrast = bool(deep and shallow and moe[deep][0].facts["layers"] > moe[shallow][0].facts["layers"])
+    ran = all(10 in set(r.ranks.k) for rs in moe.values() for r in rs)
     facts: dict[str, Any] = {"model": "all", "contrast": contrast}
     kit = None
-    if contrast:
+    if contrast and ran:
         a, b = moe[shallow], moe[deep]
         present = [t for t in _tasks(list(a) + list(b))]
         facts |= {"baseline_mrr": float(np.mean([r.facts["baseline_mrr"] for r in list(a) + list(b)])),
