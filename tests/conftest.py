@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,12 @@ import torch
 from moescope import configs
 from moescope.determinism import set_determinism
 
-#: Folder whose sitecustomize.py stands in for the registry's gen-2 interface where it is missing (put it on a
-#: notebook kernel's PYTHONPATH); loaded here for the tests themselves.
+#: Folder whose sitecustomize.py stands in for the registry's gen-2 interface where it is missing: loaded here for
+#: the tests, and put on PYTHONPATH for the notebook kernels the tests start (nbval, the any-model test).
 ZOO_STUB = Path(__file__).parent / "zoo_stub"
 _spec = importlib.util.spec_from_file_location("zoo_stub", ZOO_STUB / "sitecustomize.py")
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ZOO_STUB), os.environ.get("PYTHONPATH")]))
 
 ALL_FAMILIES = configs.MOE_FAMILIES + configs.DENSE_FAMILIES
 

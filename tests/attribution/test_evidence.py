@@ -78,7 +78,8 @@ def efficiency_of(ratio: float, n: int = 200) -> Efficiency:
 def test_efficiency_advantage_on_a_depth_matched_pair():
     rows = by_claim(evidence.table1_rows(efficiency_of(1.31)))
     assert rows["T1.advantage.direction"]["verdict"] == "reproduced"
-    assert rows["T1.advantage.acl31"]["kit"] == pytest.approx(0.31, abs=0.01)
+    acl = rows["T1.advantage.acl31"]
+    assert acl["kit"] == pytest.approx(0.31, abs=0.01) and acl["kit_low"] < acl["kit"] < acl["kit_high"]
     assert rows["T1.advantage.acl31"]["verdict"] == rows["T1.advantage.arxiv37"]["verdict"] == "reproduced"
     assert rows["T1.advantage.qwen51"]["verdict"] == "not reproduced"
     same = by_claim(evidence.table1_rows(efficiency_of(1.0)))
@@ -230,3 +231,17 @@ def test_head_inhibition_that_bypasses_routing_fails_mediation():
 def test_within_layer_table_has_one_interval_per_layer():
     t = evidence.within_layer_table(coordination_of(0.68, 0.9, n=200))
     assert list(t.layer) == [0, 1, 2] and ((t.low < t.r) & (t.r < t.high)).all() and (t.r.between(0.55, 0.8)).all()
+
+
+def test_batched_statistics_give_intervals_around_their_values():
+    """Every bootstrap statistic is batched (all resamples in one call): a statistic that reduced the wrong axis
+    would give a degenerate interval off its value."""
+    rows = [*evidence.table1_rows(efficiency_of(1.31)), *evidence.depth_rows(depth_of(paper.STAGE_SHARES)),
+            *evidence.table2_rows([ablation_of(PAPERLIKE)]), *evidence.coordination_rows([coordination_of(0.68, 0.9)]),
+            *evidence.table5_model_rows([blocking_of(0.25, 0.1, n=200)])]
+    checked = 0
+    for r in rows:
+        if np.isfinite(r["kit_low"]) and r["over"] == "prompts":
+            assert r["kit_low"] - 1e-9 <= r["kit"] <= r["kit_high"] + 1e-9, r["claim"]
+            checked += 1
+    assert checked > 40

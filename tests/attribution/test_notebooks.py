@@ -10,7 +10,6 @@ import ast
 import json
 import os
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -19,7 +18,7 @@ from nbclient import NotebookClient
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from conftest import ZOO_STUB, tiny_model
+from conftest import tiny_model
 from moescope import data, paths, verdicts
 from moescope.kit.runner import notebook_parameters
 from moescope.vocab import word_tokenizer
@@ -49,8 +48,7 @@ def saved_models(tmp_path_factory):
 def executed(saved_models, tmp_path_factory):
     """Run every attribution notebook once; returns {notebook stem: recorded metrics}."""
     out = tmp_path_factory.mktemp("runs")
-    env = dict(os.environ, MOESCOPE_FIGURES=str(out / "figures"),
-               PYTHONPATH=os.pathsep.join([str(ZOO_STUB), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, MOESCOPE_FIGURES=str(out / "figures"))  # PYTHONPATH carries ZOO_STUB (conftest)
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=env, cwd=str(paths.NOTEBOOKS))
     try:

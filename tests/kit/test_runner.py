@@ -4,13 +4,14 @@ import json
 import nbformat
 import pytest
 
-from moescope.kit import runner
+from moescope.kit import report, runner
 
 SOURCE = [
-    ("code", "from moescope import results"),
+    ("code", "from moescope import results, verdicts as v"),
     ("code", "model = 'x'\nscale = 2\nout_dir = '.'"),
-    ("code", "results.record('01_demo', {'comparison': [{'claim': 'double', 'paper': 2 * 1.0, "
-             "'kit': scale * len(model), 'verdict': 'ok'}]}, out_dir)"),
+    ("code", "claim = v.Claim('double', 'P', 'Eq. 1', 'doubles', '2', 'scale x len', v.at_least(2))\n"
+             "results.record('01_demo', {'claims': [v.decide(claim, {}, v.Estimate(scale * len(model)), model=model)]}, "
+             "out_dir)"),
 ]
 
 
@@ -32,7 +33,7 @@ def test_plan_run_resume_and_report(notebook, tmp_path):
     assert [j.label for j in jobs] == ["ab", "abc"] and jobs[0].params == {"scale": 3, "model": "ab", "out_dir": str(runs / "t" / "ab")}
     status = runner.run_jobs(jobs)
     assert [s["status"] for s in status] == ["ran", "ran"]
-    assert json.loads((runs / "t" / "abc" / "01_demo.metrics.json").read_text())["comparison"][0]["kit"] == 9
+    assert json.loads((runs / "t" / "abc" / "01_demo.metrics.json").read_text())["claims"][0]["kit"] == 9
     assert (runs / "t" / "ab" / "01_demo.ipynb").is_file() and not list(runs.rglob("*.tmp*"))
     # an interrupted batch resumes: finished jobs are skipped, a lost one runs again
     (runs / "t" / "abc" / "01_demo.done.json").unlink()
@@ -40,8 +41,8 @@ def test_plan_run_resume_and_report(notebook, tmp_path):
     # new parameters mean new work
     again = runner.plan([notebook], ["ab"], run="t", overrides={"scale": 4}, runs_dir=runs)
     assert [s["status"] for s in runner.run_jobs(again)] == ["ran"]
-    report = runner.report(jobs, runs / "t" / "report.md").read_text()
-    assert "| double | 2 | 8 | ok |" in report and "| double | 2 | 9 | ok |" in report
+    md = report.write(runs / "t")[0].read_text()
+    assert "| double | Eq. 1 | ab | 2 | 8 |" in md and "| double | Eq. 1 | abc | 2 | 9 |" in md
 
 
 def test_failed_notebook_leaves_no_output(notebook, tmp_path):

@@ -92,7 +92,7 @@ def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: 
     """Table 2 and its control on one model; a model without a shared expert gets empty tables and its facts."""
     lm = tasks.loaded(model, device, dtype)
     fr = tasks.facts(relations, n_samples, template)
-    facts = tasks.model_facts(lm) | tasks.data_facts(tasks.scores(lm, fr))
+    facts = tasks.facts_of(lm, fr)
     if not facts["shared_expert"]:
         return Ablation(pd.DataFrame(columns=["config", "sample_id", "task", "rank", "rr"]),
                         pd.DataFrame(columns=["config", "shared", "top_k", "default", "hit@10", "mrr", "n"]), facts)

@@ -61,15 +61,7 @@ def stage_table(layers: pd.DataFrame) -> pd.DataFrame:
 def profile(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
             device: str = "cpu", dtype: str | None = None, template: int = 0) -> DepthProfile:
     """Per-layer gains of every model on the same prompts, their mean profile and stage shares."""
-    fr = tasks.facts(relations, n_samples, template)
-    frames, facts = [], {}
-    for m in models:
-        lm = tasks.loaded(m, device, dtype)
-        frame = model_layers(lm, fr)
-        first = frame[frame.layer == 0]
-        facts[lm.name] = tasks.model_facts(lm) | tasks.data_facts(first.assign(rr=1 / first["rank"]))
-        frames.append(frame)
-    layers = pd.concat(frames, ignore_index=True)
+    layers, facts = tasks.for_models(models, tasks.facts(relations, n_samples, template), model_layers, device, dtype)
     prof = layers.groupby(["model", "layer", "depth", "stage", "paper_stage"], as_index=False, sort=False)[
         ["attn_gain", "ffn_gain"]].mean()
     return DepthProfile(layers, prof, stage_table(layers), facts)

@@ -60,14 +60,7 @@ def table1(samples: pd.DataFrame, facts: dict[str, dict]) -> pd.DataFrame:
 def measure(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
             device: str = "cpu", dtype: str | None = None, template: int = 0) -> Efficiency:
     """Table 1 on ``models`` (the same prompts for each), with the depth-matched groups among them."""
-    fr = tasks.facts(relations, n_samples, template)
-    parts, facts = [], {}
-    for m in models:
-        lm = tasks.loaded(m, device, dtype)
-        s = model_samples(lm, fr)
-        facts[lm.name] = tasks.model_facts(lm) | tasks.data_facts(s.assign(rr=1 / s["rank"]))
-        parts.append(s)
-    samples = pd.concat(parts, ignore_index=True)
+    samples, facts = tasks.for_models(models, tasks.facts(relations, n_samples, template), model_samples, device, dtype)
     table = table1(samples, facts)
     return Efficiency(samples, table, facts, replicas.depth_matched(table))
 
@@ -76,5 +69,5 @@ def group_readings(eff: Efficiency, group: replicas.Group, idx: np.ndarray | Non
     """Every reading of the efficiency advantage inside one group, eff = mean_{i in idx} FFN_i / L (all prompts
     when ``idx`` is None; the paired readings need a one-to-one pair)."""
     take = slice(None) if idx is None else idx
-    values = {m: float(eff.ffn[m][take].mean() / eff.facts[m]["layers"]) for m in group.models}
+    values = {m: eff.ffn[m][take].mean(-1) / eff.facts[m]["layers"] for m in group.models}
     return paper.efficiency_readings(values, group.moe, group.dense, group.pair)

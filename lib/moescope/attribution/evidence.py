@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import verdicts as v
-from . import ablation, claims, coordination, paper, replicas, summaries, tasks
+from . import ablation, claims, coordination, paper, replicas, summaries
 from .blocking import Blocking
 from .coordination import Coordination
 from .depth import DepthProfile, gain_matrix
@@ -504,8 +504,3 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
                           model=facts["model"]),
             claims.decide(f"T1.{paper_model}.mrr", facts, boot(lambda i: float((1 / ranks[i]).mean()), len(ranks)),
                           model=facts["model"])]
-
-
-def facts_of(lm, fr: pd.DataFrame) -> dict[str, Any]:
-    """Model and prompt facts of one model (for notebooks that score prompts themselves)."""
-    return tasks.model_facts(lm) | tasks.data_facts(tasks.scores(lm, fr))

@@ -7,7 +7,7 @@ on the gold object's first token: HIT@10 = mean 1[rank <= 10], MRR = mean 1/rank
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +91,19 @@ def data_facts(sc: pd.DataFrame) -> dict[str, Any]:
     """Facts about the prompts as scored: their number, the baseline MRR and HIT@10, the task families present."""
     return {"n_prompts": len(sc), "baseline_mrr": float(sc.rr.mean()), "baseline_hit@10": float((sc["rank"] <= 10).mean()),
             "families": int(sc.family.nunique())}
+
+
+def facts_of(lm: LoadedModel, fr: pd.DataFrame) -> dict[str, Any]:
+    """:func:`model_facts` plus :func:`data_facts` of the model's scores on ``fr``."""
+    return model_facts(lm) | data_facts(scores(lm, fr))
+
+
+def for_models(models: Iterable[str | LoadedModel], fr: pd.DataFrame, study: Callable[[LoadedModel, pd.DataFrame],
+               pd.DataFrame], device: str = "cpu", dtype: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """``study(lm, fr)`` of every model on the same prompts, concatenated, and each model's :func:`facts_of`."""
+    frames, facts = [], {}
+    for m in models:
+        lm = loaded(m, device, dtype)
+        frames.append(study(lm, fr))
+        facts[lm.name] = facts_of(lm, fr)
+    return pd.concat(frames, ignore_index=True), facts

@@ -199,16 +199,17 @@ def write(run_dir: Path, figure_dirs: Sequence[Path] = (paths.FIGURES,)) -> tupl
 
 # ---------------------------------------------------------------------------------------------------- README
 def readme_section(rows: pd.DataFrame, run: str) -> str:
-    """The README's claim table: the verdict counts, every reproduced and not reproduced row, then the
-    not testable rows with their reasons (collapsed)."""
-    decided = rows[rows.verdict.map(kind) != NOT_TESTABLE]
-    untestable = rows[rows.verdict.map(kind) == NOT_TESTABLE]
+    """The README's claim table: the verdict counts, then per paper every reproduced and not reproduced row and
+    the not testable rows with their reasons (collapsed)."""
     lines = [f"Generated from `runs/{run}/claims.csv` by `python -m moescope.kit.report readme --run {run}`; "
-             "do not edit by hand.", "", *_count_lines(rows), ""]
-    lines += markdown_table(decided, compact=True) if len(decided) else ["(no claim was testable in this run)"]
-    if len(untestable):
-        lines += ["", f"<details><summary>{len(untestable)} rows not testable on these models (why)</summary>", "",
-                  *markdown_table(untestable, compact=True), "", "</details>"]
+             "do not edit by hand.", "", *_count_lines(rows)]
+    for paper_name, g in rows.groupby("paper", sort=False):
+        decided, untestable = g[g.verdict.map(kind) != NOT_TESTABLE], g[g.verdict.map(kind) == NOT_TESTABLE]
+        lines += ["", f"**{paper_name}**", ""]
+        lines += markdown_table(decided, compact=True) if len(decided) else ["(no claim was testable in this run)"]
+        if len(untestable):
+            lines += ["", f"<details><summary>{len(untestable)} rows not testable on these models (why)</summary>",
+                      "", *markdown_table(untestable, compact=True), "", "</details>"]
     return "\n".join(lines)
 
 
@@ -237,17 +238,39 @@ def read_claims(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / "claims.csv"
     if not path.is_file():
         raise ReportError(f"{path} does not exist: write the run's report first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]).astype({"verdict": str})
+    numeric = {"kit", "kit_low", "kit_high", "n", "control_value", "control_low", "control_high"}
+    text = {c: str for c in [*COLUMNS, "notebook", "folder"] if c not in numeric}
+    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in numeric})
+
+
+def compare(runs: dict[str, Path]) -> pd.DataFrame:
+    """Claim by claim, each run's 'model: kit [interval] -> verdict' side by side (e.g. old and new organisms)."""
+    def cell(g: pd.DataFrame) -> str:
+        return "; ".join(f"{r.model}: {interval(r.kit, r.kit_low, r.kit_high, r.n, r.over)} -> {r.verdict}"
+                         for r in g.itertuples())
+
+    frames = []
+    for label, run_dir in runs.items():
+        rows = read_claims(run_dir)
+        frames.append(rows.groupby(["paper", "claim", "paper_value"], sort=False).apply(cell, include_groups=False)
+                      .rename(label))
+    return pd.concat(frames, axis=1).reset_index()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moescope.kit.report", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["write", "readme"], help="write a run's report, or the README's table")
-    parser.add_argument("--run", default="default", help="run folder under --out")
+    parser.add_argument("what", choices=["write", "readme", "compare"],
+                        help="write a run's report, the README's table, or compare runs claim by claim")
+    parser.add_argument("--run", nargs="+", default=["default"], help="run folder(s) under --out")
     parser.add_argument("--out", default=str(paths.RUNS))
     args = parser.parse_args(argv)
-    run_dir = Path(args.out) / args.run
-    print(*(write(run_dir) if args.what == "write" else [update_readme(run_dir)]), sep="\n")
+    dirs = [Path(args.out) / r for r in args.run]
+    if args.what == "compare":
+        table = compare(dict(zip(args.run, dirs)))
+        print("\n".join(["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)] +
+                        ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.itertuples(index=False)]))
+    else:
+        print(*(write(dirs[0]) if args.what == "write" else [update_readme(dirs[0])]), sep="\n")
     return 0
 
 
