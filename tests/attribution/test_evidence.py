@@ -245,3 +245,12 @@ def test_batched_statistics_give_intervals_around_their_values():
             assert r["kit_low"] - 1e-9 <= r["kit"] <= r["kit_high"] + 1e-9, r["claim"]
             checked += 1
     assert checked > 40
+
+
+def test_several_seeds_give_an_interval_over_seeds():
+    rows = by_claim(evidence.table2_rows([ablation_of(PAPERLIKE), ablation_of(PAPERLIKE), ablation_of(PAPERLIKE)]))
+    r = rows["T2.shared_top1"]
+    assert (r["over"], r["n"], r["model"]) == ("seeds", 3, "m (+2 seeds)")
+    assert r["kit_low"] < r["kit"] < r["kit_high"]
+    seeds = evidence.coordination_rows([coordination_of(0.68, 0.9), coordination_of(0.68, 0.9)])
+    assert by_claim(seeds)["HE.r"]["over"] == "seeds" and by_claim(seeds)["HE.p"]["note"] == "largest p over the seeds"
