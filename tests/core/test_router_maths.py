@@ -122,3 +122,16 @@ def test_fixed_routing_rejects_another_batch():
         with iv.fixed_routing(model, dict(clean)):
             model(input_ids=ids[:2], attention_mask=mask[:2])
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_mask_and_recording_leave_no_hook_behind_on_errors():
+    model = tiny_model("olmoe")
+    ids, mask = random_batch()
+    base = model(input_ids=ids, attention_mask=mask).logits
+    for make in (lambda m: iv.mask_experts(m, {0: [1]}), iv.recorded_routing):
+        with pytest.raises(RuntimeError, match="boom"):
+            with make(model):
+                model(input_ids=ids, attention_mask=mask)
+                raise RuntimeError("boom")
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, base)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
