@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import arch
+from . import arch, routing
 from .hooks import hooked
-from .routing import family
 
 
 @dataclass
@@ -90,13 +89,6 @@ def expert_outputs(experts: nn.Module, coef: torch.Tensor, index: torch.Tensor) 
     return out
 
 
-def router_probabilities(router: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    """The router's per-expert scores: softmax(logits), or sigmoid(logits) for DeepSeek-V3."""
-    if family(router) == "deepseek_v3":
-        return logits.float().sigmoid()
-    return logits.float().softmax(dim=-1)
-
-
 class _Recorder:
     """Forward hooks that keep each named tensor at the chosen positions."""
 
@@ -151,7 +143,7 @@ def _layer_capture(p: arch.LayerParts, s: dict, n_heads: int) -> LayerCapture:
     with torch.no_grad():
         if p.is_moe:
             cap.router_logits, cap.topk_weight, cap.topk_index = (s[f"{l}.{n}"] for n in ("router_logits", "topk_weight", "topk_index"))
-            cap.router_probs = router_probabilities(p.router, cap.router_logits)
+            cap.router_probs = routing.probabilities(p.router, cap.router_logits)
             cap.expert_coef = expert_coefficients(p.experts, x, cap.topk_index)
             cap.expert_out = expert_outputs(p.experts, cap.expert_coef, cap.topk_index)
         if p.ffn is not None:

@@ -13,7 +13,8 @@ from torch import nn
 
 from . import arch
 from .hooks import hooked
-from .routing import RoutingEdit, routing_hook
+from .routing import RoutingEdit, renormalises, route, routing_hook, weights_at
+
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
     arch.require_moe(model, "this intervention")
@@ -53,6 +54,34 @@ def force_experts(model: nn.Module, experts: Mapping[int, Iterable[int]], tokens
 def set_top_k(model: nn.Module, k: int, layer_ids: Iterable[int] | None = None):
     """Route every token to its top-``k`` experts instead of the configured number."""
     return edit_routing(model, {p.index: RoutingEdit(top_k=k) for p in _moe_parts(model, layer_ids)})
+
+
+def _mask_after_softmax_hook(blocked: tuple[int, ...]):
+    edit = RoutingEdit(blocked=blocked)
+
+    def hook(router, args, output):
+        logits, weights, _ = output
+        _, idx = route(router, logits, edit)
+        w = weights_at(router, logits, idx)
+        drop = torch.isin(idx, torch.tensor(blocked, device=idx.device))
+        if drop.any():  # no expert left to take the slot: the blocked one stays selected with weight 0
+            w = w.masked_fill(drop, 0.0)
+            w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-20) if renormalises(router) else w
+        return logits, w.to(weights.dtype), idx
+
+    return hook
+
+
+@contextmanager
+def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iterator[None]:
+    """Mask the listed experts after the softmax ({layer: [expert, ...]}): their probability -> 0, the next-best
+    expert takes the slot with its own clean probability. Unlike :func:`block_experts` the other experts are not
+    renormalised over the unblocked ones (a router that renormalises its top-k still does): re-routing = refill +
+    renormalisation, masking = refill, :func:`zero_experts` = neither. Where no expert is left to refill a slot,
+    masking is zeroing the blocked weight, renormalised as the router would."""
+    spec = _per_layer(experts)
+    with hooked((p.router, "forward_prepend", _mask_after_softmax_hook(spec[p.index])) for p in _moe_parts(model, spec)):
+        yield
 
 
 def _zero_weights_pre_hook(blocked: tuple[int, ...]):
@@ -120,4 +149,40 @@ def inhibit_heads(
     if bad:
         raise ValueError(f"layers {bad} do not exist (model has {len(parts)})")
     with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, n_heads, tokens)) for l, h in spec.items()):
+        yield
+
+
+@contextmanager
+def recorded_routing(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Record every MoE layer's routing decision in the block: {layer: (top_k_weights [T,k], top_k_index [T,k])}
+    of the last forward pass (for :func:`fixed_routing`)."""
+    store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def recorder(layer: int):
+        def hook(router, args, output):
+            store[layer] = (output[1].detach(), output[2].detach())
+
+        return hook
+
+    with hooked((p.router, "forward", recorder(p.index)) for p in _moe_parts(model, None)):
+        yield store
+
+
+def _fixed_routing_hook(weights: torch.Tensor, index: torch.Tensor):
+    def hook(router, args, output):
+        logits, w, idx = output
+        if idx.shape != index.shape:
+            raise ValueError(f"recorded routing has shape {tuple(index.shape)}, this pass routes {tuple(idx.shape)}: "
+                             "replay it on the same batch")
+        return logits, weights.to(w.dtype), index
+
+    return hook
+
+
+@contextmanager
+def fixed_routing(model: nn.Module, routing: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Replay recorded routing ({layer: (weights, index)} from :func:`recorded_routing`): every token goes to the
+    recorded experts with the recorded weights, whatever the router now computes (same batch only)."""
+    with hooked((p.router, "forward_prepend", _fixed_routing_hook(*routing[p.index]))
+                for p in _moe_parts(model, routing)):
         yield

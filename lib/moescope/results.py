@@ -46,6 +46,11 @@ def write_json_atomic(path: Path | str, data: Any) -> Path:
     return _atomic(path, lambda f: json.dump(_plain(data), f, indent=2, sort_keys=True))
 
 
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write ``text`` via a temporary file and a rename."""
+    return _atomic(path, lambda f: f.write(text))
+
+
 def write_csv_atomic(path: Path | str, frame: pd.DataFrame) -> Path:
     """Write a DataFrame as CSV via a temporary file and a rename."""
     return _atomic(path, lambda f: frame.to_csv(f, index=False))

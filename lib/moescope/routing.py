@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NEG_INF = float("-inf")
@@ -140,3 +141,43 @@ def routing_hook(edit: RoutingEdit):
         return logits, new_w.to(weights.dtype), new_idx
 
     return hook
+
+
+# ---------------------------------------------------------------------------------------------------- router maths
+def logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Router logits z = x W_r^T for hidden states x [..., H], as the router computes them (DeepSeek: in float32)."""
+    if family(router).startswith("deepseek"):
+        x = x.float()
+    return F.linear(x, router.weight.to(x.dtype))
+
+
+def probabilities(router: nn.Module, logits_: torch.Tensor) -> torch.Tensor:
+    """The router's per-expert scores in float32: p = softmax(z), or s = sigmoid(z) for DeepSeek-V3."""
+    if family(router) == "deepseek_v3":
+        return logits_.float().sigmoid()
+    return logits_.float().softmax(dim=-1)
+
+
+def renormalises(router: nn.Module) -> bool:
+    """Whether the router divides its top-k weights by their sum (softmax: ``norm_topk_prob``, default True as in
+    Mixtral; DeepSeek-V2: never; DeepSeek-V3: ``norm_topk_prob``)."""
+    kind = family(router)
+    if kind == "deepseek_v2":
+        return False
+    return bool(getattr(router, "norm_topk_prob", kind == "softmax"))
+
+
+def weights_at(router: nn.Module, logits_: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The weights [T, k] the router gives the experts ``index`` [T, k] from ``logits`` [T, E], whoever chose them.
+
+    softmax: w = p[index], divided by its sum when ``norm_topk_prob`` (Mixtral: always); DeepSeek-V2:
+    w = p[index] * routed_scaling_factor; DeepSeek-V3: w = s[index] (renormalised when ``norm_topk_prob``) *
+    routed_scaling_factor. With the router's own index this is exactly its own top-k weights.
+    """
+    kind = family(router)
+    w = probabilities(router, logits_).gather(-1, index)
+    if kind == "softmax":
+        return w / w.sum(dim=-1, keepdim=True) if renormalises(router) else w
+    if renormalises(router):
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return w * router.routed_scaling_factor

@@ -23,8 +23,8 @@ from scipy import stats
 
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable"
 LEVEL = 0.95
-COLUMNS = ["paper", "where", "claim", "statement", "paper_value", "statistic", "kit", "kit_low", "kit_high", "over",
-           "control", "control_value", "control_low", "control_high", "rule", "verdict", "note"]
+COLUMNS = ["paper", "where", "claim", "model", "statement", "paper_value", "statistic", "kit", "kit_low", "kit_high",
+           "n", "over", "control", "control_value", "control_low", "control_high", "rule", "verdict", "note"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,23 @@ class Estimate:
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, reps: int = 1000, seed: int = 0,
-              level: float = LEVEL) -> Estimate:
+              level: float = LEVEL, batched: bool = False) -> Estimate:
     """Percentile bootstrap over ``n`` items: value = statistic(all indices), interval from ``reps`` resamples.
 
     ``statistic`` receives an index array (with repeats) and must return a float; paired statistics (a drop computed
     from before and after on the same prompts) resample prompts jointly. Resamples where it is undefined are dropped.
+    ``batched``: the statistic takes an index matrix [rows, n] and returns one value per row (all resamples in one
+    call, the same resamples as unbatched).
     """
     if n < 1:
         raise ValueError("bootstrap needs at least one item")
-    value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
-    draws = np.array([statistic(rng.integers(0, n, n)) for _ in range(reps)], dtype=float)
+    if batched:
+        value = float(np.asarray(statistic(np.arange(n)[None]), dtype=float).reshape(-1)[0])
+        draws = np.asarray(statistic(rng.integers(0, n, (reps, n))), dtype=float)
+    else:
+        value = float(statistic(np.arange(n)))
+        draws = np.array([statistic(rng.integers(0, n, n)) for _ in range(reps)], dtype=float)
     draws = draws[np.isfinite(draws)]
     if len(draws) == 0:
         return Estimate(value, n=n, over="prompts")
@@ -112,6 +118,11 @@ def below_control(margin: float = 0.0) -> Rule:
 def at_least(threshold: float) -> Rule:
     """Reproduced iff the whole interval is at least ``threshold``."""
     return Rule(f"kit interval >= {threshold:g}", lambda kit, c: kit.bounds()[0] >= threshold)
+
+
+def above(threshold: float) -> Rule:
+    """Reproduced iff the whole interval lies strictly above ``threshold`` (a direction claim)."""
+    return Rule(f"kit interval > {threshold:g}", lambda kit, c: kit.bounds()[0] > threshold)
 
 
 def at_most(threshold: float) -> Rule:
@@ -187,8 +198,9 @@ class Claim:
 
 
 def decide(claim: Claim, facts: Mapping[str, Any], kit: Estimate | None, control: Estimate | None = None,
-           note: str = "") -> dict[str, Any]:
-    """One report row for ``claim``: preconditions first, then the rule on the kit's estimate and the control."""
+           note: str = "", model: str = "") -> dict[str, Any]:
+    """One report row for ``claim`` on ``model``: preconditions first, then the rule on the kit's estimate and the
+    control."""
     unmet = claim.unmet(facts)
     if unmet:
         verdict = f"{NOT_TESTABLE}: {'; '.join(unmet)}"
@@ -197,15 +209,31 @@ def decide(claim: Claim, facts: Mapping[str, Any], kit: Estimate | None, control
     else:
         verdict = REPRODUCED if claim.rule.test(kit, control) else NOT_REPRODUCED
     k, c = kit or Estimate(math.nan), control or Estimate(math.nan)
-    return {"paper": claim.paper, "where": claim.where, "claim": claim.id, "statement": claim.statement,
+    return {"paper": claim.paper, "where": claim.where, "claim": claim.id, "model": model, "statement": claim.statement,
             "paper_value": claim.paper_value, "statistic": claim.statistic, "kit": k.value, "kit_low": k.low,
-            "kit_high": k.high, "over": k.over, "control": claim.control, "control_value": c.value,
+            "kit_high": k.high, "n": k.n, "over": k.over, "control": claim.control, "control_value": c.value,
             "control_low": c.low, "control_high": c.high, "rule": claim.rule.text, "verdict": verdict, "note": note}
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows from :func:`decide` as a DataFrame with the report's columns."""
     return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
+    """Rows as a compact table to print: claim, model, paper value, kit [interval], control [interval], verdict."""
+    def fmt(value: float, low: float, high: float) -> str:
+        if value is None or not math.isfinite(value):
+            return ""
+        text = f"{value:.{digits}g}"
+        return text + (f" [{low:.{digits}g}, {high:.{digits}g}]" if low is not None and math.isfinite(low) and
+                       high is not None and math.isfinite(high) else "")
+
+    t = table(rows)
+    return pd.DataFrame({"claim": t.claim, "model": t.model, "paper": t.paper_value,
+                         "kit": [fmt(*x) for x in zip(t.kit, t.kit_low, t.kit_high)],
+                         "control": [fmt(*x) for x in zip(t.control_value, t.control_low, t.control_high)],
+                         "verdict": t.verdict})
 
 
 def is_verdict(text: str) -> bool:

@@ -73,3 +73,10 @@ def test_is_verdict_accepts_exactly_three_forms():
     assert v.is_verdict("reproduced") and v.is_verdict("not reproduced") and v.is_verdict("not testable: 3 layers")
     assert not v.is_verdict("differs because shallow") and not v.is_verdict("not testable: ")
     assert list(v.table([v.decide(CLAIM, FACTS, v.Estimate(1.0), v.Estimate(0.0))]).columns) == v.COLUMNS
+
+
+def test_batched_bootstrap_equals_the_loop():
+    x = np.random.default_rng(2).normal(size=40)
+    loop = v.bootstrap(lambda i: float(x[i].mean()), 40, reps=200)
+    batched = v.bootstrap(lambda i: x[i].mean(-1), 40, reps=200, batched=True)
+    assert (loop.value, loop.low, loop.high) == pytest.approx((batched.value, batched.low, batched.high))

@@ -1,4 +1,4 @@
-"""The attribution paper's numbers as data, and one rule for calling a claim reproduced.
+"""The attribution paper's numbers as data (its claims, rules and controls are in :mod:`.claims`).
 
 Li et al., "Decoding Knowledge Attribution in Mixture-of-Experts: A Framework of Basic-Refinement Collaboration
 and Efficiency Analysis", ACL 2025 (arXiv 2505.24593). The tables are secondary transcriptions (papernotes.org);
@@ -9,26 +9,26 @@ peak gain position is a fraction of the depth (0.848 = 84.8%); per-layer efficie
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-#: Paper model name -> (Hugging Face id, kit organism that mirrors it, is MoE).
-MODELS: dict[str, tuple[str, str, bool]] = {
-    "Llama-7B": ("huggyllama/llama-7b", "llama-like", False),
-    "Qwen1.5-7B": ("Qwen/Qwen1.5-7B", "qwen2-like", False),
-    "Mistral-7B": ("mistralai/Mistral-7B-v0.1", "mistral-like", False),
-    "Qwen1.5-MoE": ("Qwen/Qwen1.5-MoE-A2.7B", "qwen-moe-like", True),
-    "OLMoE": ("allenai/OLMoE-1B-7B-0924", "olmoe-like", True),
-    "Mixtral-8x7B": ("mistralai/Mixtral-8x7B-v0.1", "mixtral-like", True),
+#: Paper model name -> (Hugging Face id, is MoE, layers, routed experts per MoE layer).
+MODELS: dict[str, tuple[str, bool, int, int]] = {
+    "Llama-7B": ("huggyllama/llama-7b", False, 32, 0),
+    "Qwen1.5-7B": ("Qwen/Qwen1.5-7B", False, 32, 0),
+    "Mistral-7B": ("mistralai/Mistral-7B-v0.1", False, 32, 0),
+    "Qwen1.5-MoE": ("Qwen/Qwen1.5-MoE-A2.7B", True, 24, 60),
+    "OLMoE": ("allenai/OLMoE-1B-7B-0924", True, 16, 64),
+    "Mixtral-8x7B": ("mistralai/Mixtral-8x7B-v0.1", True, 32, 8),
 }
 
 
-def paper_name(model: str) -> str | None:
-    """The paper's name for a kit organism or a Hugging Face id (None when the model is not in the paper)."""
-    for name, (hf_id, organism, _) in MODELS.items():
-        if model in (name, hf_id, organism):
+def paper_name(model_id: str | None) -> str | None:
+    """The paper's name of a Hugging Face id (or of a path ending in one); None for any other model."""
+    for name, (hf_id, *_) in MODELS.items():
+        if model_id and (model_id == hf_id or str(model_id).rstrip("/").endswith("/" + hf_id)):
             return name
     return None
 
@@ -77,12 +77,21 @@ TABLE5 = pd.DataFrame(
     columns=["task", "model", "orig", "block1", "block5", "block10"],
 )
 TABLE5["drop@10"] = 1 - TABLE5["block10"] / TABLE5["orig"]
+#: Table 5's two models by architecture: Qwen1.5-MoE (24 layers, shared expert) and OLMoE (16 layers, none).
+TABLE5_MODEL = {True: "Qwen1.5-MoE", False: "OLMoE"}
+
+
+def blocked_fraction(model: str, k: int = 10) -> float:
+    """Share of all (layer, routed expert) pairs of a paper model that blocking the top ``k`` removes."""
+    _, _, layers, experts = MODELS[model]
+    return k / (layers * experts)
 
 #: Qwen1.5-MoE depth stages (1-indexed layers 1-13 / 14-19 / 20-24 of 24) as relative-depth upper bounds.
 STAGE_BOUNDS = (13 / 24, 19 / 24)
 STAGE_SHARES = {"early": 0.061, "middle": 0.435, "late": 0.504}
 
-#: Scalar claims (fractions). Keys are stable names used by the notebooks.
+#: Scalar claims (fractions). The abstract's 43% (Qwen1.5-MoE geography) is Table 5's country_capital row; its OLMoE
+#: "76%" is in OLMOE_76_READINGS.
 CLAIMS: dict[str, float] = {
     "efficiency_advantage_acl": 0.31,      # ACL abstract: MoE per-layer efficiency +31%
     "efficiency_advantage_arxiv_v1": 0.37,  # arXiv v1 abstract: +37%
@@ -93,8 +102,6 @@ CLAIMS: dict[str, float] = {
     "inhibit_mrr_drop": 0.29,              # MRR falls by 29%
     "force_recovery": 0.85,                # forcing the correct experts recovers 85% of the MRR
     "ig_head_share": 0.28,                 # 28% of expert-activation attribution traced to heads
-    "qwen_geography_drop10": 0.43,         # country_capital 0.71 -> 0.40
-    "olmoe_drop_abstract": 0.76,           # abstract's "76% drop" (see OLMOE_76_READINGS)
 }
 
 #: The abstract's OLMoE "76% drop" has no match in Table 5 (largest drop 46%); it matches country_capital MRR
@@ -112,7 +119,8 @@ def stage_of(depth: float) -> str:
 
 def efficiency_readings(eff: Mapping[str, float], moe: Sequence[str], dense: Sequence[str],
                         pair: tuple[str, str] | None = None) -> dict[str, float]:
-    """Every reading of the "MoE is X% more efficient per layer" claim, from per-layer efficiencies ``eff``.
+    """Every reading of the "MoE is X% more efficient per layer" claim, from per-layer efficiencies ``eff`` (floats,
+    or arrays of one value per bootstrap resample).
 
     - ``mean MoE / best dense``: mean_moe / max_dense - 1 (reproduces the ACL 31% from Table 1)
     - ``mean MoE / mean dense``: mean_moe / mean_dense - 1 (44% on Table 1)
@@ -120,9 +128,9 @@ def efficiency_readings(eff: Mapping[str, float], moe: Sequence[str], dense: Seq
     - ``paired MoE / paired dense``: eff[pair[0]] / eff[pair[1]] - 1 (Qwen1.5-MoE vs Qwen1.5-7B: 51%)
     """
     mean_moe = sum(eff[m] for m in moe) / len(moe)
-    dense_vals = [eff[d] for d in dense]
-    out = {"mean MoE / best dense": mean_moe / max(dense_vals) - 1,
-           "mean MoE / mean dense": mean_moe / (sum(dense_vals) / len(dense_vals)) - 1}
+    dense_vals = np.stack([np.asarray(eff[d], dtype=float) for d in dense])  # values may be arrays (bootstrap)
+    out = {"mean MoE / best dense": mean_moe / dense_vals.max(0) - 1,
+           "mean MoE / mean dense": mean_moe / dense_vals.mean(0) - 1}
     if pair is not None:
         out["mean MoE / paired dense"] = mean_moe / eff[pair[1]] - 1
         out["paired MoE / paired dense"] = eff[pair[0]] / eff[pair[1]] - 1
@@ -134,46 +142,3 @@ def paper_efficiency_readings() -> dict[str, float]:
     eff = dict(zip(TABLE1.model, TABLE1.per_layer_efficiency))
     return efficiency_readings(eff, list(TABLE1.model[TABLE1.moe]), list(TABLE1.model[~TABLE1.moe]),
                                pair=("Qwen1.5-MoE", "Qwen1.5-7B"))
-
-
-MODES = ("close", "sign", "at_least", "at_most")
-
-
-def verdict(paper: float, kit: float, *, mode: str = "close", rel_tol: float = 0.25, abs_tol: float = 0.05,
-            because: str | None = None) -> str:
-    """"reproduced", "not reproduced" or "differs because <because>" for one numeric claim.
-
-    Criterion (explicit, the same for every notebook), with tol = max(abs_tol, rel_tol * |paper|):
-
-    - ``close``:    reproduced iff |kit - paper| <= tol
-    - ``sign``:     reproduced iff kit and paper have the same strict sign (direction-only claims:
-                    "MoE is more efficient", "blocking lowers MRR")
-    - ``at_least``: reproduced iff kit >= paper - tol   (e.g. "forcing recovers >= 85%")
-    - ``at_most``:  reproduced iff kit <= paper + tol   (e.g. "shared only ~ 0")
-
-    A kit value that is None/NaN is never reproduced. When not reproduced, ``because`` (a short reason, e.g.
-    "the organism has 3 layers") turns "not reproduced" into "differs because ...".
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    ok = False
-    if kit is not None and not (isinstance(kit, float) and math.isnan(kit)):
-        tol = max(abs_tol, rel_tol * abs(paper))
-        if mode == "close":
-            ok = abs(kit - paper) <= tol
-        elif mode == "sign":
-            ok = (kit > 0 and paper > 0) or (kit < 0 and paper < 0)
-        elif mode == "at_least":
-            ok = kit >= paper - tol
-        else:
-            ok = kit <= paper + tol
-    if ok:
-        return "reproduced"
-    return f"differs because {because}" if because else "not reproduced"
-
-
-def row(claim: str, paper: float | str, kit: float | str, verdict_: str, digits: int = 3) -> dict:
-    """One row of a notebook's ``comparison`` list (numbers rounded to ``digits``)."""
-    def r(v):
-        return round(float(v), digits) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-    return {"claim": claim, "paper": r(paper), "kit": r(kit), "verdict": verdict_}

@@ -5,6 +5,7 @@ For a relation with samples i and layers l = 0..L-1 (per-sample gains from :mod:
     FFN gain            = mean_i sum_l FFNGain_{i,l}          Attn gain = mean_i sum_l AttnGain_{i,l}
     per-layer efficiency = FFN gain / L
     peak gain position  = mean_i (argmax_l FFNGain_{i,l} + 1) / L     (relative depth, 1 = last layer)
+    per sample          = sum_l FFNGain_{i,l}, sum_l AttnGain_{i,l}, (argmax_l FFNGain_{i,l} + 1) / L
     stage share         = sum_{l in stage} mean_i FFNGain_{i,l} / sum_l mean_i FFNGain_{i,l}
                           with early / middle / late = the first, second and last third of the layers
     expert ranking      = (layer, routed expert) pairs by sum_i ExpertGain_{i,l,j} (0 when not selected)
@@ -40,15 +41,23 @@ def stage_shares(layers: pd.DataFrame) -> dict[str, float]:
     return {s: float(prof.loc[prof.stage == s, "ffn_gain"].sum() / total) if total else np.nan for s in STAGES}
 
 
+def per_sample(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per sample: summed FFN and attention gain over the layers, and the relative depth of the peak FFN layer."""
+    n = int(layers["layer"].max() + 1)
+    grouped = layers.groupby("sample_id")
+    out = grouped[["ffn_gain", "attn_gain"]].sum()
+    out["peak_position"] = (layers.loc[grouped["ffn_gain"].idxmax()].set_index("sample_id")["layer"] + 1) / n
+    return out.reset_index()
+
+
 def efficiency(layers: pd.DataFrame) -> dict[str, float]:
     """FFN gain, attention gain, per-layer efficiency and peak gain position of one relation (or pooled)."""
     n = int(layers["layer"].max() + 1)
-    per_sample = layers.groupby("sample_id")
-    ffn = per_sample["ffn_gain"].sum().mean()
-    attn = per_sample["attn_gain"].sum().mean()
-    peak = layers.loc[per_sample["ffn_gain"].idxmax(), "layer"].add(1).div(n).mean()
-    return {"layers": n, "ffn_gain": float(ffn), "attn_gain": float(attn), "peak_position": float(peak),
-            "per_layer_efficiency": float(ffn / n), **{f"share_{k}": v for k, v in stage_shares(layers).items()}}
+    sums = per_sample(layers)
+    ffn = sums["ffn_gain"].mean()
+    return {"layers": n, "ffn_gain": float(ffn), "attn_gain": float(sums["attn_gain"].mean()),
+            "peak_position": float(sums["peak_position"].mean()), "per_layer_efficiency": float(ffn / n),
+            **{f"share_{k}": v for k, v in stage_shares(layers).items()}}
 
 
 def expert_ranking(experts: pd.DataFrame) -> pd.DataFrame:

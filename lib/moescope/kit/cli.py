@@ -18,7 +18,7 @@ from .. import arch, data, models, paths, prompts
 from ..models import available_organisms
 from ..organisms import zoo
 from ..results import write_csv_atomic
-from . import runner
+from . import report, runner
 
 #: exit status for input the user can fix, and for a batch with failed notebooks (or a broken kit)
 BAD_INPUT, FAILED = 2, 1
@@ -119,9 +119,11 @@ def _batch(jobs: list[runner.Job], args: argparse.Namespace, root: Path, figures
     """Run the jobs, print the status table and the report's path; BatchFailed if any job failed or none applied."""
     status = runner.run_jobs(jobs, force=args.force, figures=figures, cell_timeout=args.cell_timeout,
                              fail_fast=args.fail_fast, status_file=root / "status.csv")
-    path = runner.report(jobs, root / "report.md")
     print(pd.DataFrame(status).to_string(index=False))
-    print(f"report: {path}")
+    try:
+        print(f"report: {report.write(root)[0]}")
+    except report.ReportError as err:
+        print(f"no report: {err}")
     failed = [s for s in status if not s["status"].startswith(("ran", "cached", "not applicable"))]
     if failed:
         first = failed[0]

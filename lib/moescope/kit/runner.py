@@ -1,4 +1,4 @@
-"""Batch execution of the notebooks with papermill, per model, with resume, timeouts and a paper-vs-kit report.
+"""Batch execution of the notebooks with papermill, per model, with resume and timeouts (the report: :mod:`.report`).
 
 A notebook whose ``parameters`` cell defines ``model`` runs once per model; one that defines ``models`` runs
 once with the whole list. Each run writes ``<out>/<model>/<notebook>.ipynb`` (executed copy, written to a
@@ -379,38 +379,3 @@ def run_jobs(jobs: list[Job], force: bool = False, figures: Path | None = None,
         write_csv_atomic(status_file, pd.DataFrame(status))
     return status
 
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return "" if value is None else str(value)
-
-
-def report(jobs: list[Job], path: Path) -> Path:
-    """Markdown report: the status of every job, then for each notebook and model, the paper's values beside the
-    kit's, with verdicts."""
-    lines = ["# moescope: paper vs kit", "",
-             "Every kit value is computed by the executed notebook next to it; paper values come from "
-             "`moescope.paper` (attribution, ACL 2025) and `moescope.finetuning` notebooks (DES-MoE, EMNLP 2025).", "",
-             "| notebook | model | status | seconds |", "|---|---|---|---|"]
-    for job in jobs:
-        outcome = job.outcome() or {"status": "not run yet"}
-        lines.append(f"| {job.notebook.stem} | {job.label} | {outcome['status']} | {_fmt(outcome.get('seconds'))} |")
-    lines.append("")
-    for job in jobs:
-        metrics_file = job.folder / f"{job.notebook.stem}.metrics.json"
-        if not metrics_file.is_file() or not job.is_done():
-            continue
-        rows = json.loads(metrics_file.read_text()).get("comparison", [])
-        seconds = json.loads(job.stamp.read_text())["seconds"]
-        lines += [f"## {job.notebook.stem} ({job.label})", "",
-                  f"Executed copy: `{os.path.relpath(job.output, path.parent)}`, {seconds} s", "",
-                  "| claim | paper | kit | verdict |", "|---|---|---|---|"]
-        lines += [f"| {r.get('claim', '')} | {_fmt(r.get('paper'))} | {_fmt(r.get('kit'))} | {r.get('verdict', '')} |"
-                  for r in rows]
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path

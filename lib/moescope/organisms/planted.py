@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from .. import arch, configs, data, paths
+from .. import arch, configs, data, paths, routing
 from ..determinism import set_determinism
 from ..routing import RoutingEdit, routing_hook
 from ..vocab import word_tokenizer
@@ -70,12 +70,13 @@ def _training_hooks(model: nn.Module, relations: list[str], real: torch.Tensor) 
     return hooks
 
 
-def router_loss(router_logits: tuple[torch.Tensor, ...], relations: list[str], real: torch.Tensor) -> torch.Tensor:
+def router_loss(model: nn.Module, router_logits: tuple[torch.Tensor, ...], relations: list[str],
+                real: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens and planted layers of -log p(planted expert) on planted facts and
-    -log(1 - sum of planted experts' p) on the others."""
-    losses = []
+    -log(1 - sum of planted experts' p) on the others (p: :func:`moescope.routing.probabilities`)."""
+    losses, parts = [], arch.layers(model)
     for layer, experts in planted_by_layer().items():
-        probs = router_logits[layer].float().softmax(-1).view(*real.shape, -1)
+        probs = routing.probabilities(parts[layer].router, router_logits[layer]).view(*real.shape, -1)
         for b, relation in enumerate(relations):
             p = probs[b][real[b]]
             if relation in PLANT:
@@ -103,7 +104,7 @@ def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
     steps = organisms.train_lm(
         model, tokenizer, corpus.texts, spec, _done(tokenizer, corpus.facts, spec.target_accuracy),
         step_hooks=lambda rows, real: _training_hooks(model, rows_relations(rows), real),
-        extra_loss=lambda out, rows, real: ROUTER_LOSS_WEIGHT * router_loss(out.router_logits, rows_relations(rows), real),
+        extra_loss=lambda out, rows, real: ROUTER_LOSS_WEIGHT * router_loss(model, out.router_logits, rows_relations(rows), real),
     )
     model.eval()
     acc = organisms.fact_accuracy(model, tokenizer, corpus.facts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -28,6 +29,38 @@ ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
 )}
 MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
 DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An MoE and a dense organism trained together: same depth, tokenizer, data, seed and active parameters."""
+
+    depth: int
+    seed: int
+    moe: str
+    dense: str
+
+
+#: Depth-matched pairs trained as such (none of the shipped organisms is: they are grouped by depth instead,
+#: see :func:`moescope.attribution.replicas.depth_matched`).
+PAIRS: tuple[Pair, ...] = ()
+
+
+def partner(name: str) -> str | None:
+    """The other member of ``name``'s registered pair (None when it has none)."""
+    for p in PAIRS:
+        if name in (p.moe, p.dense):
+            return p.dense if name == p.moe else p.moe
+    return None
+
+
+def seeds_of(name: str) -> list[str]:
+    """The same pair member trained from every registered seed ([name] for a model in no pair)."""
+    for p in PAIRS:
+        if name in (p.moe, p.dense):
+            side = "moe" if name == p.moe else "dense"
+            return [getattr(q, side) for q in PAIRS if q.depth == p.depth]
+    return [name]
 
 
 def load_card(name: str) -> dict:

@@ -1,0 +1,313 @@
+"""Every claim of the attribution paper as data: the paper's value (from :mod:`.paper`), the statistic the kit
+computes, the decision rule fixed before running, the control, and the preconditions a model and its prompts must
+meet for the claim to be testable. :mod:`.evidence` computes the statistics and decides.
+
+Rules that compare a size with the paper's use one tolerance for every claim (:func:`close`): the kit's 95%
+interval must overlap paper +/- max(0.05, 25% of |paper|). Direction claims need the whole interval on the
+paper's side of 0; causal claims also need the effect above the same intervention on random units.
+
+Facts read by the preconditions (computed by :mod:`.tasks` and :mod:`.evidence` from the model and data):
+model, layers, moe, shared_expert, softmax_router, pairs, checkpoint (the paper model this checkpoint is, if
+any), n_prompts, baseline_mrr, families, matched_groups, ablation_gap, inhibition_drop, fraction (share of
+(layer, expert) pairs blocked), share_k (k carried over from the paper's share), contrast (a deeper MoE with a
+shared expert and a shallower one without in the same run).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from .. import verdicts as v
+from . import paper
+
+PAPER = "attribution (ACL 2025)"
+TOLERANCE, FLOOR = 0.25, 0.05
+MIN_LAYERS, MAX_BASELINE, MAX_BLOCKED, MIN_PROMPTS = 8, 0.95, 0.05, 20
+MIN_GAP, MIN_DROP = 0.1, 0.05
+
+
+def band(target: float) -> float:
+    """Half-width of the tolerance band around a paper value: max(FLOOR, TOLERANCE * |target|)."""
+    return max(FLOOR, TOLERANCE * abs(target))
+
+
+def close(target: float) -> v.Rule:
+    """The kit's interval overlaps target +/- :func:`band` (target)."""
+    return v.within(target, band(target))
+
+
+def precise(half_width: float) -> v.Precondition:
+    """A size comparison is a test only if the interval could miss the band: width <= 2 x its half-width
+    (``interval_width`` is filled in from the estimate by :func:`decide`)."""
+    most = 2 * half_width
+    return v.Precondition(f"95% interval at most {most:g} wide", lambda f: None if f.get("interval_width") is None
+                          or f["interval_width"] <= most else f"the 95% interval is {f['interval_width']:.3g} wide, "
+                          f"needs at most {most:g} to compare with the paper (more prompts or seeds)")
+
+
+# ---------------------------------------------------------------------------------------------------- preconditions
+MOE = v.flag("moe", "routed experts")
+SHARED = v.flag("shared_expert", "a shared expert")
+SOFTMAX = v.flag("softmax_router", "a softmax router (integrated gradients are implemented for those)")
+DEEP = v.minimum("layers", MIN_LAYERS, "depth (layers)")
+OFF_CEILING = v.maximum("baseline_mrr", MAX_BASELINE, "baseline MRR")
+PROMPTS = v.minimum("n_prompts", MIN_PROMPTS, "number of prompts")
+FAMILIES = v.minimum("families", 2, "number of task families")
+MATCHED = v.minimum("matched_groups", 1, "number of depth-matched MoE/dense groups")
+PAIRED = v.minimum("paired_groups", 1, "number of one-to-one depth-matched MoE/dense pairs")
+FLOOR_GAP = v.minimum("ablation_gap", MIN_GAP, "MRR lost when the shared and routed experts are both removed")
+INHIBITS = v.minimum("inhibition_drop", MIN_DROP, "MRR drop when the key heads are inhibited")
+FEW_BLOCKED = v.maximum("fraction", MAX_BLOCKED, "share of (layer, expert) pairs blocked")
+SHARE_K = v.minimum("share_k", 1, "number of pairs in the paper's top-10 share of this model's pairs")
+CONTRAST = v.flag("contrast", "a contrast in the run: a deeper MoE with a shared expert and a shallower one without")
+NO_SHARED = v.Precondition("an MoE without a shared expert (OLMoE's architecture)",
+                           lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None)
+
+
+def checkpoint(name: str) -> v.Precondition:
+    """The model is the paper's own checkpoint (absolute gains and scores depend on vocabulary and training)."""
+    hf_id = paper.MODELS[name][0]
+    return v.Precondition(f"the paper's checkpoint {hf_id}", lambda f: None if f.get("checkpoint") == name else
+                          f"{f.get('model')} is not the paper's checkpoint {hf_id} (absolute values are "
+                          "comparable only on the same checkpoint)")
+
+
+def _claim(id: str, where: str, statement: str, paper_value: str, statistic: str, rule: v.Rule, control: str = "",
+           preconditions: tuple[v.Precondition, ...] = (), size: float | None = None) -> v.Claim:
+    """A claim of this paper; ``size``: the paper value its rule's band is centred on (adds :func:`precise`)."""
+    if size is not None:
+        preconditions = (*preconditions, precise(band(size)))
+    return v.Claim(id, PAPER, where, statement, paper_value, statistic, rule, control, preconditions)
+
+
+# ---------------------------------------------------------------------------------------------------- Table 1
+def _table1_claims() -> list[v.Claim]:
+    out = []
+    for r in paper.TABLE1.to_dict("records"):
+        eff = r["per_layer_efficiency"]
+        for col, label, rule, half in (("hit@10", "HIT@10", v.within(r["hit@10"], 0.1), 0.1),
+                                       ("mrr", "MRR", v.within(r["mrr"], 0.1), 0.1),
+                                       ("per_layer_efficiency", "per-layer efficiency", close(eff), band(eff))):
+            statistic = "mean_i sum_l FFNGain_{i,l} / L" if col == "per_layer_efficiency" else f"{label} of the prompts"
+            out.append(_claim(f"T1.{r['model']}.{col}", "Table 1", f"{r['model']}: {label} = {r[col]:g}", f"{r[col]:g}",
+                              statistic, rule, "", (checkpoint(r["model"]), precise(half))))
+    return out
+
+
+READINGS = paper.paper_efficiency_readings()
+ADVANTAGE = {
+    "T1.advantage.acl31": ("mean MoE / best dense", paper.CLAIMS["efficiency_advantage_acl"],
+                           "MoE models are 31% more efficient per layer (ACL abstract; = mean MoE / best dense on Table 1)"),
+    "T1.advantage.arxiv37": ("mean MoE / paired dense", paper.CLAIMS["efficiency_advantage_arxiv_v1"],
+                             "MoE models are 37% more efficient per layer (arXiv v1; mean MoE / Qwen1.5-7B = 36% on Table 1)"),
+    "T1.advantage.mean_mean": ("mean MoE / mean dense", round(READINGS["mean MoE / mean dense"], 3),
+                               "the advantage read as mean MoE / mean dense (44% on Table 1)"),
+    "T1.advantage.qwen51": ("paired MoE / paired dense", paper.CLAIMS["qwen_moe_vs_qwen_dense"],
+                            "Qwen1.5-MoE is 51% more efficient per layer than Qwen1.5-7B (0.307 vs 0.203)"),
+}
+
+
+def _advantage_claims() -> list[v.Claim]:
+    out = [_claim("T1.advantage.direction", "Table 1 / abstract",
+                  "MoE models are more efficient per layer than dense models (of the same depth)",
+                  "+31% (ACL), +37% (arXiv v1)", "mean over depth-matched groups of eff(MoE) / eff(dense) - 1",
+                  v.above(0.0), "a dense model of the same depth (advantage 0)", (MATCHED,))]
+    for cid, (reading, value, statement) in ADVANTAGE.items():
+        out.append(_claim(cid, "Table 1 / abstract", statement, f"{value:+.0%}",
+                          f"{reading} - 1 within each depth-matched group, mean over groups", close(value),
+                          "a dense model of the same depth (advantage 0)",
+                          (MATCHED, PAIRED) if "paired" in reading else (MATCHED,), size=value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- depth
+def _depth_claims() -> list[v.Claim]:
+    out = [_claim(f"depth.stage.{s}", "Sec. 4 (Qwen1.5-MoE stages)",
+                  f"the {s} stage (layers {b} of 24) holds {paper.STAGE_SHARES[s]:.1%} of the FFN gain",
+                  f"{paper.STAGE_SHARES[s]:.3f}", "sum_i sum_{l in stage} FFNGain_{i,l} / sum_i sum_l FFNGain_{i,l} "
+                  "(boundaries 13/24, 19/24 of the depth)", close(paper.STAGE_SHARES[s]),
+                  "the same share on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP),
+                  size=paper.STAGE_SHARES[s])
+           for s, b in (("early", "1-13"), ("middle", "14-19"), ("late", "20-24"))]
+    late_minus_early = paper.STAGE_SHARES["late"] - paper.STAGE_SHARES["early"]
+    out.append(_claim("depth.late_amplification", "Sec. 4 / abstract",
+                      "mid-activation, late amplification: the late stage holds more FFN gain than the early stage",
+                      f"{late_minus_early:+.3f}", "late share - early share", v.above(0.0),
+                      "the same on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP)))
+    peaks = paper.TABLE1.peak_position
+    out.append(_claim("depth.peak", "Table 1 (peak gain position)",
+                      "the FFN gain peaks late, at about 85% of the depth (77.6-90.2% across the six models)",
+                      f"{peaks.min():.3f}-{peaks.max():.3f}", "mean_i (argmax_l FFNGain_{i,l} + 1) / L",
+                      v.within(0.84, 0.08), "the depth-matched partner's peak (shown, not used by the rule)", (DEEP,)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- Table 2
+RECOVERED = "(MRR_config - MRR_neither) / (MRR_default - MRR_neither)"
+TABLE2_CLAIMS = {  # config -> (claim id, rule, statement)
+    "top-1 routed only": ("T2.routed_only.top1", v.at_most(0.1), "without the shared expert, top-1 routed experts score ~0"),
+    "top-2 routed only": ("T2.routed_only.top2", v.at_most(0.1), "without the shared expert, top-2 routed experts score ~0"),
+    "shared only": ("T2.shared_only", v.at_most(0.1), "the shared expert alone scores ~0"),
+    "shared + top-1": ("T2.shared_top1", v.at_least(0.8), "the shared expert plus the top-1 routed expert nearly "
+                                                          "recovers the default"),
+    "shared + top-2": ("T2.shared_top2", v.at_least(0.8), "the shared expert plus the top-2 routed experts "
+                                                          "recovers the default"),
+}
+
+
+def table2_paper_recovered(config: str) -> float:
+    """RECOVERED on Table 2 itself (the paper reports no 'neither' row: its floor is taken as 0)."""
+    t = paper.TABLE2.set_index("config").mrr
+    return float(t[config] / t["shared + top-4 (default)"])
+
+
+def _table2_claims() -> list[v.Claim]:
+    mrr = paper.TABLE2.set_index("config").mrr
+    return [_claim(cid, "Table 2", statement, f"MRR {mrr[cfg]:.2f} of {mrr['shared + top-4 (default)']:.2f} "
+                   f"(recovered {table2_paper_recovered(cfg):.2f})", RECOVERED, rule,
+                   "'neither' (shared and routed experts removed: the floor) and the default", (MOE, SHARED, FLOOR_GAP))
+            for cfg, (cid, rule, statement) in TABLE2_CLAIMS.items()]
+
+
+# ---------------------------------------------------------------------------------------------------- Table 5
+RANDOM_K = "the same k of (layer, expert) pairs drawn at random, blocked the same way (mean of the draws)"
+CORE_TASKS, TOLERANT_TASKS = ("country_capital", "country_language"), ("fruit_inside_color", "object_superclass")
+
+
+def table5_id(model: str, task: str, k: int | str) -> str:
+    return f"T5.{model}.{task}.{k if isinstance(k, str) else f'top{k}'}"
+
+
+def _table5_claims() -> list[v.Claim]:
+    out = []
+    for r in paper.TABLE5.to_dict("records"):
+        model, task = r["model"], r["task"]
+        for k in (1, 5, 10):
+            drop = 1 - r[f"block{k}"] / r["orig"]
+            out.append(_claim(table5_id(model, task, k), "Table 5",
+                              f"{model}, {task}: blocking the top-{k} attributed experts lowers MRR by {drop:.1%}",
+                              f"{drop:.3f} (MRR {r['orig']:.2f} -> {r[f'block{k}']:.2f})",
+                              f"1 - MRR(top-{k} re-routed) / MRR (same prompts)", close(round(drop, 3)), RANDOM_K,
+                              (MOE, OFF_CEILING, FEW_BLOCKED), size=round(drop, 3)))
+        share, drop10 = paper.blocked_fraction(model), r["drop@10"]
+        out.append(_claim(table5_id(model, task, "share"), "Table 5 (as a share of pairs)",
+                          f"{model}, {task}: blocking the paper's top-10 share of pairs ({share:.2%}) lowers MRR "
+                          f"by {drop10:.1%}", f"{drop10:.3f}", "1 - MRR(top round(share x pairs) re-routed) / MRR",
+                          close(round(drop10, 3)), RANDOM_K, (MOE, OFF_CEILING, SHARE_K), size=round(drop10, 3)))
+    for method in ("reroute", "mask", "zero"):
+        for task in paper.TABLE5.task.unique():
+            out.append(_claim(f"T5.attributed_vs_random.{method}.{task}", "Table 5 (control)",
+                              f"{task}: blocking the top-10 attributed experts ({method}) lowers MRR more than "
+                              "blocking 10 random experts", "attributed experts matter (implicit in Table 5)",
+                              f"1 - MRR(top-10 {method}) / MRR", v.exceeds_control(), RANDOM_K, (MOE, OFF_CEILING)))
+    out.append(_claim("T5.core_vs_tolerant", "Sec. 5 / abstract",
+                      "core-sensitive tasks (geography) lose more MRR than distributed-tolerant tasks (object "
+                      "attributes) when their top experts are blocked",
+                      "Qwen1.5-MoE +0.11; OLMoE -0.05 (mean drop@10, geography - objects)",
+                      "mean drop@10 over country_capital, country_language - mean over fruit_inside_color, "
+                      "object_superclass", v.above(0.0), "", (MOE, OFF_CEILING, FEW_BLOCKED)))
+    qwen, olmoe = (paper.TABLE5[paper.TABLE5.model == m]["drop@10"].mean() for m in ("Qwen1.5-MoE", "OLMoE"))
+    out.append(_claim("T5.shared_depth_robust", "Sec. 5 / abstract",
+                      "a deep MoE with a shared expert is robust to blocking, a shallow one without degrades broadly",
+                      f"{olmoe - qwen:+.3f} (mean drop@10, OLMoE - Qwen1.5-MoE)",
+                      "mean drop@10 over the five tasks, shallower unshared - deeper shared MoE", v.above(0.0), "",
+                      (CONTRAST, OFF_CEILING, FEW_BLOCKED)))
+    for cid, (reading, value) in zip(("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"), paper.OLMOE_76_READINGS.items()):
+        out.append(_claim(cid, "abstract (OLMoE '76%')", f"OLMoE country_capital: {reading}", f"{value:.2f}",
+                          "1 - MRR(top-10 re-routed) / MRR on country_capital", close(value), RANDOM_K,
+                          (MOE, NO_SHARED, OFF_CEILING, FEW_BLOCKED), size=value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- heads <-> experts
+C = paper.CLAIMS
+SHUFFLED = "the same with prompts shuffled within each layer (no head-expert link)"
+RANDOM_HEADS = "the same number of random heads inhibited (mean of the draws)"
+
+
+def _coordination_claims() -> list[v.Claim]:
+    r, where = C["head_expert_r"], "Sec. 6 / abstract"
+    return [
+        _claim("HE.r", where, "head and expert attribution correlate (r = 0.68)", f"{r:.2f}",
+               "Pearson r across prompts within each MoE layer of sum_h max(HeadGain,0) vs sum_j ExpertGain, mean "
+               "over layers", v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS), r),
+        _claim("HE.r_lagged", where, "the correlation is temporal: heads at layer l vs experts at the next MoE layer",
+               f"{r:.2f}", "as HE.r with the expert gain of the next MoE layer",
+               v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS), r),
+        _claim("HE.p", where, "the correlation is significant (p < 0.001)", f"< {C['head_expert_p_max']:g}",
+               "permutation p-value of HE.r (2000 within-layer shuffles of the prompts)",
+               v.at_most(C["head_expert_p_max"]), SHUFFLED, (MOE, PROMPTS)),
+        _claim("HE.inhibit_gate", where, "inhibiting the key heads lowers the top-k gate probability by 54%",
+               f"{C['inhibit_gate_drop']:.2f}", "1 - mean top-k gate (inhibited) / mean top-k gate (clean), at the "
+               "clean top-k experts", v.all_of(close(C["inhibit_gate_drop"]), v.exceeds_control()), RANDOM_HEADS, (MOE,),
+               C["inhibit_gate_drop"]),
+        _claim("HE.inhibit_mrr", where, "inhibiting the key heads lowers MRR by 29%", f"{C['inhibit_mrr_drop']:.2f}",
+               "1 - MRR(inhibited) / MRR", v.all_of(close(C["inhibit_mrr_drop"]), v.exceeds_control()), RANDOM_HEADS,
+               (MOE, OFF_CEILING), C["inhibit_mrr_drop"]),
+        _claim("HE.forcing", where, "forcing the correct experts recovers 85% of the MRR", f"{C['force_recovery']:.2f}",
+               "(MRR_forced - MRR_inhibited) / (MRR - MRR_inhibited)", close(C["force_recovery"]),
+               "restoring the whole clean routing (mediation; shown, not used by the rule)", (MOE, INHIBITS),
+               C["force_recovery"]),
+        _claim("HE.mediation", where, "the heads act through routing: restoring the clean routing undoes most of "
+               "the inhibition's MRR drop", "implied (forcing recovers 85%)",
+               "(MRR_inhibited+clean routing - MRR_inhibited) / (MRR - MRR_inhibited)", v.at_least(0.5),
+               "", (MOE, INHIBITS)),
+        _claim("HE.ig_share", where, "28% of the expert-activation attribution traces to specific heads",
+               f"{C['ig_head_share']:.2f}", "IG of the clean top-1 expert's centred router logit: key heads' share "
+               "of sum|IG| + |f(0)|, mean over prompts and MoE layers",
+               v.all_of(close(C["ig_head_share"]), v.exceeds_control()), RANDOM_HEADS, (MOE, SOFTMAX),
+               C["ig_head_share"]),
+        _claim("HE.ig_share_all", where, "28% of the expert-activation attribution traces to heads (all heads)",
+               f"{C['ig_head_share']:.2f}", "as HE.ig_share over all heads", close(C["ig_head_share"]), "",
+               (MOE, SOFTMAX), C["ig_head_share"]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- basic / refinement
+def _roles_claims() -> list[v.Claim]:
+    where = "Sec. 4-5 (basic-refinement)"
+    return [
+        _claim("BR.shared_early", where, "shared experts work early, routed experts late (deep MoEs)",
+               "qualitative", "shared share of the positive expert gain, early third - late third", v.above(0.0), "",
+               (SHARED, DEEP)),
+        _claim("BR.routed_refine", where, "routed experts are domain refiners, the shared expert a general basic "
+               "processor: the routed gain depends more on the task family", "qualitative",
+               "eta^2 (share of variance explained by task family) of the per-prompt routed gain - that of the "
+               "shared gain", v.above(0.0), "", (SHARED, FAMILIES, PROMPTS)),
+    ]
+
+
+def _method_claims() -> list[v.Claim]:
+    return [_claim("LPI.telescoping", "Sec. 3 (method)",
+                   "layer gains decompose the log-probability: sum_l (AttnGain_l + FFNGain_l) = log p(w|h_L) - "
+                   "log p(w|h_0) with the final norm's scale frozen", "exact identity",
+                   "max over prompts of |sum of layer gains - (log p(w|h_L) - log p(w|h_0))|", v.at_most(1e-3))]
+
+
+REGISTRY: dict[str, v.Claim] = {c.id: c for c in (*_table1_claims(), *_advantage_claims(), *_depth_claims(),
+                                                  *_table2_claims(), *_table5_claims(), *_coordination_claims(),
+                                                  *_roles_claims(), *_method_claims())}
+
+
+def get(claim_id: str) -> v.Claim:
+    """The registered claim ``claim_id`` (KeyError names the known ids' prefixes)."""
+    if claim_id not in REGISTRY:
+        raise KeyError(f"unknown claim {claim_id!r}; known prefixes: {sorted({c.split('.')[0] for c in REGISTRY})}")
+    return REGISTRY[claim_id]
+
+
+def table() -> pd.DataFrame:
+    """The registry as a DataFrame: id, where, statement, paper value, statistic, rule, control, preconditions."""
+    return pd.DataFrame([{"claim": c.id, "where": c.where, "statement": c.statement, "paper_value": c.paper_value,
+                          "statistic": c.statistic, "rule": c.rule.text, "control": c.control,
+                          "preconditions": "; ".join(p.text for p in c.preconditions)} for c in REGISTRY.values()])
+
+
+def decide(claim_id: str, facts: Mapping[str, Any], kit: v.Estimate | None, control: v.Estimate | None = None,
+           note: str = "", model: str = "") -> dict[str, Any]:
+    """:func:`moescope.verdicts.decide` for a registered claim, with the estimate's interval width added to the
+    facts (for :func:`precise`)."""
+    width = kit.bounds()[1] - kit.bounds()[0] if kit is not None and kit.finite else None
+    return v.decide(get(claim_id), {**facts, "interval_width": width}, kit, control, note, model)

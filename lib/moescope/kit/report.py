@@ -1,0 +1,290 @@
+"""One report for both papers: every claim row the notebooks of a run recorded, grouped by paper.
+
+Each notebook records its rows with ``results.record(name, {"claims": rows, "figures": [...], ...}, out_dir)``;
+a row is :func:`moescope.verdicts.decide`'s (paper, where, claim, model, statement, paper value, statistic, kit
+value and interval, control, rule, verdict, note). :func:`write` collects them from ``runs/<run>/**`` and writes
+
+    runs/<run>/claims.csv   every row (the data the two documents and the README table are made from)
+    runs/<run>/report.md    per paper: the verdict counts, then every row; notebooks that recorded no rows
+    runs/<run>/report.html  the same with each notebook's figures inline
+
+:func:`update_readme` writes the README's claim table (between ``<!-- claims:start -->`` and
+``<!-- claims:end -->``) from a run's claims.csv: ``python -m moescope.kit.report readme [--run default]``.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .. import paths
+from ..results import write_csv_atomic, write_text_atomic
+from ..verdicts import COLUMNS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+
+START, END = "<!-- claims:start -->", "<!-- claims:end -->"
+README = paths.ROOT / "README.md"
+KINDS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)
+
+
+class ReportError(ValueError):
+    """A run or README cannot be reported (no metrics, missing markers)."""
+
+
+# ---------------------------------------------------------------------------------------------------- collect
+def metrics_files(run_dir: Path) -> list[Path]:
+    """Every ``<notebook>.metrics.json`` of a run, in notebook order, then folder order."""
+    return sorted(Path(run_dir).glob("*/*.metrics.json"), key=lambda p: (p.name, p.parent.name))
+
+
+def collect(run_dir: Path) -> pd.DataFrame:
+    """Every claim row of the run, with the notebook and run folder that recorded it."""
+    frames = []
+    for f in metrics_files(run_dir):
+        rows = json.loads(f.read_text()).get("claims") or []
+        if rows:
+            frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+            frames.append(frame.assign(notebook=f.name.removesuffix(".metrics.json"), folder=f.parent.name))
+    if not frames:
+        return pd.DataFrame(columns=[*COLUMNS, "notebook", "folder"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def missing_claims(run_dir: Path) -> list[str]:
+    """'<folder>/<notebook>' for each notebook of the run that recorded no claim rows."""
+    return [f"{f.parent.name}/{f.name.removesuffix('.metrics.json')}" for f in metrics_files(run_dir)
+            if not json.loads(f.read_text()).get("claims")]
+
+
+def kind(verdict: str) -> str:
+    """reproduced / not reproduced / not testable (the reason dropped)."""
+    return NOT_TESTABLE if str(verdict).startswith(NOT_TESTABLE) else str(verdict)
+
+
+def counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Number of rows of each verdict kind per paper (papers in order of first appearance)."""
+    k = rows.assign(kind=rows.verdict.map(kind))
+    table = pd.crosstab(pd.Categorical(k.paper, categories=list(dict.fromkeys(k.paper))), k.kind)
+    return table.reindex(columns=list(KINDS), fill_value=0).rename_axis("paper").rename_axis(None, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+def _num(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+def interval(value, low, high, n=None, over: str = "") -> str:
+    """'value [low, high]' (with 'over n <what>' when known); '' for no value."""
+    text = _num(value)
+    if text and _num(low) and _num(high):
+        text += f" [{_num(low)}, {_num(high)}]"
+    if text and over and n:
+        text += f" ({int(n)} {over})"
+    return text
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ") if text is not None and text == text else ""
+
+
+def markdown_table(rows: pd.DataFrame, compact: bool = False) -> list[str]:
+    """Rows as a Markdown table (``compact``: the README's columns)."""
+    if compact:
+        head = ["claim", "model", "paper", "kit [95% interval]", "verdict"]
+    else:
+        head = ["claim", "where", "model", "paper", "kit [95% interval]", "control", "rule", "verdict", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows.itertuples():
+        kit = interval(r.kit, r.kit_low, r.kit_high, r.n, r.over)
+        cells = [r.claim, r.model, r.paper_value, kit, r.verdict]
+        if not compact:
+            control = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+            cells = [r.claim, r.where, r.model, r.paper_value, kit, control, r.rule, r.verdict, r.note]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _count_lines(rows: pd.DataFrame) -> list[str]:
+    c = counts(rows)
+    lines = ["| paper | " + " | ".join(KINDS) + " |", "|---|---|---|---|"]
+    return lines + [f"| {p} | " + " | ".join(str(int(c.loc[p, k])) for k in KINDS) + " |" for p in c.index]
+
+
+def _status_lines(status: pd.DataFrame | None) -> list[str]:
+    if status is None:
+        return []
+    lines = ["## Notebook runs", "", "| notebook | model | status | seconds |", "|---|---|---|---|"]
+    rows = [f"| {str(r.notebook).removesuffix('.ipynb')} | {r.model} | {_cell(r.status)} | {_num(r.seconds)} |"
+            for r in status.itertuples()]
+    return lines + rows + [""]
+
+
+def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.DataFrame | None = None) -> str:
+    """The report as Markdown: verdict counts, the status of every notebook run (when known), then every row,
+    per paper."""
+    lines = [f"# moescope: paper vs kit ({run})", "",
+             "Every kit value is computed by the executed notebook that recorded it; paper values come from the "
+             "papers' tables (`moescope.attribution.paper`, `moescope.finetuning`). A verdict is `reproduced` or "
+             "`not reproduced` by the rule fixed in advance, or `not testable: <the unmet precondition>`.", ""]
+    lines += _count_lines(rows) + [""]
+    if missing:
+        lines += ["**Notebooks that recorded no claim rows:** " + ", ".join(f"`{m}`" for m in missing), ""]
+    lines += _status_lines(status)
+    for paper_name, g in rows.groupby("paper", sort=False):
+        lines += [f"## {paper_name}", ""]
+        for (notebook, folder), h in g.groupby(["notebook", "folder"], sort=False):
+            lines += [f"### {notebook} ({folder})", "", *markdown_table(h), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
+    tags = []
+    for name in names:
+        found = next((d / f"{name}.png" for d in folders if (d / f"{name}.png").is_file()), None)
+        if found is not None:
+            data = base64.b64encode(found.read_bytes()).decode()
+            tags.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    return tags
+
+
+CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse;
+font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+.reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.not-testable{background:#f0f0f0}
+img{max-width:100%}figure{margin:.5em 0}"""
+
+
+def _html_rows(rows: pd.DataFrame) -> str:
+    head = ["claim", "where", "model", "paper", "kit [95% interval]", "control", "rule", "verdict", "note"]
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows.itertuples():
+        control = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+        cells = [r.claim, r.where, r.model, r.paper_value, interval(r.kit, r.kit_low, r.kit_high, r.n, r.over),
+                 control, r.rule, r.verdict, r.note]
+        css = kind(r.verdict).replace(" ", "-")
+        out.append(f'<tr class="{css}">' + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: dict[tuple[str, str], list[str]]) -> str:
+    """The report as one HTML page with the figures inline (``figures``: (notebook, folder) -> img tags)."""
+    c = counts(rows)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>moescope: {html.escape(run)}</title>"
+             f"<style>{CSS}</style></head><body><h1>moescope: paper vs kit ({html.escape(run)})</h1>",
+             c.to_html(), ""]
+    if missing:
+        parts.append("<p><b>Notebooks that recorded no claim rows:</b> " + html.escape(", ".join(missing)) + "</p>")
+    for paper_name, g in rows.groupby("paper", sort=False):
+        parts.append(f"<h2>{html.escape(paper_name)}</h2>")
+        for (notebook, folder), h in g.groupby(["notebook", "folder"], sort=False):
+            parts += [f"<h3>{html.escape(notebook)} ({html.escape(folder)})</h3>", _html_rows(h),
+                      *figures.get((notebook, folder), [])]
+    return "\n".join(parts + ["</body></html>"])
+
+
+# ---------------------------------------------------------------------------------------------------- write
+def write(run_dir: Path, figure_dirs: Sequence[Path] = (paths.FIGURES,)) -> tuple[Path, Path]:
+    """claims.csv, report.md and report.html of the run in ``run_dir``; returns (report.md, report.html)."""
+    run_dir = Path(run_dir)
+    if not metrics_files(run_dir):
+        raise ReportError(f"{run_dir} holds no <notebook>.metrics.json: run the notebooks first")
+    rows, missing = collect(run_dir), missing_claims(run_dir)
+    write_csv_atomic(run_dir / "claims.csv", rows)
+    figures = {}
+    for f in metrics_files(run_dir):
+        names = json.loads(f.read_text()).get("figures") or []
+        figures[(f.name.removesuffix(".metrics.json"), f.parent.name)] = _figure_tags(
+            names, [f.parent / "figures", *map(Path, figure_dirs)])
+    status = pd.read_csv(run_dir / "status.csv") if (run_dir / "status.csv").is_file() else None
+    md = write_text_atomic(run_dir / "report.md", markdown(rows, missing, run_dir.name, status))
+    page = write_text_atomic(run_dir / "report.html", html_report(rows, missing, run_dir.name, figures))
+    return md, page
+
+
+# ---------------------------------------------------------------------------------------------------- README
+def readme_section(rows: pd.DataFrame, run: str) -> str:
+    """The README's claim table: the verdict counts, then per paper every reproduced and not reproduced row and
+    the not testable rows with their reasons (collapsed)."""
+    lines = [f"Generated from `runs/{run}/claims.csv` by `python -m moescope.kit.report readme --run {run}`; "
+             "do not edit by hand.", "", *_count_lines(rows)]
+    for paper_name, g in rows.groupby("paper", sort=False):
+        decided, untestable = g[g.verdict.map(kind) != NOT_TESTABLE], g[g.verdict.map(kind) == NOT_TESTABLE]
+        lines += ["", f"**{paper_name}**", ""]
+        lines += markdown_table(decided, compact=True) if len(decided) else ["(no claim was testable in this run)"]
+        if len(untestable):
+            lines += ["", f"<details><summary>{len(untestable)} rows not testable on these models (why)</summary>",
+                      "", *markdown_table(untestable, compact=True), "", "</details>"]
+    return "\n".join(lines)
+
+
+def update_readme(run_dir: Path, readme: Path = README) -> Path:
+    """Replace the README's text between the claim markers by :func:`readme_section` of the run's claims.csv."""
+    run_dir, readme = Path(run_dir), Path(readme)
+    rows = read_claims(run_dir)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ReportError(f"{readme} lacks the markers {START} ... {END}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return write_text_atomic(readme, f"{head}{START}\n{readme_section(rows, run_dir.name)}\n{END}{tail}")
+
+
+def readme_block(readme: Path = README) -> str:
+    """The text between the README's claim markers."""
+    text = Path(readme).read_text()
+    if START not in text or END not in text:
+        raise ReportError(f"{readme} lacks the markers {START} ... {END}")
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def read_claims(run_dir: Path) -> pd.DataFrame:
+    """The rows :func:`write` saved in ``run_dir/claims.csv``."""
+    path = Path(run_dir) / "claims.csv"
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist: write the run's report first")
+    numeric = {"kit", "kit_low", "kit_high", "n", "control_value", "control_low", "control_high"}
+    text = {c: str for c in [*COLUMNS, "notebook", "folder"] if c not in numeric}
+    return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in numeric})
+
+
+def compare(runs: dict[str, Path]) -> pd.DataFrame:
+    """Claim by claim, each run's 'model: kit [interval] -> verdict' side by side (e.g. old and new organisms)."""
+    def cell(g: pd.DataFrame) -> str:
+        return "; ".join(f"{r.model}: {interval(r.kit, r.kit_low, r.kit_high, r.n, r.over)} -> {r.verdict}"
+                         for r in g.itertuples())
+
+    frames = []
+    for label, run_dir in runs.items():
+        rows = read_claims(run_dir)
+        frames.append(rows.groupby(["paper", "claim", "paper_value"], sort=False).apply(cell, include_groups=False)
+                      .rename(label))
+    return pd.concat(frames, axis=1).reset_index()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moescope.kit.report", description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["write", "readme", "compare"],
+                        help="write a run's report, the README's table, or compare runs claim by claim")
+    parser.add_argument("--run", nargs="+", default=["default"], help="run folder(s) under --out")
+    parser.add_argument("--out", default=str(paths.RUNS))
+    args = parser.parse_args(argv)
+    dirs = [Path(args.out) / r for r in args.run]
+    if args.what == "compare":
+        table = compare(dict(zip(args.run, dirs)))
+        print("\n".join(["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)] +
+                        ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.itertuples(index=False)]))
+    else:
+        print(*(write(dirs[0]) if args.what == "write" else [update_readme(dirs[0])]), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The claim registry (moescope.attribution.claims): values from the paper, every rule decided in both
+directions on synthetic estimates, and preconditions computed from facts."""
+import itertools
+import math
+import re
+
+import pytest
+
+from moescope import verdicts as v
+from moescope.attribution import claims, paper
+
+BASE = {"model": "m", "layers": 24, "moe": True, "softmax_router": True, "n_prompts": 100, "baseline_mrr": 0.6,
+        "families": 2, "matched_groups": 2, "paired_groups": 2, "ablation_gap": 0.5, "inhibition_drop": 0.3,
+        "fraction": 0.01, "share_k": 10, "contrast": True}
+
+
+def facts_meeting(claim: v.Claim) -> dict:
+    """Facts meeting every precondition of ``claim`` (a shared expert or not; the checkpoint it needs)."""
+    for shared, checkpoint in itertools.product((True, False), (None, *paper.MODELS)):
+        facts = BASE | {"shared_expert": shared, "checkpoint": checkpoint, "interval_width": 0.0}
+        if not claim.unmet(facts):
+            return facts
+    raise AssertionError(f"{claim.id} is testable on no model")
+
+
+def examples(rule: v.Rule) -> tuple[tuple, tuple]:
+    """((kit, control) that the rule must call reproduced, (kit, control) it must not), read off the rule text."""
+    def est(x, half=1e-4):
+        return v.Estimate(x, x - half, x + half)
+
+    m = re.match(r"kit interval overlaps ([-\d.e]+) \+/- ([\d.e]+)", rule.text)
+    if m:
+        target, tol = float(m[1]), float(m[2])
+        control_low = est(target - 10)  # a control far below, for the rules that also need to beat one
+        return (est(target), control_low), (est(target + 3 * tol + 1), control_low)
+    m = re.match(r"kit interval (>|>=|<=) ([-\d.e]+)", rule.text)
+    if m:
+        op, t = m[1], float(m[2])
+        good, bad = (t + 0.05, t - 0.5) if op in (">", ">=") else (t - 0.05 if t > 0.05 else t / 2, t + 0.5)
+        return (est(good), None), (est(bad), None)
+    if rule.text.startswith("kit interval above the control"):
+        return (est(0.5), est(0.1)), (est(0.1), est(0.1, 0.05))
+    raise AssertionError(f"no example for rule {rule.text!r}")
+
+
+@pytest.mark.parametrize("claim_id", sorted(claims.REGISTRY))
+def test_every_rule_decides_both_ways(claim_id):
+    claim = claims.get(claim_id)
+    facts = facts_meeting(claim)
+    (kit, control), (bad_kit, bad_control) = examples(claim.rule)
+    assert v.decide(claim, facts, kit, control)["verdict"] == "reproduced"
+    assert v.decide(claim, facts, bad_kit, bad_control)["verdict"] == "not reproduced"
+
+
+@pytest.mark.parametrize("claim_id", sorted(claims.REGISTRY))
+def test_every_claim_is_complete(claim_id):
+    c = claims.get(claim_id)
+    assert c.paper == claims.PAPER and c.where and c.statement and c.paper_value and c.statistic and c.rule.text
+
+
+def test_causal_size_claims_must_also_beat_their_control():
+    for cid in ("HE.r", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.ig_share"):
+        claim = claims.get(cid)
+        facts = facts_meeting(claim)
+        target = claim.rule.text.split("overlaps ")[1].split(" ")[0]
+        kit = v.Estimate(float(target), float(target) - 0.01, float(target) + 0.01)
+        assert v.decide(claim, facts, kit, v.Estimate(float(target), 0.0, 1.0))["verdict"] == "not reproduced"
+
+
+def test_paper_values_come_from_the_papers_tables():
+    t5 = paper.TABLE5.set_index(["task", "model"])
+    assert claims.get("T5.Qwen1.5-MoE.country_capital.top10").paper_value.startswith(
+        f"{t5.loc[('country_capital', 'Qwen1.5-MoE'), 'drop@10']:.3f}")
+    assert claims.get("T1.OLMoE.per_layer_efficiency").paper_value == "0.311"
+    assert claims.get("depth.stage.middle").paper_value == f"{paper.STAGE_SHARES['middle']:.3f}"
+    assert claims.get("HE.r").paper_value == "0.68" and claims.get("HE.forcing").paper_value == "0.85"
+    assert "0.76" in claims.get("T5.olmoe76.drop_of").paper_value
+    assert claims.get("T5.olmoe76.falls_to").paper_value == "0.24"
+    assert claims.get("T1.advantage.acl31").paper_value == "+31%"
+    assert claims.get("T1.advantage.arxiv37").paper_value == "+37%"
+    assert claims.table2_paper_recovered("shared + top-1") == pytest.approx(0.59 / 0.63)
+    # every Table 5 cell and every Table 1 model has its claim
+    assert {c for c in claims.REGISTRY if c.startswith("T5.") and c.endswith(".top10")} >= {
+        claims.table5_id(r.model, r.task, 10) for r in paper.TABLE5.itertuples()}
+    assert all(f"T1.{m}.per_layer_efficiency" in claims.REGISTRY for m in paper.TABLE1.model)
+
+
+def test_preconditions_give_computed_reasons():
+    row = claims.decide("depth.stage.late", BASE | {"layers": 3, "shared_expert": True}, v.Estimate(0.5, 0.4, 0.6))
+    assert row["verdict"] == "not testable: depth (layers) is 3, needs at least 8"
+    row = claims.decide("T5.OLMoE.country_capital.top10", BASE | {"baseline_mrr": 1.0, "fraction": 0.42},
+                        v.Estimate(0.0, 0.0, 0.0), v.Estimate(0.0))
+    assert row["verdict"] == ("not testable: baseline MRR is 1, needs at most 0.95; share of (layer, expert) pairs "
+                              "blocked is 0.42, needs at most 0.05")
+    row = claims.decide("T1.OLMoE.mrr", BASE | {"checkpoint": None, "model": "olmoe-like"}, v.Estimate(1.0))
+    assert row["verdict"].startswith("not testable: olmoe-like is not the paper's checkpoint allenai/OLMoE-1B-7B-0924")
+    row = claims.decide("T5.olmoe76.falls_to", BASE | {"shared_expert": True}, v.Estimate(0.24))
+    assert row["verdict"] == "not testable: the model has a shared expert, unlike OLMoE"
+
+
+def test_a_size_claim_needs_an_interval_narrow_enough_to_miss_the_paper():
+    facts = BASE | {"shared_expert": True}
+    wide = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, -0.5, 1.1), v.Estimate(0.0, -0.01, 0.01))
+    assert wide["verdict"] == ("not testable: the 95% interval is 1.6 wide, needs at most 0.145 to compare with the "
+                               "paper (more prompts or seeds)")
+    narrow = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, 0.25, 0.35), v.Estimate(0.0, -0.01, 0.01))
+    assert narrow["verdict"] == "reproduced"
+
+
+def test_missing_estimate_is_not_testable_with_a_reason():
+    row = claims.decide("HE.r", BASE | {"shared_expert": False}, None, None)
+    assert v.is_verdict(row["verdict"]) and row["verdict"].startswith("not testable: ") and math.isnan(row["kit"])
+
+
+def test_registry_table_and_unknown_ids():
+    t = claims.table()
+    assert len(t) == len(claims.REGISTRY) and t.claim.is_unique
+    with pytest.raises(KeyError, match="unknown claim"):
+        claims.get("T9.nothing")

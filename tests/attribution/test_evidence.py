@@ -1,0 +1,256 @@
+"""The kit's estimates (moescope.attribution.evidence) on synthetic results with known answers: each claim's
+statistic, its control and its interval, decided both ways."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from moescope import verdicts as v
+from moescope.attribution import ablation, coordination, evidence, paper, replicas
+from moescope.attribution.blocking import Blocking
+from moescope.attribution.coordination import Coordination
+from moescope.attribution.depth import DepthProfile
+from moescope.attribution.efficiency import Efficiency, table1
+
+RNG = np.random.default_rng(0)
+
+
+def by_claim(rows):
+    return {r["claim"]: r for r in rows}
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_within_layer_r_is_pearson_per_layer_and_nan_when_constant():
+    x, y = RNG.normal(size=(50, 3)), RNG.normal(size=(50, 3))
+    y[:, 0] += 2 * x[:, 0]
+    y[:, 2] = 1.0
+    r = coordination.within_layer_r(x, y)
+    assert r[0] == pytest.approx(stats.pearsonr(x[:, 0], y[:, 0])[0])
+    assert r[1] == pytest.approx(stats.pearsonr(x[:, 1], y[:, 1])[0]) and np.isnan(r[2])
+    assert coordination.mean_r(x, y) == pytest.approx(np.nanmean(r[:2]))
+    s = coordination.shuffled(y, np.random.default_rng(1))
+    assert (np.sort(s, 0) == np.sort(y, 0)).all() and not (s == y).all()
+    many = coordination.shuffled(x, np.random.default_rng(1), times=5)
+    assert many.shape == (5, 50, 3) and (np.sort(many, 1) == np.sort(x, 0)).all()
+    assert coordination.mean_r(np.stack([x, x]), np.stack([y, x])) == pytest.approx([np.nanmean(r[:2]), 1.0])
+
+
+def test_eta_squared_and_ratio_statistics():
+    groups = np.array(["a"] * 5 + ["b"] * 5)
+    assert evidence.eta_squared(np.r_[np.zeros(5), np.ones(5)], groups) == pytest.approx(1.0)
+    assert evidence.eta_squared(np.tile([0.0, 1.0], 4), groups[1:9]) == pytest.approx(0.0)  # equal group means
+    idx = np.arange(4)
+    before, after = np.array([1.0, 1, 1, 1]), np.array([0.5, 0.5, 1, 1])
+    assert evidence.ratio_drop(before, after)(idx) == pytest.approx(0.25)
+    assert evidence.ratio_drop(before, after)(np.stack([idx, np.array([0, 0, 1, 1])])) == pytest.approx([0.25, 0.5])
+    assert evidence.recovered(np.zeros(4), np.ones(4), np.full(4, 0.3))(idx) == pytest.approx(0.3)
+    assert np.isnan(evidence.recovered(np.ones(4), np.ones(4), np.ones(4))(idx))
+    batch = np.stack([np.tile([0.0, 1.0], 4), np.r_[np.zeros(4), np.ones(4)]])
+    assert evidence.eta_squared(batch, groups[1:9]) == pytest.approx([0.0, 1.0])
+
+
+def test_combine_pools_seeds_with_a_t_interval():
+    one = v.Estimate(1.0, 0.9, 1.1, 20, "prompts")
+    assert evidence.combine([one]) is one
+    three = evidence.combine([v.Estimate(1.0), v.Estimate(2.0), v.Estimate(3.0)])
+    assert (three.value, three.over, three.n) == (2.0, "seeds", 3) and three.low < 1.0
+    assert np.isnan(evidence.combine([v.Estimate(1.0), v.Estimate(float("nan"))]).value)
+
+
+def test_stratified_bootstrap_resamples_within_tasks():
+    a, b = np.ones(30), np.zeros(10)
+    est = evidence.stratified(lambda idx: a[idx["a"]].mean() - b[idx["b"]].mean(), {"a": 30, "b": 10})
+    assert (est.value, est.low, est.high, est.n) == (1.0, 1.0, 1.0, 40)
+
+
+# ------------------------------------------------------------------------------------------------ Table 1
+def efficiency_of(ratio: float, n: int = 200) -> Efficiency:
+    """An MoE and a dense model of equal depth, the MoE's FFN gain ``ratio`` times the dense one's (with noise)."""
+    dense = RNG.normal(2.0, 0.05, n)
+    samples = pd.concat([pd.DataFrame({"model": m, "sample_id": range(n), "task": "t", "family": "f", "rank": 2,
+                                       "ffn_gain": g, "attn_gain": 0.0, "peak_position": 1.0})
+                         for m, g in (("moe", dense * ratio), ("dense", dense))], ignore_index=True)
+    facts = {m: {"model": m, "moe": m == "moe", "layers": 8, "checkpoint": None, "mirrors": None} for m in ("moe", "dense")}
+    t = table1(samples, facts)
+    return Efficiency(samples, t, facts, replicas.depth_matched(t))
+
+
+def test_efficiency_advantage_on_a_depth_matched_pair():
+    rows = by_claim(evidence.table1_rows(efficiency_of(1.31)))
+    assert rows["T1.advantage.direction"]["verdict"] == "reproduced"
+    acl = rows["T1.advantage.acl31"]
+    assert acl["kit"] == pytest.approx(0.31, abs=0.01) and acl["kit_low"] <= acl["kit"] <= acl["kit_high"]  # the MoE gain is exactly 1.31 x: the interval may collapse
+    assert rows["T1.advantage.acl31"]["verdict"] == rows["T1.advantage.arxiv37"]["verdict"] == "reproduced"
+    assert rows["T1.advantage.qwen51"]["verdict"] == "not reproduced"
+    same = by_claim(evidence.table1_rows(efficiency_of(1.0)))
+    assert same["T1.advantage.direction"]["verdict"] == same["T1.advantage.acl31"]["verdict"] == "not reproduced"
+
+
+def test_efficiency_without_depth_matched_models_is_not_testable():
+    eff = efficiency_of(1.31)
+    eff.facts["dense"]["layers"] = 4
+    eff.table.loc[eff.table.model == "dense", "layers"] = 4
+    eff.groups = replicas.depth_matched(eff.table)
+    row = by_claim(evidence.table1_rows(eff))["T1.advantage.acl31"]
+    assert row["verdict"] == "not testable: number of depth-matched MoE/dense groups is 0, needs at least 1"
+    assert "not matched: moe (8 layers), dense (4 layers)" in row["note"]
+
+
+# ------------------------------------------------------------------------------------------------ depth
+def depth_of(shares: dict[str, float], layers: int = 24, n: int = 100) -> DepthProfile:
+    stage = [paper.stage_of((l + 1) / layers) for l in range(layers)]
+    per_layer = np.array([shares[s] / stage.count(s) for s in stage])
+    rows = [{"model": "m", "sample_id": i, "task": "t", "family": "f", "rank": 2, "layer": l, "depth": (l + 1) / layers,
+             "attn_gain": 0.0, "ffn_gain": per_layer[l] * RNG.uniform(0.95, 1.05), "stage": "x", "paper_stage": stage[l]}
+            for i in range(n) for l in range(layers)]
+    facts = {"m": {"model": "m", "moe": True, "layers": layers, "shared_expert": True}}
+    return DepthProfile(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), facts)
+
+
+def test_depth_stage_claims_both_ways():
+    rows = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES)))
+    assert all(rows[f"depth.stage.{s}"]["verdict"] == "reproduced" for s in ("early", "middle", "late"))
+    assert rows["depth.late_amplification"]["verdict"] == "reproduced"
+    assert rows["depth.peak"]["verdict"] == "reproduced"  # the densest layers are the late ones (20-24 of 24)
+    flipped = by_claim(evidence.depth_rows(depth_of({"early": 0.6, "middle": 0.3, "late": 0.1})))
+    assert flipped["depth.stage.early"]["verdict"] == flipped["depth.late_amplification"]["verdict"] == "not reproduced"
+    assert flipped["depth.peak"]["verdict"] == "not reproduced"  # the densest layers are now 14-19
+    shallow = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES, layers=3)))
+    assert shallow["depth.stage.late"]["verdict"] == "not testable: depth (layers) is 3, needs at least 8"
+
+
+# ------------------------------------------------------------------------------------------------ Table 2
+def ablation_of(mrr: dict[str, float], n: int = 1000) -> ablation.Ablation:
+    """Per-prompt reciprocal ranks with the given mean per configuration (rr in {1, 0.5, ...} mixed)."""
+    cfgs = ablation.configs(4)
+    frames = []
+    for cfg in cfgs:
+        rr = np.where(RNG.uniform(size=n) < mrr[cfg.name], 1.0, 1e-3)
+        frames.append(pd.DataFrame({"config": cfg.name, "sample_id": range(n), "task": "t", "rank": 1 / rr, "rr": rr}))
+    ranks = pd.concat(frames, ignore_index=True)
+    facts = {"model": "m", "moe": True, "shared_expert": True, "top_k": 4, "baseline_mrr": mrr["shared + top-4"]}
+    return ablation.Ablation(ranks, ablation.summarize(ranks, cfgs), facts)
+
+
+PAPERLIKE = {"top-1 routed only": 0.0, "top-2 routed only": 0.0, "shared only": 0.02, ablation.NEITHER: 0.0,
+             "shared + top-1": 0.6, "shared + top-2": 0.63, "shared + top-4": 0.63}
+
+
+def test_table2_recovered_share_against_the_neither_floor():
+    rows = by_claim(evidence.table2_rows([ablation_of(PAPERLIKE)]))
+    assert all(r["verdict"] == "reproduced" for r in rows.values()), rows
+    assert rows["T2.shared_only"]["control_value"] == pytest.approx(0.0, abs=0.01)
+    redundant = by_claim(evidence.table2_rows([ablation_of(PAPERLIKE | {"top-1 routed only": 0.6})]))
+    assert redundant["T2.routed_only.top1"]["verdict"] == "not reproduced"
+    at_floor = by_claim(evidence.table2_rows([ablation_of({k: 0.95 for k in PAPERLIKE})]))
+    assert at_floor["T2.shared_top1"]["verdict"].startswith(
+        "not testable: MRR lost when the shared and routed experts are both removed is")
+
+
+# ------------------------------------------------------------------------------------------------ Table 5
+def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws: int = 3) -> Blocking:
+    frames = []
+    for task in paper.TABLE5.task.unique():
+        def rr(p):
+            return np.where(RNG.uniform(size=n) < p, 0.5, 0.5 * 1e-3)
+        frames.append(pd.DataFrame({"task": task, "sample_id": range(n), "method": "none", "k": 0,
+                                    "selection": "original", "draw": 0, "n_blocked": 0, "rr": np.full(n, 0.5)}))
+        for method in ("reroute", "mask", "zero"):
+            for k in (1, 5, 10, 7):
+                frames.append(pd.DataFrame({"task": task, "sample_id": range(n), "method": method, "k": k,
+                                            "selection": "attributed", "draw": 0, "n_blocked": k,
+                                            "rr": rr(1 - attributed_drop)}))
+                frames += [pd.DataFrame({"task": task, "sample_id": range(n), "method": method, "k": k,
+                                         "selection": "random", "draw": d, "n_blocked": k, "rr": rr(1 - random_drop)})
+                           for d in range(draws)]
+    ranks = pd.concat(frames, ignore_index=True)
+    ranks["rank"] = 1 / ranks.rr
+    ranks["fraction"] = ranks.n_blocked / 1000
+    facts = {"model": "m", "moe": True, "shared_expert": False, "pairs": 1000, "layers": 16, "baseline_mrr": 0.5,
+             "task_mrr": {t: 0.5 for t in paper.TABLE5.task.unique()}}
+    return Blocking(ranks, pd.DataFrame({"task": ["t"]}), {"Qwen1.5-MoE": 7, "OLMoE": 10}, facts)
+
+
+def test_table5_attributed_against_random_and_the_76_readings():
+    rows = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.0)]))
+    assert rows["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "reproduced"
+    assert rows["T5.OLMoE.country_capital.top10"]["kit"] == pytest.approx(0.25, abs=0.08)
+    assert rows["T5.OLMoE.country_capital.top10"]["verdict"] == "reproduced"  # paper: 0.24
+    assert rows["T5.olmoe76.falls_to"]["verdict"] == "reproduced"
+    assert rows["T5.olmoe76.drop_of"]["verdict"] == "not reproduced"
+    assert "T5.Qwen1.5-MoE.country_capital.top10" not in rows  # compared with the paper model of its architecture
+    assert rows["T5.OLMoE.country_capital.share"]["note"] == "k = 10 of 1000 pairs"
+    null = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25)]))
+    assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "not reproduced"
+
+
+def test_table5_contrast_needs_both_kinds_of_moe():
+    shallow, deep = blocking_of(0.3, 0.0), blocking_of(0.05, 0.0)
+    deep.facts = deep.facts | {"shared_expert": True, "layers": 24, "model": "deep"}
+    rows = evidence.table5_contrast_rows({"shallow": [shallow], "deep": [deep]})
+    assert rows[0]["verdict"] == "reproduced" and rows[0]["kit"] == pytest.approx(0.25, abs=0.08)
+    alone = evidence.table5_contrast_rows({"shallow": [shallow]})
+    assert alone[0]["verdict"].startswith("not testable: the model lacks a contrast in the run")
+
+
+# ------------------------------------------------------------------------------------------------ heads <-> experts
+def coordination_of(r: float, mediated: float, n: int = 400, layers=(0, 1, 2)) -> Coordination:
+    x = RNG.normal(size=(n, len(layers)))
+    y = r * x + np.sqrt(1 - r**2) * RNG.normal(size=x.shape)
+    pairs = pd.DataFrame([{"sample_id": i, "layer": l, "x": x[i, j], "x_top": 0.0, "y": y[i, j], "gate": 0.5,
+                           "y_next": y[i, j] if j < len(layers) - 1 else np.nan}
+                          for i in range(n) for j, l in enumerate(layers)])
+    clean, inhibited = np.full(n, 0.6), np.full(n, 0.6 * 0.71)
+    prompts = pd.DataFrame({"sample_id": range(n), "rr_clean": clean, "rr_inhibited": inhibited,
+                            "rr_mediated": inhibited + mediated * (clean - inhibited),
+                            "rr_forced": inhibited + 0.85 * (clean - inhibited),
+                            "gate_clean": np.full(n, 0.5), "gate_inhibited": np.full(n, 0.5 * 0.46)})
+    randoms = pd.DataFrame({"draw": 0, "sample_id": range(n), "rr": clean, "gate_clean": 0.5, "gate_inhibited": 0.5})
+    ig = pd.DataFrame({"sample_id": range(n), "layer": 0, "share_key": 0.28, "share_random": 0.05,
+                       "share_all": 0.6, "completeness": 1e-6})
+    facts = {"model": "m", "moe": True, "shared_expert": True, "softmax_router": True, "n_prompts": n,
+             "baseline_mrr": 0.6}
+    return Coordination(pairs, pd.DataFrame(), prompts, randoms, ig, facts)
+
+
+def test_head_expert_claims_on_a_paperlike_model():
+    rows = by_claim(evidence.coordination_rows([coordination_of(0.68, 0.9)]))
+    for cid in ("HE.r", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.mediation", "HE.ig_share"):
+        assert rows[cid]["verdict"] == "reproduced", (cid, rows[cid])
+    assert rows["HE.r"]["control_value"] == pytest.approx(0.0, abs=0.05)  # shuffled prompts: no correlation
+    assert rows["HE.ig_share_all"]["verdict"] == "not reproduced"
+
+
+def test_head_inhibition_that_bypasses_routing_fails_mediation():
+    rows = by_claim(evidence.coordination_rows([coordination_of(0.0, 0.05)]))
+    assert rows["HE.inhibit_mrr"]["verdict"] == "reproduced"
+    assert rows["HE.mediation"]["verdict"] == rows["HE.r"]["verdict"] == "not reproduced"
+    assert rows["HE.p"]["kit"] > 0.001
+
+
+def test_within_layer_table_has_one_interval_per_layer():
+    t = evidence.within_layer_table(coordination_of(0.68, 0.9, n=200))
+    assert list(t.layer) == [0, 1, 2] and ((t.low < t.r) & (t.r < t.high)).all() and (t.r.between(0.55, 0.8)).all()
+
+
+def test_batched_statistics_give_intervals_around_their_values():
+    """Every bootstrap statistic is batched (all resamples in one call): a statistic that reduced the wrong axis
+    would give a degenerate interval off its value."""
+    rows = [*evidence.table1_rows(efficiency_of(1.31)), *evidence.depth_rows(depth_of(paper.STAGE_SHARES)),
+            *evidence.table2_rows([ablation_of(PAPERLIKE)]), *evidence.coordination_rows([coordination_of(0.68, 0.9)]),
+            *evidence.table5_model_rows([blocking_of(0.25, 0.1, n=200)])]
+    checked = 0
+    for r in rows:
+        if np.isfinite(r["kit_low"]) and r["over"] == "prompts":
+            assert r["kit_low"] - 1e-9 <= r["kit"] <= r["kit_high"] + 1e-9, r["claim"]
+            checked += 1
+    assert checked > 40
+
+
+def test_several_seeds_give_an_interval_over_seeds():
+    rows = by_claim(evidence.table2_rows([ablation_of(PAPERLIKE), ablation_of(PAPERLIKE), ablation_of(PAPERLIKE)]))
+    r = rows["T2.shared_top1"]
+    assert (r["over"], r["n"], r["model"]) == ("seeds", 3, "m (+2 seeds)")
+    assert r["kit_low"] < r["kit"] < r["kit_high"]
+    seeds = evidence.coordination_rows([coordination_of(0.68, 0.9), coordination_of(0.68, 0.9)])
+    assert by_claim(seeds)["HE.r"]["over"] == "seeds" and by_claim(seeds)["HE.p"]["note"] == "largest p over the seeds"

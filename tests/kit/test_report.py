@@ -1,0 +1,92 @@
+"""One report for both papers (moescope.kit.report) and the README's claim table generated from it."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from moescope import paths, verdicts as v
+from moescope.kit import report
+
+CLAIM = v.Claim("X.1", "attribution (ACL 2025)", "Table 9", "blocking lowers MRR", "0.43", "drop",
+                v.exceeds_control(), "random experts", (v.minimum("layers", 8, "depth (layers)"),))
+OTHER = v.Claim("D.1", "DES-MoE (EMNLP 2025)", "Fig. 2", "forgets less", "89%", "reduction", v.at_least(0.5))
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8"
+                    "cfc0f01f0005000201ffa65fdbb10000000049454e44ae426082")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "default"
+    rows_a = [v.decide(CLAIM, {"layers": 16}, v.Estimate(0.4, 0.3, 0.5, 20, "prompts"), v.Estimate(0.1, 0.0, 0.2),
+                       model="m1"),
+              v.decide(CLAIM, {"layers": 16}, v.Estimate(0.1, 0.0, 0.2), v.Estimate(0.1, 0.0, 0.2), model="m2"),
+              v.decide(CLAIM, {"layers": 3}, v.Estimate(0.9), v.Estimate(0.0), model="m3")]
+    rows_b = [v.decide(OTHER, {}, v.Estimate(0.59, 0.5, 0.7, 3, "seeds"), model="olmoe")]
+    (run / "default" / "figures").mkdir(parents=True)
+    (run / "default" / "figures" / "fig_a.png").write_bytes(PNG)
+    for name, payload in (("40_blocking", {"claims": rows_a, "figures": ["fig_a"]}),
+                          ("62_forgetting", {"claims": rows_b}), ("99_empty", {"table": []})):
+        (run / "default" / f"{name}.metrics.json").write_text(json.dumps(payload, default=lambda x: None))
+    return run
+
+
+def test_report_groups_both_papers_and_keeps_every_verdict(run_dir):
+    md_path, html_path = report.write(run_dir)
+    md = md_path.read_text()
+    assert md.index("## attribution (ACL 2025)") < md.index("## DES-MoE (EMNLP 2025)")
+    assert "| attribution (ACL 2025) | 1 | 1 | 1 |" in md and "| DES-MoE (EMNLP 2025) | 1 | 0 | 0 |" in md
+    assert "| X.1 | Table 9 | m2 | 0.43 | 0.1 [0, 0.2] | random experts: 0.1 [0, 0.2] |" in md
+    assert "not testable: depth (layers) is 3, needs at least 8" in md and "0.59 [0.5, 0.7] (3 seeds)" in md
+    assert "recorded no claim rows:** `default/99_empty`" in md
+    page = html_path.read_text()
+    assert page.count('class="not-reproduced"') == 1 and "data:image/png;base64," in page and "DES-MoE" in page
+    rows = pd.read_csv(run_dir / "claims.csv")
+    assert len(rows) == 4 and set(rows.notebook) == {"40_blocking", "62_forgetting"}
+
+
+def test_missing_claims_and_empty_runs(run_dir, tmp_path):
+    assert report.missing_claims(run_dir) == ["default/99_empty"]
+    with pytest.raises(report.ReportError, match="no <notebook>.metrics.json"):
+        report.write(tmp_path / "nothing")
+
+
+def test_readme_table_is_written_between_the_markers(run_dir, tmp_path):
+    report.write(run_dir)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# kit\n\nintro\n\n{report.START}\nold table\n{report.END}\n\nafter\n")
+    report.update_readme(run_dir, readme)
+    text = readme.read_text()
+    assert text.startswith("# kit\n\nintro\n\n") and text.endswith("\n\nafter\n") and "old table" not in text
+    block = report.readme_block(readme)
+    assert block == report.readme_section(report.read_claims(run_dir), "default")
+    assert "| X.1 | m2 | 0.43 | 0.1 [0, 0.2] | not reproduced |" in block  # rows against the paper are shown
+    assert "<summary>1 rows not testable" in block
+    (tmp_path / "bad.md").write_text("no markers")
+    with pytest.raises(report.ReportError, match="markers"):
+        report.update_readme(run_dir, tmp_path / "bad.md")
+
+
+def test_interval_formatting():
+    assert report.interval(0.5, 0.25, 0.75, 20, "prompts") == "0.5 [0.25, 0.75] (20 prompts)"
+    assert report.interval(0.5, math.nan, math.nan) == "0.5" and report.interval(math.nan, 0, 1) == ""
+
+
+def test_readme_agrees_with_the_default_runs_report():
+    """The committed README's claim table is exactly what the committed default run's claims.csv generates."""
+    rows = report.read_claims(paths.RUNS / "default")
+    assert report.readme_block() == report.readme_section(rows, "default")
+    assert len(rows) and rows.verdict.map(v.is_verdict).all()
+
+
+def test_compare_puts_two_runs_side_by_side(run_dir, tmp_path):
+    report.write(run_dir)
+    other = tmp_path / "gen2"
+    (other / "default").mkdir(parents=True)
+    row = v.decide(CLAIM, {"layers": 16}, v.Estimate(0.6, 0.5, 0.7), v.Estimate(0.1, 0.0, 0.2), model="deep")
+    (other / "default" / "40_blocking.metrics.json").write_text(json.dumps({"claims": [row]}))
+    report.write(other)
+    table = report.compare({"gen1": run_dir, "gen2": other}).set_index("claim")
+    assert "m3: 0.9 -> not testable: depth (layers) is 3" in table.loc["X.1", "gen1"]
+    assert table.loc["X.1", "gen2"] == "deep: 0.6 [0.5, 0.7] -> reproduced"
+    assert pd.isna(table.loc["D.1", "gen2"])
