@@ -92,7 +92,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..attribution import benchmark
     from ..results import write_json_atomic
 
-    table = benchmark.suite(args.device, args.batch_size)
+    table = benchmark.suite(args.device, args.batch_size, args.models, args.layers, args.dtype, args.prompts)
     out = Path(args.out)
     write_json_atomic(out / f"attribution_{args.device}.json", table)
     plots.save_fig(benchmark.plot(table), f"bench_attribution_{args.device}", out)
@@ -123,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--out", required=True, help="output folder for the CSV files")
     p.set_defaults(func=_attribute)
-    p = sub.add_parser("benchmark", help="time neuron-level attribution (batched vs per-neuron loop)")
+    p = sub.add_parser("benchmark", help="time neuron-level attribution against the per-neuron loop and the floor")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--models", nargs="*", help="organisms or ids of configs.REAL_CONFIGS (default: per device)")
+    p.add_argument("--layers", type=int, help="cut real configs to N layers (default: 1 on CPU, all on GPU)")
+    p.add_argument("--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--prompts", type=int, help="prompts per model (default: 8 on CPU, 128 on GPU; organisms: all)")
+    p.add_argument("--batch-size", type=int, help="prompts per batch (default: all prompts of a real config)")
     p.add_argument("--out", default=str(paths.BENCHMARKS))
     p.set_defaults(func=_benchmark)
     p = sub.add_parser("run", help="execute notebooks over models with papermill; resumable; writes a report")
