@@ -139,9 +139,9 @@ def fused_logsumexp(lp: torch.Tensor, a: torch.Tensor, proj_t: torch.Tensor) -> 
     """out[g, k] = logsumexp_v(lp[g, v] + a[g, k] * proj_t[k, v]) = log1p(f) by the compiled :func:`lse_increment`.
 
     ``lp`` must be log-probabilities. The float32 rounding of their own normalisation (sum_v p = 1 + ~1e-6 over a
-    large vocabulary) cancels: log1p(f) differs from lse(lp + aP) - lse(lp) = log1p(f / sum_v p) by ~1e-6 f. Rows where some neuron moves a logit by more than
-    FUSED_MAX_REACH nats are computed on the plain path instead. If compilation fails (no C++ compiler / Triton),
-    everything falls back to the plain path with a warning.
+    large vocabulary) cancels: log1p(f) differs from lse(lp + aP) - lse(lp) = log1p(f / sum_v p) by ~1e-6 f.
+    Rows where some neuron moves a logit by more than FUSED_MAX_REACH nats are computed on the plain path instead.
+    If compilation fails (no C++ compiler / Triton), everything falls back to the plain path with a warning.
     """
     proj = proj_t.T
     if _fused_failure:
@@ -242,7 +242,8 @@ def on_device(capture_: Trace | LayerCapture, device: torch.device) -> Trace | L
             return on_device(v, device)
         return [move(x) for x in v] if isinstance(v, list) else v
 
-    return dataclasses.replace(capture_, **{f.name: move(getattr(capture_, f.name)) for f in dataclasses.fields(capture_)})
+    fields = {f.name: move(getattr(capture_, f.name)) for f in dataclasses.fields(capture_)}
+    return dataclasses.replace(capture_, **fields)
 
 
 def _layer_rows(sc: _Scorer, ids: list[int]) -> tuple[list[dict], list[dict]]:
@@ -292,7 +293,8 @@ def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts,
                 rows, slots = torch.where(c.topk_index == e)
                 coef = c.expert_coef[rows, slots].to(r.dtype)
                 a = sc.s[rows, None] * c.topk_weight[rows, slots, None].to(r.dtype) * coef
-                score = unit_scores(r, parts.experts.down_proj[e], base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
+                w_down = parts.experts.down_proj[e]
+                score = unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
                 out.append(_neuron_frame(ids[rows.cpu()], l, torch.full((len(rows),), e), coef.cpu(), score.cpu()))
         if c.ffn_out is not None:
             coef = c.ffn_coef.to(r.dtype)
