@@ -171,7 +171,7 @@ def run(model: nn.Module, tokenizer, prompts: list[str], batch_size: int, label:
     projection = 2 * columns * hidden * vocab / mm_rate / len(prompts)
     exps = n * vocab / ex_rate
     first = attr.neurons[attr.neurons.sample_id < batch_size]
-    trace = attribution.on_device(realshape.trace_prompts(model, tokenizer, prompts[:batch_size])[0], torch.device("cpu"))
+    trace = attribution.on_device(realshape.trace_prompts(model, tokenizer, prompts[:batch_size]), torch.device("cpu"))
     rows = realshape.sample_neurons(first)
     ref = realshape.reference_neuron_scores(model, trace, torch.tensor(attr.samples.target_token_id.tolist()), rows)
     err = (torch.tensor(rows.score.tolist(), dtype=torch.float64) - ref).abs()

@@ -57,11 +57,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def trace_prompts(model: nn.Module, tokenizer, prompts: list[str]) -> tuple[Trace, torch.Tensor]:
-    """The captured forward pass of ``prompts`` (right-padded, last positions) and their attention mask."""
+def trace_prompts(model: nn.Module, tokenizer, prompts: list[str]) -> Trace:
+    """The captured forward pass of ``prompts`` (right-padded, at each prompt's last token)."""
     enc = encode(tokenizer, prompts, None, context_length(model))
     device = input_device(model)
-    return capture(model, enc.input_ids.to(device), enc.attention_mask.to(device)), enc.attention_mask
+    return capture(model, enc.input_ids.to(device), enc.attention_mask.to(device))
 
 
 def sample_neurons(neurons: pd.DataFrame, n_top: int = 16, n_random: int = 32, seed: int = 0) -> pd.DataFrame:
@@ -120,11 +120,11 @@ def _blocking(model: nn.Module, tokenizer, prompts: list[str], attr: Attribution
     """Block / zero the top-k attributed experts; check the routing and MoE-output identities under each."""
     spec = summaries.top_experts(attr.experts, k)
     with block_experts(model, spec):
-        tr, mask = trace_prompts(model, tokenizer, prompts)
+        tr = trace_prompts(model, tokenizer, prompts)
     reselected = sum(int(torch.isin(tr.layers[l].topk_index, torch.tensor(e, device=tr.layers[l].topk_index.device)).sum())
                      for l, e in spec.items())
     with zero_experts(model, spec):
-        tz, _ = trace_prompts(model, tokenizer, prompts)
+        tz = trace_prompts(model, tokenizer, prompts)
     err = 0.0
     for l, blocked in spec.items():
         c = tz.layers[l]
@@ -141,7 +141,7 @@ def _heads(model: nn.Module, tokenizer, prompts: list[str], attr: Attribution) -
     top = attr.heads.groupby(["layer", "head"], as_index=False).gain.sum().sort_values("gain").groupby("layer").tail(1)
     spec = {int(r.layer): [int(r.head)] for r in top.itertuples()}
     with inhibit_heads(model, spec):
-        tr, _ = trace_prompts(model, tokenizer, prompts)
+        tr = trace_prompts(model, tokenizer, prompts)
     max_inhibited = max(float(tr.layers[l].head_out[:, h].abs().max()) for l, (h,) in spec.items())
     parts = arch.layers(model)
     err = 0.0
@@ -160,7 +160,7 @@ def check(model: nn.Module, tokenizer, prompts: list[str], projection_dtype: tor
     attr = attribute(model, tokenizer, prompts, target="top1", batch_size=len(prompts), progress=False,
                      projection_dtype=projection_dtype, **attribute_kwargs)
     seconds = time.perf_counter() - start
-    trace, _ = trace_prompts(model, tokenizer, prompts)
+    trace = trace_prompts(model, tokenizer, prompts)
     targets = torch.tensor(attr.samples.target_token_id.tolist())
     rows = sample_neurons(attr.neurons)
     ref = reference_neuron_scores(model, trace, targets, rows)
