@@ -273,17 +273,25 @@ def _expert_rows(sc: _Scorer, ids: list[int]) -> list[dict]:
     return rows
 
 
-def _neuron_frame(sid, layer, expert, coef, score) -> pd.DataFrame:
-    n = coef.shape[-1]
-    return pd.DataFrame({
-        "sample_id": sid.repeat_interleave(n).numpy(), "layer": layer, "expert": expert.repeat_interleave(n).numpy(),
-        "neuron": torch.arange(n).repeat(len(sid)).numpy(), "coef": coef.reshape(-1).numpy(),
-        "score": score.reshape(-1).numpy(),
-    })
+NEURON_COLUMNS = ("sample_id", "layer", "expert", "neuron", "coef", "score")
+
+
+def _neuron_rows(sid: torch.Tensor, layer: int, expert: int, coef: torch.Tensor, score: torch.Tensor) -> tuple:
+    """The neuron rows of one unit (prompt-major), column by column, on the scores' device."""
+    g, n = coef.shape
+    dev = score.device
+    full = lambda v: torch.full((g * n,), v, device=dev)  # noqa: E731
+    return (sid.to(dev).repeat_interleave(n), full(layer), full(expert), torch.arange(n, device=dev).repeat(g),
+            coef.reshape(-1), score.reshape(-1))
+
+
+def _neuron_frame(units: list[tuple]) -> pd.DataFrame:
+    """One table of every unit's neuron rows: columns concatenated where they were computed, copied once."""
+    return pd.DataFrame({name: torch.cat(col).cpu().numpy() for name, col in zip(NEURON_COLUMNS, zip(*units))})
 
 
 def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts, ids: torch.Tensor,
-                   kernel: str, projection_dtype: torch.dtype | None) -> list[pd.DataFrame]:
+                   kernel: str, projection_dtype: torch.dtype | None) -> list[tuple]:
     """Neuron scores of every selected expert and the shared/dense FFN of layer l, one projection per expert."""
     r, out = sc.r, []
     base_lp = r.log_probs(c.resid_mid, sc.s)
@@ -295,12 +303,12 @@ def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts,
                 a = sc.s[rows, None] * c.topk_weight[rows, slots, None].to(r.dtype) * coef
                 w_down = parts.experts.down_proj[e]
                 score = unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
-                out.append(_neuron_frame(ids[rows.cpu()], l, torch.full((len(rows),), e), coef.cpu(), score.cpu()))
+                out.append(_neuron_rows(ids[rows.cpu()], l, e, coef, score))
         if c.ffn_out is not None:
             coef = c.ffn_coef.to(r.dtype)
             a = sc.s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
             score = unit_scores(r, parts.ffn.down_proj.weight, base_lp, sc.w, a, kernel, projection_dtype)
-            out.append(_neuron_frame(ids, l, torch.full((len(ids),), -1), coef.cpu(), score.cpu()))
+            out.append(_neuron_rows(ids, l, -1, coef, score))
     return out
 
 
@@ -362,9 +370,9 @@ def attribute(
         experts += _expert_rows(sc, ids)
         if neurons:
             sid_t = torch.tensor(ids)
-            batch_frames = [f for l, c in enumerate(sc.tr.layers)
-                            for f in _layer_neurons(sc, l, c, parts[l], sid_t, kernel, projection_dtype)]
-            neuron_frames.append(_top_neurons(pd.concat(batch_frames, ignore_index=True), top_neurons))
+            units = [u for l, c in enumerate(sc.tr.layers)
+                     for u in _layer_neurons(sc, l, c, parts[l], sid_t, kernel, projection_dtype)]
+            neuron_frames.append(_top_neurons(_neuron_frame(units), top_neurons))
     return Attribution(
         samples=pd.DataFrame(samples), layers=pd.DataFrame(layers), heads=pd.DataFrame(heads),
         experts=pd.DataFrame(experts),
