@@ -16,7 +16,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup desmoe-grid
+.PHONY: reproduce test setup desmoe-grid test-gpu benchmark-gpu test-realshape
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -35,3 +35,12 @@ test: setup  ## the whole test suite (unit tests, organisms, notebooks through n
 
 desmoe-grid: setup  ## pre-train the DES-MoE base (if missing) and run/resume the full fine-tuning grid into data/desmoe/grid
 	$(PY) -m moescope desmoe-grid
+
+test-gpu: setup  ## one GPU: re-execute every notebook with device=cuda (bf16 where allowed), compare within tests/nbval_gpu.cfg
+	$(PY) -m moescope.kit.nbcheck --device cuda
+
+benchmark-gpu: setup  ## one GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B shapes, full depth, bf16, 128 prompts -> benchmarks/
+	$(PY) -m moescope benchmark --device cuda
+
+test-realshape: setup  ## CPU: every published config at real width, 1-2 layers, fp32 and bf16 (hours; up to ~10 GB RAM)
+	$(PY) -m pytest -m realshape tests/attribution/test_realshape.py

@@ -34,3 +34,14 @@ def moe_family(request):
 @pytest.fixture(params=ALL_FAMILIES)
 def any_family(request):
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-width tests (marker ``realshape``: minutes and GBs of RAM each) run only when asked for by name:
+    ``pytest -m realshape``. Everywhere else (``make test``, ``-m "not slow"``, ``-m slow``) they are deselected."""
+    if "realshape" in (config.getoption("markexpr") or ""):
+        return
+    chosen = [item for item in items if "realshape" not in item.keywords]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "realshape" in item.keywords])
+        items[:] = chosen

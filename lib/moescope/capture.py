@@ -23,6 +23,7 @@ from torch import nn
 
 from . import arch, routing
 from .hooks import hooked
+from .offload import materialized
 
 
 @dataclass
@@ -73,19 +74,21 @@ def mlp_coefficients(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def expert_coefficients(experts: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """coef[b, j] = act(g) * u with (g, u) = gate_up_proj[index[b, j]] @ x[b]; shape [B, k, I]."""
     out = x.new_empty(*index.shape, experts.down_proj.shape[-1])
-    for e in index.unique().tolist():
-        rows, slots = torch.where(index == e)
-        gate, up = F.linear(x[rows], experts.gate_up_proj[e]).chunk(2, dim=-1)
-        out[rows, slots] = experts.act_fn(gate) * up
+    with materialized(experts):
+        for e in index.unique().tolist():
+            rows, slots = torch.where(index == e)
+            gate, up = F.linear(x[rows], experts.gate_up_proj[e]).chunk(2, dim=-1)
+            out[rows, slots] = experts.act_fn(gate) * up
     return out
 
 
 def expert_outputs(experts: nn.Module, coef: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """out[b, j] = down_proj[index[b, j]] @ coef[b, j]; shape [B, k, H]."""
     out = coef.new_empty(*index.shape, experts.down_proj.shape[1])
-    for e in index.unique().tolist():
-        rows, slots = torch.where(index == e)
-        out[rows, slots] = F.linear(coef[rows, slots], experts.down_proj[e])
+    with materialized(experts):
+        for e in index.unique().tolist():
+            rows, slots = torch.where(index == e)
+            out[rows, slots] = F.linear(coef[rows, slots], experts.down_proj[e])
     return out
 
 
@@ -131,9 +134,10 @@ def _hooks(parts: list[arch.LayerParts], rec: _Recorder):
 def _layer_capture(p: arch.LayerParts, s: dict, n_heads: int) -> LayerCapture:
     l = p.index
     z = s[f"{l}.z"]
-    w_o = p.o_proj.weight
     heads = z.view(z.shape[0], n_heads, -1)
-    head_out = torch.einsum("bhd,ohd->bho", heads, w_o.view(w_o.shape[0], n_heads, -1))
+    with materialized(p.o_proj):
+        w_o = p.o_proj.weight
+        head_out = torch.einsum("bhd,ohd->bho", heads, w_o.view(w_o.shape[0], n_heads, -1))
     cap = LayerCapture(
         resid_pre=s[f"{l}.resid_pre"], attn_out=s[f"{l}.attn_out"], head_out=head_out,
         resid_mid=s[f"{l}.resid_pre"] + s[f"{l}.attn_out"], mlp_in=s[f"{l}.mlp_in"],

@@ -1,9 +1,11 @@
 """Model configurations: tiny ones of every supported family (tests, organisms) and the real ones of the papers'
-MoE checkpoints (random-weight GPU benchmarks; a user with the hub passes the model id instead)."""
+MoE and dense checkpoints (random-weight benchmarks and real-shape checks, at full size or reduced width; a user
+with the hub passes the model id instead)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -72,16 +74,24 @@ def tiny_config(family: str, shape: Shape = Shape()) -> PretrainedConfig:
     return transformers.AutoConfig.for_model(family, **fields)
 
 
-def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_IMPLEMENTATION) -> nn.Module:
-    """A randomly initialised causal LM for ``config``; MoE experts use ``experts`` (float64 needs 'eager')."""
+def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_IMPLEMENTATION,
+          dtype: torch.dtype | None = None) -> nn.Module:
+    """A randomly initialised causal LM for ``config``; MoE experts use ``experts`` (float64 needs 'eager').
+
+    ``dtype`` builds the weights directly in that precision (no float32 copy first: real sizes need this).
+    """
     kwargs = dict(attn_implementation=attn)
     if getattr(config, "model_type", "") in MOE_FAMILIES:
         kwargs["experts_implementation"] = experts
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
-#: Published configurations (config.json of each checkpoint), for random-weight runs at real size.
+#: Published configurations (config.json of each checkpoint), for random-weight runs at real size. The source of
+#: each is the checkpoint's own config.json on the Hugging Face hub (the address in the comment above it).
 REAL_CONFIGS: dict[str, dict] = {
+    # https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B/blob/main/config.json
     "Qwen/Qwen1.5-MoE-A2.7B": dict(
         model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=24,
         num_attention_heads=16, num_key_value_heads=16, intermediate_size=5632, moe_intermediate_size=1408,
@@ -89,11 +99,13 @@ REAL_CONFIGS: dict[str, dict] = {
         decoder_sparse_step=1, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=1000000.0,
         tie_word_embeddings=False,
     ),
+    # https://huggingface.co/allenai/OLMoE-1B-7B-0924/blob/main/config.json
     "allenai/OLMoE-1B-7B-0924": dict(
         model_type="olmoe", vocab_size=50304, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
         num_key_value_heads=16, intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
         norm_topk_prob=False, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
     ),
+    # https://huggingface.co/deepseek-ai/DeepSeek-V2-Lite/blob/main/config.json
     "deepseek-ai/DeepSeek-V2-Lite": dict(
         model_type="deepseek_v2", vocab_size=102400, hidden_size=2048, num_hidden_layers=27,
         num_attention_heads=16, num_key_value_heads=16, intermediate_size=10944, moe_intermediate_size=1408,
@@ -102,12 +114,76 @@ REAL_CONFIGS: dict[str, dict] = {
         topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False,
         max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
     ),
+    # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json (8 experts, top-2, renormalised)
+    "mistralai/Mixtral-8x7B-v0.1": dict(
+        model_type="mixtral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, num_local_experts=8, num_experts_per_tok=2,
+        max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1000000.0, sliding_window=None,
+        tie_word_embeddings=False,
+    ),
+    # https://huggingface.co/huggyllama/llama-7b/blob/main/config.json (LLaMA-1 7B, the paper's "Llama-7B")
+    "huggyllama/llama-7b": dict(
+        model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, intermediate_size=11008, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
+    # https://huggingface.co/Qwen/Qwen1.5-7B/blob/main/config.json
+    "Qwen/Qwen1.5-7B": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, intermediate_size=11008, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, use_sliding_window=False, tie_word_embeddings=False,
+    ),
+    # https://huggingface.co/mistralai/Mistral-7B-v0.1/blob/main/config.json
+    "mistralai/Mistral-7B-v0.1": dict(
+        model_type="mistral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=32768, rms_norm_eps=1e-5,
+        rope_theta=10000.0, sliding_window=4096, tie_word_embeddings=False,
+    ),
 }
 
+#: Sizes of :func:`reduced_config`: every width of a real config cut to these (fields the family lacks are skipped).
+REDUCED_SIZES = dict(
+    vocab_size=256, hidden_size=64, num_attention_heads=4, intermediate_size=96, moe_intermediate_size=32,
+    shared_expert_intermediate_size=128, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+    max_position_embeddings=128,
+)
+_EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
 
-def real_config(model_id: str) -> PretrainedConfig:
-    """The published config of ``model_id`` (one of REAL_CONFIGS), built offline."""
+
+def first_moe_layer(model_id: str) -> int:
+    """Index of the first MoE layer of a real config (0 for dense models, which have none)."""
+    fields = REAL_CONFIGS[model_id]
+    return int(fields.get("first_k_dense_replace", 0)) if fields["model_type"] in MOE_FAMILIES else 0
+
+
+def real_config(model_id: str, layers: int | None = None) -> PretrainedConfig:
+    """The published config of ``model_id`` (one of REAL_CONFIGS), built offline; ``layers`` cuts the depth."""
     if model_id not in REAL_CONFIGS:
         raise ValueError(f"no stored config for {model_id!r}; known: {sorted(REAL_CONFIGS)}")
     fields = dict(REAL_CONFIGS[model_id])
+    if layers is not None:
+        if not 0 < layers <= fields["num_hidden_layers"]:
+            raise ValueError(f"{model_id} has {fields['num_hidden_layers']} layers; cannot cut to {layers}")
+        fields["num_hidden_layers"] = layers
+    return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def reduced_config(model_id: str, layers: int | None = None) -> PretrainedConfig:
+    """``model_id``'s config at test size, keeping its family settings: routing (top-k, ``norm_topk_prob``,
+    ``routed_scaling_factor``, ``topk_method``), shared expert and its gate, first dense layers, grouped-query ratio.
+
+    Widths become REDUCED_SIZES, the expert count max(8, 2 * top-k), the depth ``layers`` (default: the first
+    dense layers + 2).
+    """
+    fields = dict(REAL_CONFIGS[model_id])
+    kv_ratio = fields["num_attention_heads"] // fields["num_key_value_heads"]
+    fields.update({k: v for k, v in REDUCED_SIZES.items() if k in fields})
+    fields["num_key_value_heads"] = max(1, fields["num_attention_heads"] // kv_ratio)
+    if fields["model_type"].startswith("deepseek"):
+        fields["head_dim"] = fields["qk_rope_head_dim"]
+    for key in _EXPERT_COUNT_FIELDS:
+        if key in fields:
+            fields[key] = min(fields[key], max(8, 2 * fields["num_experts_per_tok"]))
+    fields["num_hidden_layers"] = layers or first_moe_layer(model_id) + 2
+    fields.update(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # the real ids lie outside the reduced vocabulary
     return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)

@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 from . import paths
 from .configs import MOE_FAMILIES
 from .determinism import EXPERTS_IMPLEMENTATION
+from .offload import input_device
 
 
 
@@ -37,7 +38,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's (execution) device, also when weights are offloaded."""
+        return input_device(self.model)
 
 
 def available_organisms() -> list[str]:
@@ -93,22 +95,32 @@ def load_model(
     device: str = "cpu",
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``name`` (organism, local path or hub id) for analysis: eval mode, eager attention, pinned experts.
 
     ``device_map`` (e.g. "auto") shards a model larger than one GPU through accelerate; otherwise the whole
-    model goes to ``device``.
+    model goes to ``device``. ``max_memory`` ({0: "70GiB", "cpu": "120GiB"}) caps each device and
+    ``offload_folder`` receives the weights that fit nowhere; both are accelerate's options, passed through
+    unchanged, and need a ``device_map``. Offloaded weights stay usable by every analysis (:mod:`moescope.offload`).
     """
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ValueError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
     target, source = resolve(name)
     hf_logging.disable_progress_bar()  # per-shard loading bars are noise in notebooks; the kit shows its own
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    kwargs = dict(dtype=dtype or default_dtype(device), attn_implementation="eager")
+    sharded_on_gpu = device_map is not None and torch.cuda.is_available()
+    kwargs = dict(dtype=dtype or default_dtype("cuda" if sharded_on_gpu else device), attn_implementation="eager")
     try:
         config = AutoConfig.from_pretrained(target)
         if config.model_type in MOE_FAMILIES:
             kwargs["experts_implementation"] = EXPERTS_IMPLEMENTATION
-        model = AutoModelForCausalLM.from_pretrained(target, device_map=device_map, **kwargs)
+        if device_map is not None:
+            kwargs.update(device_map=device_map, max_memory=max_memory,
+                          offload_folder=None if offload_folder is None else str(offload_folder))
+        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
         tokenizer = load_tokenizer(target)
     except OSError as err:
         raise ModelNotFoundError(_load_failure(name, source, target, err)) from err

@@ -128,3 +128,49 @@ def test_bad_target_and_missing_objects():
         attribute(model, tok, PROMPTS, OBJECTS, target="best")
     with pytest.raises(ValueError, match="needs the objects"):
         attribute(model, tok, PROMPTS)
+
+
+def _float64_lse(lp, a, proj_t):
+    return torch.logsumexp(lp.double()[:, None, :] + a.double()[:, :, None] * proj_t.double()[None], dim=-1)
+
+
+@pytest.mark.parametrize("proj_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fused_logsumexp_is_exact_at_vocabulary_size(proj_dtype):
+    """OLMoE's vocabulary (50304), a bf16 or fp32 projection, one row pushed past the fused kernel's reach."""
+    g = torch.Generator().manual_seed(0)
+    lp = torch.log_softmax(3 * torch.randn(3, 50304, generator=g), -1)
+    a, proj_t = 0.05 * torch.randn(3, 40, generator=g), torch.randn(40, 50304, generator=g).to(proj_dtype)
+    a[2, 5] = 40.0  # |a P| > FUSED_MAX_REACH: row 2 goes the plain way
+    # what both kernels approximate: lse(lp + aP) - lse(lp); float32 lp's own lse is 1 + ~3e-6, not exactly 0
+    ref = _float64_lse(lp, a, proj_t) - torch.logsumexp(lp.double(), -1, keepdim=True)
+    fused = attribution.fused_logsumexp(lp, a, proj_t)
+    assert not attribution._fused_failure
+    assert (fused[:2].double() - ref[:2]).abs().max() < 1e-6
+    assert (fused[2].double() - ref[2]).abs().max() < 1e-5 * ref[2].abs().max()
+    plain = shifted_logsumexp(lp, a, proj_t.T)
+    assert (plain.double() - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max())
+
+
+def test_neuron_scores_fused_and_plain_agree_and_blocks_do_not_matter(monkeypatch):
+    tok = word_tokenizer([" ".join(WORDS)])
+    model = tiny_model("qwen2_moe", vocab=len(tok), expert_width=16, shared_width=24)
+    plain = attribute(model, tok, PROMPTS, OBJECTS, progress=False, kernel="plain").neurons
+    monkeypatch.setattr(attribution, "PROJECTION_BLOCK", 5 * len(tok))  # 5 neurons per projection block
+    fused = attribute(model, tok, PROMPTS, OBJECTS, progress=False, kernel="fused").neurons
+    assert len(plain) == len(fused) > 0
+    assert (plain.score - fused.score).abs().max() < 1e-6 and plain.coef.equals(fused.coef)
+
+
+def test_a_failing_compiler_falls_back_to_the_plain_path(monkeypatch):
+    def broken():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(attribution, "_compiled_increment", broken)
+    monkeypatch.setattr(attribution, "_fused_failure", [])
+    lp = torch.log_softmax(torch.randn(2, 30), -1)
+    a, proj_t = torch.randn(2, 4) * 0.1, torch.randn(4, 30)
+    with pytest.warns(UserWarning, match="no compiler"):
+        out = attribution.fused_logsumexp(lp, a, proj_t)
+    torch.testing.assert_close(out, shifted_logsumexp(lp, a, proj_t.T))
+    with pytest.raises(ValueError, match="kernel must be"):
+        attribution.neuron_scores(lp, torch.tensor([0, 1]), a, proj_t, kernel="triton")

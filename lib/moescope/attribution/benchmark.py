@@ -1,13 +1,26 @@
-"""Speed of neuron-level attribution: the kit's batched scorer against the per-neuron loop, on the organisms
-(CPU) or on random-weight models of the real configurations (GPU), with exactness checked against float64.
+"""Speed of neuron-level attribution against what the hardware allows, all measured in one process.
 
-    per-neuron loop : one unembedding product and log-softmax per neuron (the reference approach)
-    batched         : moescope.attribution.attribute over a relation-sized batch (each expert's vocabulary
-                      projection computed once per batch, online log-sum-exp)
-    roofline        : 2 * N_neurons * H * V flops at the matmul rate measured in the same process
+    kit    : :func:`~moescope.attribution.attribute` over the prompts (every level, every neuron, batches of
+             ``batch_size`` whose prompts share each expert's vocabulary projection), per prompt
+    loop   : the reference per-neuron loop (one unembedding product + log-softmax per neuron), per prompt
+    floor  : the work no exact method avoids, at rates measured in the same process, per prompt:
+             projection = 2 H V x (the widths of the distinct experts each batch selected + the FFN widths)
+             at the matmul rate of the projection's own shape, plus N V exponentials (N = neurons per prompt)
+             at the exp rate of a fused, cache-resident exp-sum kernel.   ratio = kit / floor
+    single_prompt_floor : the same without sharing projections across prompts (2 N H V flops per prompt)
+
+Exactness: a sample of neuron scores (the largest and random ones) against a float64 reference computed directly
+from the model's weights (:func:`moescope.attribution.realshape.reference_neuron_scores`).
+
+Models are organisms (loaded) or ids of :data:`moescope.configs.REAL_CONFIGS` (random weights at real width,
+cut to ``layers``). One command per device (see :func:`suite`):
+
+    moescope benchmark                  # CPU: the MoE organisms + OLMoE-1B-7B shapes (1 layer, fp32, 8 prompts)
+    moescope benchmark --device cuda    # GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B, full depth, bf16, 128 prompts
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 
@@ -15,38 +28,61 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import arch, configs
-from ..prompts import context_length, encode
+from .. import arch, configs, numerics
 from ..capture import capture
-from ..vocab import word_tokenizer
+from ..offload import input_device, materialized
+from ..prompts import context_length, encode
 from . import lpi as attribution
+from . import realshape
+
+CPU_REAL = ("allenai/OLMoE-1B-7B-0924",)
+GPU_REAL = ("allenai/OLMoE-1B-7B-0924", "Qwen/Qwen1.5-MoE-A2.7B")
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Measured dense matmul throughput (FLOP/s) of an n x n x n product."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    _sync(device)
-    start = time.perf_counter()
+def _best_time(fn, device: torch.device, repeats: int) -> float:
+    """Shortest of ``repeats`` timed calls of ``fn`` (after one warm-up call)."""
+    fn()
+    best = float("inf")
     for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
-def synthetic_tokenizer(vocab: int):
-    """A word-level tokenizer with exactly ``vocab`` tokens (w0, w1, ...) for random-weight models."""
-    return word_tokenizer([" ".join(f"w{i}" for i in range(vocab - 4))])
+def matmul_rate(device: torch.device, dtype: torch.dtype, rows: int, hidden: int, vocab: int, repeats: int = 2) -> float:
+    """FLOP/s of the projection's own product: [rows, hidden] @ [hidden, vocab] (the unembedding transposed)."""
+    a = torch.randn(rows, hidden, device=device, dtype=dtype)
+    w = torch.randn(vocab, hidden, device=device, dtype=dtype)
+    return 2 * rows * hidden * vocab / _best_time(lambda: a @ w.T, device, repeats)
 
 
-def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    return [" ".join(f"w{i}" for i in torch.randint(0, vocab - 4, (length,), generator=g).tolist()) for _ in range(n)]
+def _exp_sum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.exp(x[:, None] * y[None, :]).sum(-1)
+
+
+def exp_rate(device: torch.device, n: int | None = None, repeats: int = 5) -> float:
+    """Exponentials per second of a compiled exp-sum kernel on cache-resident data (one mul, exp, add each) over
+    n x n elements (default 4096^2 on a CPU, 32768^2 on a GPU, where launch latency must not count)."""
+    n = n or (4096 if device.type == "cpu" else 32768)
+    kernel = torch.compile(_exp_sum, dynamic=False, options={"cpp.simdlen": 256})
+    x = torch.rand(n, device=device) * 0.01
+    y = torch.rand(n, device=device)
+    return n * n / _best_time(lambda: kernel(x, y), device, repeats)
+
+
+def warm_up_kernels(device: torch.device, projection_dtype: torch.dtype) -> None:
+    """Compile the fused neuron kernel for the shapes it will see (one prompt or several), outside the timings."""
+    for g in (1, 2):
+        lp = torch.log_softmax(torch.randn(g, 7, device=device), -1)
+        attribution.fused_logsumexp(lp, torch.randn(g, 3, device=device), torch.randn(3, 7, device=device).to(projection_dtype))
 
 
 def neurons_per_prompt(model: nn.Module) -> int:
@@ -61,104 +97,159 @@ def neurons_per_prompt(model: nn.Module) -> int:
 
 
 @torch.no_grad()
+def projected_columns(model: nn.Module, tokenizer, prompts: list[str], batch_size: int) -> int:
+    """Neuron columns of the vocabulary projection the batches need: per batch and layer, the widths of the distinct
+    experts its prompts selected plus the shared/dense FFN's width."""
+    enc = encode(tokenizer, prompts, None, context_length(model))
+    device, parts, total = input_device(model), arch.layers(model), 0
+    for start in range(0, len(prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        trace = capture(model, enc.input_ids[sl].to(device), enc.attention_mask[sl].to(device))
+        for p, c in zip(parts, trace.layers):
+            if c.topk_index is not None:
+                total += len(c.topk_index.unique()) * p.experts.down_proj.shape[-1]
+            if c.ffn_out is not None:
+                total += p.ffn.down_proj.weight.shape[-1]
+    return total
+
+
+@torch.no_grad()
 def loop_seconds_per_neuron(model: nn.Module, tokenizer, prompt: str, n_neurons: int = 200) -> float:
     """Time of the reference per-neuron loop (one unembedding + log-softmax per neuron), per neuron."""
     enc = encode(tokenizer, [prompt], None, context_length(model))
-    device = next(model.parameters()).device
+    device = input_device(model)
     tr = capture(model, enc.input_ids.to(device), enc.attention_mask.to(device))
     readout = attribution.Readout(model)
+    tr = attribution.on_device(tr, readout.device)
     s, w = readout.scale(tr.resid_final), tr.logits.argmax(-1)
-    layer = next(c for c in tr.layers if c.topk_index is not None or c.ffn_out is not None)
-    part = arch.layers(model)[tr.layers.index(layer)]
-    if layer.topk_index is not None:
-        coef, gate = layer.expert_coef[0, 0], layer.topk_weight[0, 0]
-        down = part.experts.down_proj[int(layer.topk_index[0, 0])]
-    else:
-        coef, gate, down = layer.ffn_coef[0], layer.ffn_gate[0], part.ffn.down_proj.weight
+    index, layer = next((i, c) for i, c in enumerate(tr.layers) if c.topk_index is not None or c.ffn_out is not None)
+    part = arch.layers(model)[index]
+    with materialized(part.experts, part.ffn):
+        if layer.topk_index is not None:
+            coef, gate = layer.expert_coef[0, 0].float(), layer.topk_weight[0, 0].float()
+            down = part.experts.down_proj[int(layer.topk_index[0, 0])].float()
+        else:
+            coef, gate, down = layer.ffn_coef[0].float(), layer.ffn_gate[0].float(), part.ffn.down_proj.weight.float()
+    u = layer.resid_mid.float()
     n = min(n_neurons, coef.shape[0])
     _sync(device)
     start = time.perf_counter()
     for k in range(n):
-        x = layer.resid_mid + gate * coef[k] * down[:, k]
-        float(readout.logprob(x, s, w) - readout.logprob(layer.resid_mid, s, w))
+        x = u + gate * coef[k] * down[:, k].to(u.device)
+        float(readout.logprob(x, s, w) - readout.logprob(u, s, w))
     _sync(device)
     return (time.perf_counter() - start) / n
 
 
-def batched_seconds_per_prompt(model: nn.Module, tokenizer, prompts: list[str], batch_size: int) -> float:
-    """Time of the kit's batched attribution (all levels, all neurons), per prompt."""
-    device = next(model.parameters()).device
-    attribution.attribute(model, tokenizer, prompts[:2], target="top1", batch_size=2, progress=False)
-    _sync(device)
-    start = time.perf_counter()
-    attribution.attribute(model, tokenizer, prompts, target="top1", batch_size=batch_size, progress=False)
-    _sync(device)
-    return (time.perf_counter() - start) / len(prompts)
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return realshape.peak_rss_gib()
 
 
-def run(model: nn.Module, tokenizer, prompts: list[str], batch_size: int, label: str) -> dict:
-    """One benchmark row: loop vs batched timings, their ratio, and the roofline at the measured matmul rate."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+def run(model: nn.Module, tokenizer, prompts: list[str], batch_size: int, label: str,
+        projection_dtype: torch.dtype | None = None) -> dict:
+    """One benchmark row: kit, loop and floor per prompt in the same process, their ratios, exactness, memory."""
+    device = input_device(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    proj_dtype = projection_dtype or torch.float32
     n = neurons_per_prompt(model)
     hidden, vocab = int(model.config.hidden_size), int(model.config.vocab_size)
+    warm_up_kernels(device, proj_dtype)
+    start = time.perf_counter()
+    attr = attribution.attribute(model, tokenizer, prompts, target="top1", batch_size=batch_size, progress=False,
+                                 projection_dtype=projection_dtype)
+    _sync(device)
+    kit = (time.perf_counter() - start) / len(prompts)
     loop = loop_seconds_per_neuron(model, tokenizer, prompts[0]) * n
-    batched = batched_seconds_per_prompt(model, tokenizer, prompts, batch_size)
-    rate = matmul_rate(device, dtype if device.type == "cuda" else torch.float32)
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    widest = max(p.experts.down_proj.shape[-1] if p.is_moe else p.ffn.down_proj.weight.shape[-1] for p in arch.layers(model))
+    block = min(max(1, attribution.PROJECTION_BLOCK // vocab), widest)
+    mm_rate = matmul_rate(device, proj_dtype, block, hidden, vocab)
+    ex_rate = exp_rate(device)
+    columns = projected_columns(model, tokenizer, prompts, batch_size)
+    projection = 2 * columns * hidden * vocab / mm_rate / len(prompts)
+    exps = n * vocab / ex_rate
+    first = attr.neurons[attr.neurons.sample_id < batch_size]
+    trace = attribution.on_device(realshape.trace_prompts(model, tokenizer, prompts[:batch_size]), torch.device("cpu"))
+    rows = realshape.sample_neurons(first)
+    ref = realshape.reference_neuron_scores(model, trace, torch.tensor(attr.samples.target_token_id.tolist()), rows)
+    err = (torch.tensor(rows.score.tolist(), dtype=torch.float64) - ref).abs()
     return {
-        "model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "neurons_per_prompt": n, "prompts": len(prompts),
-        "loop_ms_per_prompt": 1e3 * loop, "batched_ms_per_prompt": 1e3 * batched, "speedup": loop / batched,
-        "roofline_ms_per_prompt": 1e3 * 2 * n * hidden * vocab / rate, "matmul_tflops": rate / 1e12,
-        "peak_gpu_gib": peak_mem, "torch": torch.__version__,
+        "model": label, "layers": len(arch.layers(model)), "model_dtype": str(next(model.parameters()).dtype)[6:],
+        "projection_dtype": str(proj_dtype)[6:], "device": _device_name(device), "threads": torch.get_num_threads(),
+        "numerics": "pinned" if not numerics.problems() else "native", "prompts": len(prompts),
+        "batch_size": batch_size, "neurons_per_prompt": n,
+        "kit_ms_per_prompt": 1e3 * kit, "loop_ms_per_prompt": 1e3 * loop, "speedup_vs_loop": loop / kit,
+        "floor_ms_per_prompt": 1e3 * (projection + exps), "floor_projection_ms": 1e3 * projection,
+        "floor_exp_ms": 1e3 * exps, "ratio_to_floor": kit / (projection + exps),
+        "single_prompt_floor_ms": 1e3 * (2 * n * hidden * vocab / mm_rate + exps),
+        "matmul_tflops": mm_rate / 1e12, "exp_rate_g_per_s": ex_rate / 1e9,
+        "max_abs_err": float(err.max()), "max_abs_score": float(ref.abs().max()), "neurons_checked": len(rows),
+        "peak_memory_gib": _peak_memory_gib(device), "load_avg_1min": os.getloadavg()[0], "torch": torch.__version__,
     }
 
 
-def real_model(model_id: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
-    """A random-weight model of a published configuration, with a tokenizer of the same vocabulary size."""
-    config = configs.real_config(model_id)
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def real_model(model_id: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, layers: int | None = None):
+    """A random-weight model of a published configuration (cut to ``layers``), with a tokenizer of its vocabulary."""
+    config = configs.real_config(model_id, layers)
+    torch.manual_seed(0)
     with torch.device(device):
-        model = configs.build(config).to(dtype).eval()
-    return model, synthetic_tokenizer(config.vocab_size)
+        model = configs.build(config, dtype=dtype).eval()
+    return model, realshape.synthetic_tokenizer(config.vocab_size)
 
 
-def suite(device: str = "cpu", batch_size: int = 128) -> pd.DataFrame:
-    """CPU: the MoE organisms on every fact (template 0). GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B configurations
-    with random bf16 weights on 128 random 16-token prompts."""
-    from .. import data, models
+def suite(device: str = "cpu", batch_size: int | None = None, models: list[str] | None = None,
+          layers: int | None = None, dtype: str | None = None, n_prompts: int | None = None) -> pd.DataFrame:
+    """Benchmark rows for ``models`` (organism names or REAL_CONFIGS ids).
+
+    Defaults: CPU = the MoE organisms on every fact (template 0, batches of 128) and OLMoE-1B-7B at real width,
+    1 layer, fp32, 8 prompts of 16 random tokens in one batch; GPU = OLMoE-1B-7B and Qwen1.5-MoE-A2.7B, full
+    depth, bf16 weights and projection, 128 prompts of 16 tokens in one batch.
+    """
+    from .. import data, models as models_
     from ..organisms import zoo
 
+    gpu = device != "cpu"
+    names = models or (list(GPU_REAL) if gpu else [*zoo.MOE_ORGANISMS, *CPU_REAL])
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if gpu else torch.float32)
     rows = []
-    if device == "cpu":
-        prompts = list(data.facts_frame(data.load_relations()).prompt)
-        for name in zoo.MOE_ORGANISMS:
-            lm = models.load_model(name)
-            rows.append(run(lm.model, lm.tokenizer, prompts, batch_size, name))
-    else:
-        for model_id in ("allenai/OLMoE-1B-7B-0924", "Qwen/Qwen1.5-MoE-A2.7B"):
-            model, tok = real_model(model_id, device)
-            rows.append(run(model, tok, random_prompts(128, 16, model.config.vocab_size), batch_size, model_id))
-            del model
+    for name in names:
+        if name in configs.REAL_CONFIGS:
+            n = n_prompts or (128 if gpu else 8)
+            model, tok = real_model(name, device, torch_dtype, layers or (None if gpu else 1))
+            prompts = realshape.random_prompts(n, 16, model.config.vocab_size)
+            rows.append(run(model, tok, prompts, batch_size or n, name, torch_dtype if gpu else None))
+        else:
+            lm = models_.load_model(name, device, torch_dtype)
+            model, prompts = lm.model, list(data.facts_frame(data.load_relations()).prompt)[:n_prompts]
+            rows.append(run(model, lm.tokenizer, prompts, batch_size or 128, name))
+        del model
+        if gpu:
             torch.cuda.empty_cache()
     return pd.DataFrame(rows)
 
 
 def plot(table: pd.DataFrame):
-    """Bar chart of ms per prompt: per-neuron loop vs batched (log scale)."""
+    """ms per prompt (log scale): per-neuron loop, the kit, and the floor, per model."""
     import matplotlib.pyplot as plt
 
     from ..plots import PALETTE
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     x = range(len(table))
-    ax.bar([i - 0.2 for i in x], table.loop_ms_per_prompt, 0.4, label="per-neuron loop", color=PALETTE["paper"])
-    ax.bar([i + 0.2 for i in x], table.batched_ms_per_prompt, 0.4, label="moescope batched", color=PALETTE["moe"])
-    for i, s in zip(x, table.speedup):
-        ax.annotate(f"{s:.0f}x", (i + 0.2, table.batched_ms_per_prompt.iloc[i]), ha="center", va="bottom")
-    ax.set_xticks(list(x), table.model)
+    ax.bar([i - 0.27 for i in x], table.loop_ms_per_prompt, 0.27, label="per-neuron loop", color=PALETTE["paper"])
+    ax.bar(list(x), table.kit_ms_per_prompt, 0.27, label="moescope", color=PALETTE["moe"])
+    ax.bar([i + 0.27 for i in x], table.floor_ms_per_prompt, 0.27, label="floor (matmul + exp)", color="0.6")
+    for i, r in zip(x, table.itertuples()):
+        ax.annotate(f"{r.ratio_to_floor:.2f}x floor", (i, r.kit_ms_per_prompt), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [f"{m} ({l}L)" for m, l in zip(table.model, table.layers)], rotation=15, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("ms per prompt (all neurons)")
     ax.set_title(f"Neuron-level LPI attribution on {table.device.iloc[0]}")
-    ax.legend()
+    ax.legend(fontsize=8)
     return fig

@@ -17,10 +17,17 @@ g_j is the routing weight the model applies to expert j (top-k softmax probabili
 the model renormalises); the shared expert (expert id -1) uses its sigmoid gate, and a dense layer's FFN is
 expert -1 with g = 1. Neuron scores use the identity Imp = d_w - logsumexp_v(lp_v + d_v) with
 d = s * g * m_k * P[:, k] and P = (W_U * gamma) @ W_down: each expert's vocabulary projection P is computed once
-per batch and shared by every prompt that selected it; [neurons x vocab] is never materialised at once.
+per batch (in blocks of neurons) and shared by every prompt that selected it. The log-sum-exp over the vocabulary
+runs in one fused kernel (:func:`fused_logsumexp`, compiled by torch.compile) or on the plain reference path
+(:func:`shifted_logsumexp`); neither materialises [prompts x neurons x vocab].
+
+Weights are read through :func:`moescope.offload.materialized`, so models with offloaded weights work too.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,20 +39,40 @@ from tqdm.auto import tqdm
 from .. import arch, data, metrics
 from ..prompts import context_length, encode
 from ..capture import LayerCapture, Trace, capture
+from ..offload import input_device, materialized
 
 TARGETS = ("gold", "top1")
+KERNELS = ("auto", "fused", "plain")
+#: Work (prompts x neurons x vocabulary entries) of one scoring call from which kernel='auto' uses the fused
+#: kernel; smaller calls take the plain path (compiling costs seconds, once per process).
+FUSED_MIN_WORK = 2**24
+#: Elements of one block of an expert's vocabulary projection [neurons, vocab] (the memory bound of scoring).
+PROJECTION_BLOCK = 2**26
+#: Largest change of one logit by one neuron (|a P|, nats) for which the fused kernel's exp cannot overflow;
+#: rows beyond it are scored on the plain path.
+FUSED_MAX_REACH = 60.0
 
 
 class Readout:
     """Frozen-scale logit lens: log p(w | x) = log_softmax(W_U (gamma * x * s) + b)[w]."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
-        norm = arch.final_norm(model)
+        norm, head = arch.final_norm(model), model.get_output_embeddings()
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        self.w = arch.unembedding(model).to(dtype) * norm.weight.to(dtype)
-        bias = getattr(model.get_output_embeddings(), "bias", None)
-        self.bias = None if bias is None else bias.to(dtype)
+        with materialized(norm, head):
+            w_u = arch.unembedding(model)
+            self.w = w_u.to(dtype) * norm.weight.to(w_u.device, dtype)
+            bias = getattr(head, "bias", None)
+            self.bias = None if bias is None else bias.to(dtype).clone()
         self.dtype = dtype
+        self.device = self.w.device
+        self._weights = {dtype: self.w}
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """gamma * W_U [V, H] in ``dtype`` (cast once, kept for the readout's lifetime)."""
+        if dtype not in self._weights:
+            self._weights[dtype] = self.w.to(dtype)
+        return self._weights[dtype]
 
     def scale(self, resid_final: torch.Tensor) -> torch.Tensor:
         """s = 1 / sqrt(mean(h_L^2) + eps) per row."""
@@ -74,24 +101,93 @@ def _check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
 def shifted_logsumexp(lp: torch.Tensor, a: torch.Tensor, proj: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """out[g, k] = logsumexp_v(lp[g, v] + a[g, k] * proj[v, k]) for lp [G,V], a [G,K], proj [V,K].
 
-    An online (running-max) log-sum-exp over vocabulary chunks: memory is G*chunk*K (default: about 2^26
-    elements), never G*V*K.
+    The plain reference path: an online (running-max) log-sum-exp over vocabulary chunks; memory is G*chunk*K
+    (default: about 2^26 elements), never G*V*K.
     """
     chunk = chunk or max(1, 2**26 // (a.shape[0] * a.shape[1]))
     m = torch.full(a.shape, -torch.inf, dtype=lp.dtype, device=lp.device)
     total = torch.zeros_like(m)
     for start in range(0, lp.shape[1], chunk):
-        z = lp[:, start : start + chunk, None] + a[:, None, :] * proj[None, start : start + chunk, :]
+        z = lp[:, start : start + chunk, None] + a[:, None, :] * proj[None, start : start + chunk, :].to(a.dtype)
         new_m = torch.maximum(m, z.amax(dim=1))
         total = total * torch.exp(m - new_m) + torch.exp(z - new_m[:, None, :]).sum(dim=1)
         m = new_m
     return m + torch.log(total)
 
 
-def neuron_scores(lp: torch.Tensor, target: torch.Tensor, a: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """Imp[g, k] = a[g,k] P[w_g, k] - logsumexp_v(lp[g,v] + a[g,k] P[v,k]) (lp = base log-probs, lse(lp) = 0)."""
-    d_target = a * proj[target]
-    return _check_finite(d_target - shifted_logsumexp(lp, a, proj), "neuron scores")
+def lse_increment(p: torch.Tensor, a_t: torch.Tensor, proj_t: torch.Tensor) -> torch.Tensor:
+    """f[k, g] = sum_v p[g, v] * (exp(a_t[k, g] * proj_t[k, v]) - 1) for p [G,V], a_t [K,G], proj_t [K,V].
+
+    With p = exp(lp) (so sum_v p = 1): logsumexp_v(lp + a P) = log(sum_v p e^{a P}) = log1p(f). Summing the small
+    terms p (e^{aP} - 1) instead of p e^{aP} (all near 1) keeps float32 exact to ~1e-7, and no running max is
+    needed while |a P| stays below the exp overflow (FUSED_MAX_REACH). Compiled, this is one kernel: one pass
+    over proj_t per prompt, vectorised along the vocabulary, with nothing of size G*K*V written to memory.
+    """
+    return (p[None, :, :] * (torch.exp(a_t[:, :, None] * proj_t[:, None, :].to(a_t.dtype)) - 1)).sum(dim=-1)
+
+
+@functools.cache
+def _compiled_increment():
+    # cpp.simdlen=256: AVX2 code on every x86 CPU, like the pinned ATen kernels (see moescope.numerics).
+    return torch.compile(lse_increment, dynamic=True, options={"cpp.simdlen": 256})
+
+
+_fused_failure: list[str] = []
+
+
+def fused_logsumexp(lp: torch.Tensor, a: torch.Tensor, proj_t: torch.Tensor) -> torch.Tensor:
+    """out[g, k] = logsumexp_v(lp[g, v] + a[g, k] * proj_t[k, v]) = log1p(f) by the compiled :func:`lse_increment`.
+
+    ``lp`` must be log-probabilities. The float32 rounding of their own normalisation (sum_v p = 1 + ~1e-6 over a
+    large vocabulary) cancels: log1p(f) differs from lse(lp + aP) - lse(lp) = log1p(f / sum_v p) by ~1e-6 f.
+    Rows where some neuron moves a logit by more than FUSED_MAX_REACH nats are computed on the plain path instead.
+    If compilation fails (no C++ compiler / Triton), everything falls back to the plain path with a warning.
+    """
+    proj = proj_t.T
+    if _fused_failure:
+        return shifted_logsumexp(lp, a, proj)
+    reach = a.abs() * proj_t.abs().amax(dim=1).to(a.dtype)
+    safe = (reach <= FUSED_MAX_REACH).all(dim=1)
+    try:
+        f = _compiled_increment()(lp.exp(), torch.where(safe[:, None], a, 0.0).T.contiguous(), proj_t)
+    except Exception as err:  # noqa: BLE001 - any compiler failure: keep working, on the plain path
+        _fused_failure.append(f"{type(err).__name__}: {err}")
+        warnings.warn(f"fused neuron kernel unavailable ({_fused_failure[0][:200]}); using the plain path")
+        return shifted_logsumexp(lp, a, proj)
+    out = torch.log1p(f.T)
+    if not safe.all():
+        rows = torch.where(~safe)[0]
+        out[rows] = shifted_logsumexp(lp[rows], a[rows], proj)
+    return out
+
+
+def neuron_scores(lp: torch.Tensor, target: torch.Tensor, a: torch.Tensor, proj_t: torch.Tensor,
+                  kernel: str = "auto") -> torch.Tensor:
+    """Imp[g, k] = a[g,k] P[w_g, k] - logsumexp_v(lp[g,v] + a[g,k] P[v,k]) with proj_t = P^T [K, V] and lp the
+    base log-probs (logsumexp(lp) = 0). ``kernel``: 'fused', 'plain', or 'auto' (fused for large calls)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+    d_target = a * proj_t[:, target].T.to(a.dtype)
+    fused = kernel == "fused" or (kernel == "auto" and a.numel() * proj_t.shape[1] >= FUSED_MIN_WORK)
+    lse = fused_logsumexp(lp, a, proj_t) if fused else shifted_logsumexp(lp, a, proj_t.T)
+    return _check_finite(d_target - lse, "neuron scores")
+
+
+def unit_scores(readout: Readout, w_down: torch.Tensor, lp: torch.Tensor, target: torch.Tensor, a: torch.Tensor,
+                kernel: str = "auto", projection_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Imp [G, I] of every neuron of one expert (down projection ``w_down`` [H, I]) for G prompts.
+
+    P^T = W_down^T (gamma W_U)^T is computed in blocks of neurons (PROJECTION_BLOCK elements each) in
+    ``projection_dtype`` (default: the readout's; bf16 on a GPU halves the time, see docs/large_models.md).
+    """
+    dtype = projection_dtype or readout.dtype
+    w = readout.weight(dtype)
+    block = max(1, PROJECTION_BLOCK // w.shape[0])
+    out = []
+    for k0 in range(0, w_down.shape[1], block):
+        proj_t = w_down[:, k0 : k0 + block].T.to(readout.device, dtype) @ w.T
+        out.append(neuron_scores(lp, target, a[:, k0 : k0 + block], proj_t, kernel))
+    return torch.cat(out, dim=1)
 
 
 @dataclass
@@ -113,8 +209,8 @@ class _Scorer:
     """Scores of one batch (one captured trace) against its targets."""
 
     def __init__(self, readout: Readout, trace: Trace, targets: torch.Tensor):
-        self.r, self.tr, self.w = readout, trace, targets
-        self.s = readout.scale(trace.resid_final)
+        self.r, self.tr, self.w = readout, on_device(trace, readout.device), targets.to(readout.device)
+        self.s = readout.scale(self.tr.resid_final)
 
     def lp(self, x: torch.Tensor) -> torch.Tensor:
         """log p(w_b | x[b, ...]) for x [B, ..., H]."""
@@ -123,10 +219,31 @@ class _Scorer:
         return self.r.logprob(x, s, self.w.view(-1, *[1] * extra))
 
     def gain(self, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """log p(w | base + delta) - log p(w | base); delta [B, ..., H] broadcast against base [B, H]."""
+        """log p(w | base + delta) - log p(w | base); delta [B, ..., H] broadcast against base [B, H].
+
+        The sum is taken in the readout's precision: in a bf16 model's own precision its rounding alone moves
+        log-probabilities by ~5e-4.
+        """
         extra = delta.dim() - 2
-        base_ = base.view(base.shape[0], *[1] * extra, base.shape[-1])
-        return self.lp(base_ + delta) - self.lp(base_)
+        base_ = self.up(base.view(base.shape[0], *[1] * extra, base.shape[-1]))
+        return self.lp(base_ + self.up(delta)) - self.lp(base_)
+
+    def up(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the readout's precision."""
+        return t.to(self.r.dtype)
+
+
+def on_device(capture_: Trace | LayerCapture, device: torch.device) -> Trace | LayerCapture:
+    """The capture with every tensor on ``device`` (captures of a model spread over devices are per layer)."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if dataclasses.is_dataclass(v):
+            return on_device(v, device)
+        return [move(x) for x in v] if isinstance(v, list) else v
+
+    fields = {f.name: move(getattr(capture_, f.name)) for f in dataclasses.fields(capture_)}
+    return dataclasses.replace(capture_, **fields)
 
 
 def _layer_rows(sc: _Scorer, ids: list[int]) -> tuple[list[dict], list[dict]]:
@@ -145,44 +262,53 @@ def _expert_rows(sc: _Scorer, ids: list[int]) -> list[dict]:
     rows = []
     for l, c in enumerate(sc.tr.layers):
         if c.topk_index is not None:
-            gains = sc.gain(c.resid_mid, c.topk_weight.unsqueeze(-1) * c.expert_out).tolist()
+            gains = sc.gain(c.resid_mid, sc.up(c.topk_weight).unsqueeze(-1) * sc.up(c.expert_out)).tolist()
             for b, sid in enumerate(ids):
                 rows.extend({"sample_id": sid, "layer": l, "expert": int(e), "gate": float(g), "gain": gn}
                             for e, g, gn in zip(c.topk_index[b].tolist(), c.topk_weight[b].tolist(), gains[b]))
         if c.ffn_out is not None:
-            gains = sc.gain(c.resid_mid, c.ffn_gate.unsqueeze(-1) * c.ffn_out).tolist()
+            gains = sc.gain(c.resid_mid, sc.up(c.ffn_gate).unsqueeze(-1) * sc.up(c.ffn_out)).tolist()
             rows.extend({"sample_id": sid, "layer": l, "expert": -1, "gate": float(c.ffn_gate[b]), "gain": gains[b]}
                         for b, sid in enumerate(ids))
     return rows
 
 
-def _neuron_frame(sid, layer, expert, coef, score) -> pd.DataFrame:
-    n = coef.shape[-1]
-    return pd.DataFrame({
-        "sample_id": sid.repeat_interleave(n).numpy(), "layer": layer, "expert": expert.repeat_interleave(n).numpy(),
-        "neuron": torch.arange(n).repeat(len(sid)).numpy(), "coef": coef.reshape(-1).numpy(),
-        "score": score.reshape(-1).numpy(),
-    })
+NEURON_COLUMNS = ("sample_id", "layer", "expert", "neuron", "coef", "score")
 
 
-def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts, ids: torch.Tensor) -> list[pd.DataFrame]:
+def _neuron_rows(sid: torch.Tensor, layer: int, expert: int, coef: torch.Tensor, score: torch.Tensor) -> tuple:
+    """The neuron rows of one unit (prompt-major), column by column, on the scores' device."""
+    g, n = coef.shape
+    dev = score.device
+    full = lambda v: torch.full((g * n,), v, device=dev)  # noqa: E731
+    return (sid.to(dev).repeat_interleave(n), full(layer), full(expert), torch.arange(n, device=dev).repeat(g),
+            coef.reshape(-1), score.reshape(-1))
+
+
+def _neuron_frame(units: list[tuple]) -> pd.DataFrame:
+    """One table of every unit's neuron rows: columns concatenated where they were computed, copied once."""
+    return pd.DataFrame({name: torch.cat(col).cpu().numpy() for name, col in zip(NEURON_COLUMNS, zip(*units))})
+
+
+def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts, ids: torch.Tensor,
+                   kernel: str, projection_dtype: torch.dtype | None) -> list[tuple]:
     """Neuron scores of every selected expert and the shared/dense FFN of layer l, one projection per expert."""
     r, out = sc.r, []
     base_lp = r.log_probs(c.resid_mid, sc.s)
-    if c.topk_index is not None:
-        for e in c.topk_index.unique().tolist():
-            rows, slots = torch.where(c.topk_index == e)
-            proj = r.w @ parts.experts.down_proj[e].to(r.dtype)  # [V, I]
-            coef = c.expert_coef[rows, slots].to(r.dtype)
-            a = sc.s[rows, None] * c.topk_weight[rows, slots, None].to(r.dtype) * coef
-            score = neuron_scores(base_lp[rows], sc.w[rows], a, proj)
-            out.append(_neuron_frame(ids[rows], l, torch.full((len(rows),), e), coef.cpu(), score.cpu()))
-    if c.ffn_out is not None:
-        proj = r.w @ parts.ffn.down_proj.weight.to(r.dtype)
-        coef = c.ffn_coef.to(r.dtype)
-        a = sc.s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
-        score = neuron_scores(base_lp, sc.w, a, proj)
-        out.append(_neuron_frame(ids, l, torch.full((len(ids),), -1), coef.cpu(), score.cpu()))
+    with materialized(parts.experts, parts.ffn):
+        if c.topk_index is not None:
+            for e in c.topk_index.unique().tolist():
+                rows, slots = torch.where(c.topk_index == e)
+                coef = c.expert_coef[rows, slots].to(r.dtype)
+                a = sc.s[rows, None] * c.topk_weight[rows, slots, None].to(r.dtype) * coef
+                w_down = parts.experts.down_proj[e]
+                score = unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
+                out.append(_neuron_rows(ids[rows.cpu()], l, e, coef, score))
+        if c.ffn_out is not None:
+            coef = c.ffn_coef.to(r.dtype)
+            a = sc.s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
+            score = unit_scores(r, parts.ffn.down_proj.weight, base_lp, sc.w, a, kernel, projection_dtype)
+            out.append(_neuron_rows(ids, l, -1, coef, score))
     return out
 
 
@@ -204,29 +330,36 @@ def attribute(
     batch_size: int = 32,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    kernel: str = "auto",
+    projection_dtype: torch.dtype | None = None,
 ) -> Attribution:
     """LPI scores of every layer, head, selected expert and (with ``neurons``) expert neuron, per prompt.
 
     ``target='gold'`` (default) scores the first token of each object: the fact the paper's HIT@10/MRR
     measure. ``target='top1'`` scores the model's own prediction, as the authors' released notebook does.
+    Scores are computed in ``dtype``; ``kernel`` and ``projection_dtype`` choose how neuron scores are computed
+    (:func:`neuron_scores`, :func:`unit_scores`). Prompts in one batch share each expert's vocabulary projection,
+    so larger ``batch_size`` is faster per prompt.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
     if target == "gold" and objects is None:
         raise ValueError("target='gold' needs the objects; pass objects or use target='top1'")
     enc = encode(tokenizer, prompts, objects, context_length(model))
     readout, parts = Readout(model, dtype), arch.layers(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     samples, layers, heads, experts, neuron_frames = [], [], [], [], []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="attribute", disable=not progress or len(starts) < 2):
         sl = slice(start, start + batch_size)
         ids = list(range(start, min(start + batch_size, len(prompts))))
         trace = capture(model, enc.input_ids[sl].to(device), enc.attention_mask[sl].to(device))
-        gold = enc.target_ids[sl].to(device)
+        gold = enc.target_ids[sl].to(trace.logits.device)
         w = gold if target == "gold" else trace.logits.argmax(-1)
         sc = _Scorer(readout, trace, w)
-        rank = metrics.ranks(trace.logits, gold if target == "gold" else w)
+        rank = metrics.ranks(trace.logits, w)
         logp = torch.log_softmax(trace.logits, -1).gather(1, w[:, None]).squeeze(1)
         for b, sid in enumerate(ids):
             samples.append({"sample_id": sid, "prompt": prompts[sid], "target": tokenizer.convert_ids_to_tokens(int(w[b])),
@@ -237,8 +370,9 @@ def attribute(
         experts += _expert_rows(sc, ids)
         if neurons:
             sid_t = torch.tensor(ids)
-            batch_frames = [f for l, c in enumerate(trace.layers) for f in _layer_neurons(sc, l, c, parts[l], sid_t)]
-            neuron_frames.append(_top_neurons(pd.concat(batch_frames, ignore_index=True), top_neurons))
+            units = [u for l, c in enumerate(sc.tr.layers)
+                     for u in _layer_neurons(sc, l, c, parts[l], sid_t, kernel, projection_dtype)]
+            neuron_frames.append(_top_neurons(_neuron_frame(units), top_neurons))
     return Attribution(
         samples=pd.DataFrame(samples), layers=pd.DataFrame(layers), heads=pd.DataFrame(heads),
         experts=pd.DataFrame(experts),

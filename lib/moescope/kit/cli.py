@@ -169,7 +169,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..results import write_json_atomic
 
     out = _writable(args.out)
-    table = benchmark.suite(_check_device(args.device), args.batch_size)
+    table = benchmark.suite(_check_device(args.device), args.batch_size, args.models, args.layers, args.dtype,
+                            args.prompts)
     write_json_atomic(out / f"attribution_{args.device}.json", table)
     plots.save_fig(benchmark.plot(table), f"bench_attribution_{args.device}", out)
     print(table.to_string(index=False))
@@ -251,9 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--out", required=True, help="output folder for the CSV files")
     p.set_defaults(func=_attribute)
-    p = sub.add_parser("benchmark", help="time neuron-level attribution (batched vs per-neuron loop)")
+    p = sub.add_parser("benchmark", help="time neuron-level attribution against the per-neuron loop and the floor")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--models", nargs="*", help="organisms or ids of configs.REAL_CONFIGS (default: per device)")
+    p.add_argument("--layers", type=_positive, help="cut real configs to N layers (default: 1 on CPU, all on GPU)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: fp32 on CPU, bf16 on GPU")
+    p.add_argument("--prompts", type=_positive, help="prompts per model (default: 8 on CPU, 128 on GPU; organisms: all)")
+    p.add_argument("--batch-size", type=_positive, help="prompts per batch (default: all prompts of a real config)")
     p.add_argument("--out", default=str(paths.BENCHMARKS))
     p.set_defaults(func=_benchmark)
     p = sub.add_parser("run", help="execute notebooks over models with papermill; resumable; writes a report")
