@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU numerics independent of the instruction set (see lib/moescope/numerics.py); set before any torch process.
-NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
+	MKL_DYNAMIC=FALSE OMP_DYNAMIC=FALSE
 export $(NUMERICS)
 export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1

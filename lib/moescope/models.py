@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import is_offline_mode
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
@@ -53,7 +54,8 @@ def resolve(name: str) -> tuple[str, str]:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder")
+            raise ModelNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder "
+                                     "(one written by save_pretrained)")
         return str(path), "local"
     if name.count("/") != 1:
         raise ModelNotFoundError(
@@ -61,6 +63,15 @@ def resolve(name: str) -> tuple[str, str]:
             "not a local folder, and not a hub id of the form 'org/name'"
         )
     return name, "hub"
+
+
+def _load_failure(name: str, source: str, target: str, err: OSError) -> str:
+    """One line saying why ``name`` did not load and what to do."""
+    if source == "hub" and is_offline_mode():
+        return (f"could not load {name!r} from hub: it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                "forbids downloading; download it on a machine with internet or pass a local model folder")
+    first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return f"could not load {name!r} from {source} ({target}): {first_line}"
 
 
 def load_tokenizer(target: str) -> PreTrainedTokenizerBase:
@@ -100,9 +111,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(target, device_map=device_map, **kwargs)
         tokenizer = load_tokenizer(target)
     except OSError as err:
-        raise ModelNotFoundError(
-            f"could not load {name!r} from {source} ({target}); offline machines need a local copy: {err}"
-        ) from err
+        raise ModelNotFoundError(_load_failure(name, source, target, err)) from err
     if device_map is None:
         model = model.to(device)
     return LoadedModel(name=name, model=model.eval(), tokenizer=tokenizer, source=source)

@@ -9,7 +9,8 @@ a last-bit difference becomes a different model after a few hundred steps. moesc
 - ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, the one code branch MKL offers on Intel and
   AMD alike (it refuses its AVX2 branch on AMD); about 1.5x slower matrix products on these small models;
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN kernels (bf16 paths) at most AVX2;
-- 2 OpenMP/MKL threads (results change with the thread count).
+- 2 OpenMP/MKL threads, never adjusted at run time (``MKL_DYNAMIC``/``OMP_DYNAMIC`` off: MKL's conditions for
+  reproducible results across systems); training steps use one (see :mod:`moescope.determinism`).
 
 The variables must be in the environment before torch's first kernel call: ``import moescope`` sets them (when not
 set already), and the Makefile, the Jupyter kernel spec and the runner set them too. ``MOESCOPE_NATIVE_NUMERICS=1``
@@ -29,6 +30,8 @@ PINNED: dict[str, str] = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "OMP_NUM_THREADS": "2",
     "MKL_NUM_THREADS": "2",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
 }
 OPT_OUT = "MOESCOPE_NATIVE_NUMERICS"
 _MKL_CBWR_BRANCH, _MKL_CBWR_COMPATIBLE = 1, 3  # mkl.h: MKL_CBWR_BRANCH, MKL_CBWR_COMPATIBLE

@@ -15,7 +15,12 @@ from transformers import PreTrainedTokenizerBase
 
 
 class PromptError(ValueError):
-    """A prompt or object cannot be scored (tokenises to nothing, or exceeds the context)."""
+    """A prompt or object cannot be scored (empty, tokenises to nothing or to the unknown token, exceeds the context)."""
+
+
+def _short(text: str, width: int = 40) -> str:
+    """``text`` quoted for an error message, cut to ``width`` characters."""
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 @dataclass(frozen=True)
@@ -34,14 +39,26 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 def object_first_token(tokenizer: PreTrainedTokenizerBase, prompt: str, obj: str) -> int:
     """Id of the first token of `` obj`` as it continues ``prompt``."""
     if not obj.strip():
-        raise PromptError(f"object {obj!r} of prompt {prompt!r} is empty")
+        raise PromptError(f"the object of prompt {_short(prompt)} is empty; give the word the prompt should continue with")
     head, full = _ids(tokenizer, prompt), _ids(tokenizer, f"{prompt} {obj.strip()}")
     if full[: len(head)] != head or len(full) == len(head):
         rest = _ids(tokenizer, f" {obj.strip()}")[len(_ids(tokenizer, "")) :]
         if not rest:
-            raise PromptError(f"object {obj!r} tokenizes to nothing")
-        return rest[0]
-    return full[len(head)]
+            raise PromptError(f"object {_short(obj)} tokenizes to nothing; give an object the tokenizer can represent")
+        first = rest[0]
+    else:
+        first = full[len(head)]
+    if tokenizer.unk_token_id is not None and first == tokenizer.unk_token_id:
+        raise PromptError(f"object {_short(obj)} maps to the unknown token {tokenizer.unk_token!r}: the model cannot "
+                          "represent it, so its rank would be meaningless; give an object in the model's vocabulary")
+    return first
+
+
+def _unknown_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """How many of ``text``'s own tokens (special tokens aside) are the unknown token."""
+    if tokenizer.unk_token_id is None:
+        return 0
+    return tokenizer(text, add_special_tokens=False)["input_ids"].count(tokenizer.unk_token_id)
 
 
 def encode(
@@ -51,10 +68,15 @@ def encode(
     rows = []
     for prompt in prompts:
         ids = _ids(tokenizer, prompt)
-        if not ids:
-            raise PromptError(f"prompt {prompt!r} tokenizes to nothing")
+        if not prompt.strip() or not ids:
+            raise PromptError(f"prompt {_short(prompt)} is empty or tokenizes to nothing; give a non-empty prompt")
+        unknown = _unknown_tokens(tokenizer, prompt)
+        if unknown:
+            raise PromptError(f"prompt {_short(prompt)} has {unknown} word(s) the tokenizer maps to the unknown token "
+                              f"{tokenizer.unk_token!r}; use words in the model's vocabulary")
         if len(ids) > max_length:
-            raise PromptError(f"prompt {prompt!r} has {len(ids)} tokens, more than the model's context ({max_length})")
+            raise PromptError(f"prompt {_short(prompt)} has {len(ids)} tokens, more than the model's context "
+                              f"({max_length}); shorten it")
         rows.append(ids)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

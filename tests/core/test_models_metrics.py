@@ -18,8 +18,10 @@ def test_folder_without_config_is_rejected(tmp_path):
 
 def test_hub_id_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(models.ModelNotFoundError, match="could not load 'nobody/absent-model' from hub"):
+    with pytest.raises(models.ModelNotFoundError, match="could not load 'nobody/absent-model' from hub") as err:
         models.load_model("nobody/absent-model")
+    if models.is_offline_mode():  # set before the hub library loaded (the kit's test environment)
+        assert "HF_HUB_OFFLINE=1 forbids downloading" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_organism_and_local_path_load_the_same_weights():
@@ -54,6 +56,27 @@ def test_prompt_longer_than_context_is_an_error():
     tok = word_tokenizer(["a b c d e"])
     with pytest.raises(prompts.PromptError, match="more than the model's context"):
         prompts.encode(tok, ["a b c d e"], ["a"], max_length=3)
+
+
+def test_long_prompt_error_does_not_echo_the_prompt():
+    tok = word_tokenizer(["a b c d e"])
+    prompt = " ".join(["a"] * 500)
+    with pytest.raises(prompts.PromptError, match=r"has 501 tokens, more than the model's context \(8\)") as err:
+        prompts.encode(tok, [prompt], None, max_length=8)
+    assert len(str(err.value)) < 150
+
+
+def test_unknown_token_is_refused_not_scored():
+    """The issue's case: 'Qwertyuiop' on olmoe-like mapped to <unk> and got a rank; now the library refuses it."""
+    lm = models.load_model("olmoe-like")
+    with pytest.raises(prompts.PromptError, match="'Qwertyuiop' maps to the unknown token '<unk>'"):
+        metrics.score_prompts(lm.model, lm.tokenizer, ["The capital of Canada is"], ["Qwertyuiop"])
+    with pytest.raises(prompts.PromptError, match="1 word\\(s\\) the tokenizer maps to the unknown token"):
+        metrics.score_prompts(lm.model, lm.tokenizer, ["The capital of Qwertyuiop is"], ["Ottawa"])
+    with pytest.raises(prompts.PromptError, match="is empty"):
+        metrics.score_prompts(lm.model, lm.tokenizer, ["  "], ["Ottawa"])
+    # special tokens (here <bos>) are no unknown words, and known words still score
+    assert metrics.score_prompts(lm.model, lm.tokenizer, ["The capital of Canada is"], ["Ottawa"])["rank"].tolist() == [1]
 
 
 def test_ranks_hit_and_mrr():

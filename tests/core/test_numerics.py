@@ -43,6 +43,6 @@ def test_jupyter_kernel_spec_carries_the_settings():
 
 
 def test_makefile_exports_the_same_settings():
-    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
     line = next(l for l in makefile.splitlines() if l.startswith("NUMERICS :="))
     assert dict(kv.split("=") for kv in line.removeprefix("NUMERICS :=").split()) == numerics.PINNED

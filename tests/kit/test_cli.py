@@ -34,6 +34,23 @@ def test_attribute_relation_with_top_neurons(tmp_path):
     assert list(pd.read_csv(tmp_path / "layers.csv").layer.unique()) == [0, 1]
 
 
-def test_unknown_model_fails_early(tmp_path):
-    with pytest.raises(Exception, match="unknown model"):
-        cli.main(["attribute", "--model", "nope", "--prompt", "x", "--out", str(tmp_path)])
+def test_unknown_model_fails_early_with_one_line(tmp_path, capsys):
+    assert cli.main(["attribute", "--model", "nope", "--prompt", "x", "--out", str(tmp_path)]) == cli.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("moescope: error: unknown model 'nope'") and err.count("\n") == 1
+    with pytest.raises(Exception, match="unknown model"):  # --debug: the library's own exception
+        cli.main(["attribute", "--model", "nope", "--prompt", "x", "--out", str(tmp_path), "--debug"])
+
+
+def test_every_error_kind_maps_to_one_line():
+    from moescope import arch, data, models, prompts
+    from moescope.kit import runner
+
+    for err in (models.ModelNotFoundError("m"), data.RelationError("r"), prompts.PromptError("p"),
+                arch.ArchitectureError("a"), runner.PlanError("n"), cli.UsageError("u"), PermissionError(13, "denied", "/x")):
+        message, code = cli.error_message(err)
+        assert message.startswith("moescope: error: ") and "\n" not in message and code == cli.BAD_INPUT
+    assert cli.error_message(cli.BatchFailed("2 failed"))[1] == cli.FAILED
+    message, code = cli.error_message(ZeroDivisionError("a\nb"))
+    assert message == "moescope: internal error: ZeroDivisionError: a b; rerun with --debug for the traceback and report it"
+    assert code == cli.FAILED

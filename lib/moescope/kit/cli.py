@@ -1,35 +1,93 @@
-"""Command line: ``python -m moescope {organisms,attribute,run,reproduce,desmoe-grid} ...``."""
+"""Command line: ``python -m moescope {organisms,attribute,benchmark,run,reproduce,desmoe-grid} ...``.
+
+Every error is one line on stderr that names the problem and what to do, with exit status 2 for bad input and
+1 when notebooks of a batch failed or the kit itself broke; ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
-
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .. import paths
+from .. import arch, data, models, paths, prompts
 from ..models import available_organisms
 from ..organisms import zoo
 from ..results import write_csv_atomic
+from . import runner
+
+#: exit status for input the user can fix, and for a batch with failed notebooks (or a broken kit)
+BAD_INPUT, FAILED = 2, 1
+
+
+class UsageError(ValueError):
+    """Command-line input the CLI itself rejects (a combination of options, an output folder, a device)."""
+
+
+class BatchFailed(RuntimeError):
+    """Notebooks of a batch failed or none applied; the message summarises them in one line."""
+
+    def __init__(self, message: str, code: int = FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+#: library error -> advice appended to its message (which names the problem), most specific first
+ADVICE: dict[type[BaseException], str] = {
+    models.ModelNotFoundError: "`moescope organisms` lists (and trains) the organisms",
+    data.RelationError: "",
+    prompts.PromptError: "",
+    arch.ArchitectureError: "choose a Mixture-of-Experts model, e.g. olmoe-like",
+    runner.PlanError: "",
+    UsageError: "",
+    BatchFailed: "",
+    OSError: "",
+}
+
+
+def _writable(folder: str | Path) -> Path:
+    """``folder``, created if needed; UsageError if files cannot be written there."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to the output folder {path} ({err.strerror or err}); "
+                         "choose another folder with --out") from err
+    return path
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    return device
 
 
 def _attribute(args: argparse.Namespace) -> int:
-    from .. import attribution, data, models
+    from .. import attribution
 
-    lm = models.load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.relation is None and (args.samples is not None or args.template != 0 or args.target_mode is not None):
+        raise UsageError("--samples, --template and --target-mode apply to --relation only; with --prompt use --target")
+    if args.relation is not None and args.target is not None:
+        raise UsageError("--target applies to --prompt only; a relation's objects come from its file")
+    out = _writable(args.out)
+    rel = data.load_relation(args.relation) if args.relation else None  # before the model: fail fast
+    lm = models.load_model(args.model, device=_check_device(args.device), dtype=args.dtype)
     common = dict(neurons=not args.no_neurons, top_neurons=args.top_neurons, batch_size=args.batch_size)
-    if args.relation:
-        rel = data.load_relation(args.relation)
+    if rel is not None:
         attr = attribution.attribute_relations(lm.model, lm.tokenizer, [rel], n_samples=args.samples,
-                                               template=args.template, target=args.target_mode, **common)
+                                               template=args.template, target=args.target_mode or "gold", **common)
     else:
-        objects = [args.target] if args.target else None
-        mode = "gold" if args.target else "top1"
+        objects = None if args.target is None else [args.target]
+        mode = "top1" if args.target is None else "gold"
         attr = attribution.attribute(lm.model, lm.tokenizer, [args.prompt], objects, target=mode, **common)
-    out = Path(args.out)
     for name, table in attr.tables().items():
         write_csv_atomic(out / f"{name}.csv", table)
     print(attr.samples.to_string(index=False))
@@ -48,8 +106,8 @@ def _parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"parameter {pair!r} is not of the form key=value")
+        if not sep or not key:
+            raise UsageError(f"parameter {pair!r} is not of the form key=value (e.g. -p seed=1)")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -57,34 +115,50 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _run(args: argparse.Namespace) -> int:
-    from . import runner
-
-    jobs = runner.plan(runner.find_notebooks(args.notebooks), args.models, args.run, _parse_overrides(args.param),
-                       Path(args.out))
-    shared_figures = paths.FIGURES if not args.models else None  # per-model runs keep their own
-    status = runner.run_jobs(jobs, force=args.force, figures=shared_figures)
-    path = runner.report(jobs, Path(args.out) / args.run / "report.md")
+def _batch(jobs: list[runner.Job], args: argparse.Namespace, root: Path, figures: Path | None) -> int:
+    """Run the jobs, print the status table and the report's path; BatchFailed if any job failed or none applied."""
+    status = runner.run_jobs(jobs, force=args.force, figures=figures, cell_timeout=args.cell_timeout,
+                             fail_fast=args.fail_fast, status_file=root / "status.csv")
+    path = runner.report(jobs, root / "report.md")
     print(pd.DataFrame(status).to_string(index=False))
     print(f"report: {path}")
+    failed = [s for s in status if not s["status"].startswith(("ran", "cached", "not applicable"))]
+    if failed:
+        first = failed[0]
+        raise BatchFailed(f"{len(failed)} of {len(status)} notebook runs did not finish; first: {first['notebook']} "
+                          f"({first['model']}) {first['status']}; details in {root / 'status.csv'}; "
+                          "fix and rerun the same command to resume")
+    if all(s["status"].startswith("not applicable") for s in status):
+        raise BatchFailed(f"no selected notebook applies to the selected models: {status[0]['notebook']} "
+                          f"({status[0]['model']}) is {status[0]['status']}; choose other notebooks or a model "
+                          f"with the structure they need (MoE organisms: {', '.join(zoo.MOE_ORGANISMS)})", code=BAD_INPUT)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    for name in args.models or []:
+        models.resolve(name)  # an unknown model fails here, not once per notebook
+    out = _writable(args.out)
+    notebooks = runner.find_notebooks(args.notebooks, Path(args.notebook_dir))
+    jobs = runner.plan(notebooks, args.models, args.run, _parse_overrides(args.param), out)
+    shared_figures = paths.FIGURES if not args.models else None  # per-model runs keep their own
+    return _batch(jobs, args, out.resolve() / args.run, shared_figures)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     from ..organisms import planted
-    from . import runner
 
     start = time.perf_counter()
+    _writable(paths.RUNS)
     print("== model organisms (trained on first use, then loaded) ==")
     print(zoo.ensure_zoo().to_string(index=False))
     if planted.NAME not in available_organisms():
         planted.train_planted()
     jobs = runner.plan(runner.find_notebooks(), None)
-    status = runner.run_jobs(jobs, force=args.force, figures=paths.FIGURES)
-    path = runner.report(jobs, paths.RUNS / runner.DEFAULT_RUN / "report.md")
-    print(pd.DataFrame(status).to_string(index=False))
-    print(f"reproduction finished in {time.perf_counter() - start:.0f} s; report: {path}")
-    return 0
+    try:
+        return _batch(jobs, args, paths.RUNS.resolve() / runner.DEFAULT_RUN, paths.FIGURES)
+    finally:
+        print(f"reproduction finished in {time.perf_counter() - start:.0f} s")
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -92,8 +166,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..attribution import benchmark
     from ..results import write_json_atomic
 
-    table = benchmark.suite(args.device, args.batch_size)
-    out = Path(args.out)
+    out = _writable(args.out)
+    table = benchmark.suite(_check_device(args.device), args.batch_size)
     write_json_atomic(out / f"attribution_{args.device}.json", table)
     plots.save_fig(benchmark.plot(table), f"bench_attribution_{args.device}", out)
     print(table.to_string(index=False))
@@ -115,8 +189,43 @@ def _desmoe_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="re-run notebooks already done")
+    p.add_argument("--cell-timeout", type=_seconds, default=runner.DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
+                   help=f"fail a notebook whose cell runs longer (default {runner.DEFAULT_CELL_TIMEOUT} s)")
+    p.add_argument("--fail-fast", action="store_true", help="stop the batch at the first failed notebook")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moescope", description=__doc__)
+    parser = _Parser(prog="moescope", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("organisms", help="train (if missing) and list the model organisms")
     p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO), help="organisms (default: all)")
@@ -128,19 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--prompt", help="one prompt")
     what.add_argument("--relation", help="a relation name, paper task name or relation file")
     p.add_argument("--target", help="with --prompt: the gold object (default: the model's top-1 prediction)")
-    p.add_argument("--target-mode", choices=["gold", "top1"], default="gold", help="with --relation (default gold)")
-    p.add_argument("--samples", type=int, help="with --relation: the first N facts (default: all)")
+    p.add_argument("--target-mode", choices=["gold", "top1"], help="with --relation (default gold)")
+    p.add_argument("--samples", type=_positive, help="with --relation: the first N facts (default: all)")
     p.add_argument("--template", type=int, default=0, help="with --relation: prompt template index")
-    p.add_argument("--top-neurons", type=int, help="keep the N best neurons per sample (default: all)")
+    p.add_argument("--top-neurons", type=_positive, help="keep the N best neurons per sample (default: all)")
     p.add_argument("--no-neurons", action="store_true", help="skip the neuron level")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], default=None,
+                   help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--out", required=True, help="output folder for the CSV files")
     p.set_defaults(func=_attribute)
     p = sub.add_parser("benchmark", help="time neuron-level attribution (batched vs per-neuron loop)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive, default=128)
     p.add_argument("--out", default=str(paths.BENCHMARKS))
     p.set_defaults(func=_benchmark)
     p = sub.add_parser("run", help="execute notebooks over models with papermill; resumable; writes a report")
@@ -148,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="*", help="organism names, local paths or hub ids (default: each notebook's own)")
     p.add_argument("--run", default="default", help="name of this batch (folder under --out)")
     p.add_argument("--out", default=str(paths.RUNS))
+    p.add_argument("--notebook-dir", default=str(paths.NOTEBOOKS), help="where the notebooks are (default: the kit's)")
     p.add_argument("-p", "--param", action="append", default=[], help="notebook parameter key=value (repeatable)")
-    p.add_argument("--force", action="store_true", help="re-run notebooks already done")
+    _batch_options(p)
     p.set_defaults(func=_run)
     p = sub.add_parser("desmoe-grid", help="pre-train the DES-MoE base (if missing) and run or resume its grid")
     p.add_argument("--jobs", type=int, default=2, help="parallel one-thread worker processes (default 2)")
@@ -159,14 +270,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=60, help="with --reduced: steps per run")
     p.set_defaults(func=_desmoe_grid)
     p = sub.add_parser("reproduce", help="reproduce every finding of both papers on the organisms")
-    p.add_argument("--force", action="store_true", help="re-run notebooks already done")
+    _batch_options(p)
     p.set_defaults(func=_reproduce)
+    for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps the first one's value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback")
     return parser
+
+
+def _one_line(text: str, width: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def error_message(err: BaseException) -> tuple[str, int]:
+    """(one line for stderr, exit status) for an error that ended a command."""
+    for kind, advice in ADVICE.items():
+        if isinstance(err, kind):
+            message = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.strerror}: {err.filename}"
+            code = err.code if isinstance(err, BatchFailed) else BAD_INPUT
+            return _one_line(f"moescope: error: {message}" + (f"; {advice}" if advice else "")), code
+    return _one_line(f"moescope: internal error: {type(err).__name__}: {err}; rerun with --debug for the traceback "
+                     "and report it"), FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("moescope: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        message, code = error_message(err)
+        print(message, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
