@@ -56,6 +56,8 @@ class AdaptiveRouting:
             ALR(r.weight.shape[1], r.weight.shape[0], expansion) for r in routers
         ).to(device=param.device, dtype=param.dtype)
         self.last: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(routers)
+        #: factor on L_KD in :func:`distilled_backward` (1 in one process; :mod:`.parallel` sets it per rank)
+        self.kd_scale = 1.0
 
     def _hook(self, row: int):
         def hook(router, args, output):
@@ -90,7 +92,7 @@ def distilled_backward(routing: AdaptiveRouting, loss: torch.Tensor, token_mask:
     """Backward pass where the ALR heads get lam * grad L_KD + (1 - lam) * grad L_task and every other parameter
     grad L_task (the distillation loss does not reach the backbone)."""
     heads = list(routing.heads.parameters())
-    kd = routing.kd_loss(token_mask, tau)
+    kd = routing.kd_loss(token_mask, tau) * routing.kd_scale
     kd_grads = torch.autograd.grad(kd, heads, retain_graph=True, allow_unused=True)
     loss.backward()
     for p, g_kd in zip(heads, kd_grads):

@@ -4,6 +4,8 @@ Per step: plan = method.plan(step, T, domain); parts outside plan.parts get requ
 them); routed experts outside plan.experts are frozen exactly (:class:`.masks.ExpertFreezer`); the method's
 hooks (e.g. the ALR router) are active throughout training and evaluation and removed afterwards. The parameter
 map and the expert freezer are made before ``method.prepare`` (which may wrap modules, as LoRA does).
+``parallel`` (:mod:`.parallel`) splits each batch over processes and synchronises the gradients before the
+expert masks act; the default runs in one process.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..hooks import hooked
 from .batches import Encoded, domain_batches, encode
 from .masks import BASE_PARTS, ExpertFreezer, PartMap, set_trainable
 from .methods import Method
+from .parallel import LOCAL, Local
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def _trained_params(part_map: PartMap, freezer: ExpertFreezer | None, experts: t
 
 def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, method: Method,
           config: TrainConfig = TrainConfig(),
-          evaluate: Callable[[nn.Module], dict] | None = None) -> TrainResult:
+          evaluate: Callable[[nn.Module], dict] | None = None, parallel: Local = LOCAL) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples`` (prompt, answer, domain) with ``method``.
 
     ``evaluate(model)`` runs (under the method's hooks) before training, every ``eval_every`` steps and at the end.
@@ -70,6 +73,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
     part_map = PartMap(model)
     freezer = ExpertFreezer(model) if arch.is_moe(model) else None
     method.prepare(model, data, config.batch_size)
+    net = parallel.wrap(model, method)
     opt = torch.optim.AdamW(list(model.parameters()) + method.extra_parameters(), lr=config.lr,
                             betas=config.betas, weight_decay=config.weight_decay)
     extra = {"output_router_logits": True} if config.aux_loss and hasattr(model.config, "router_aux_loss_coef") else {}
@@ -86,16 +90,16 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
         evaluation(0)
         for step in range(config.steps):
             domain, rows = next(stream)
-            batch = data.rows(rows, device)
+            batch = parallel.batch(data, rows, device)
             plan = method.plan(step, config.steps, domain)
             set_trainable(part_map, plan.parts)
             start = time.perf_counter()
             if freezer is not None:
                 freezer.hold(plan.experts)
             with deterministic_kernels():
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
-                            use_cache=False, **extra)
-                method.backward(out.loss, batch, step, config.steps)
+                out = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
+                          use_cache=False, **extra)
+                parallel.backward(method, out.loss, batch, step, config.steps)
                 if freezer is not None:
                     freezer.mask_grads()
                 opt.step()
@@ -107,7 +111,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
                 torch.cuda.synchronize(device)
             result.step_seconds.append(time.perf_counter() - start)
             result.train_seconds += result.step_seconds[-1]
-            result.losses.append(out.loss.item())
+            result.losses.append(parallel.loss_value(out.loss))
             trained += _trained_params(part_map, freezer, plan.experts)
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
                 evaluation(step + 1)
