@@ -8,10 +8,11 @@ import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from . import arch
 from .determinism import EXPERTS_IMPLEMENTATION
 
-MOE_FAMILIES = ("olmoe", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3")
-DENSE_FAMILIES = ("llama", "qwen2", "mistral")
+MOE_FAMILIES = tuple(arch.supported_families(moe=True))
+DENSE_FAMILIES = tuple(arch.supported_families(moe=False))
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,47 @@ def _common(shape: Shape) -> dict:
     )
 
 
+def _new_family_fields(family: str, shape: Shape) -> dict | None:
+    """Tiny configs of the families added after the first six, each with its quirks switched on (non-trivial
+    multipliers, biases, groups, scaling, sliding/chunked/linear attention layers) so the tests exercise them."""
+    head_dim = shape.hidden // shape.heads
+    routed = dict(num_experts_per_tok=shape.top_k, head_dim=head_dim)
+    local = routed | dict(num_local_experts=shape.experts, intermediate_size=shape.expert_width)
+    v3_routing = dict(n_routed_experts=shape.experts, n_shared_experts=1, moe_intermediate_size=shape.expert_width,
+                      intermediate_size=shape.shared_width, first_k_dense_replace=0, n_group=2, topk_group=1,
+                      routed_scaling_factor=2.5, norm_topk_prob=True)
+    linear_attention = dict(layer_types=["linear_attention", "full_attention"] * (shape.layers // 2)
+                            + ["linear_attention"] * (shape.layers % 2),
+                            linear_num_value_heads=shape.heads, linear_num_key_heads=shape.heads // 2,
+                            linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
+                            num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                            shared_expert_intermediate_size=shape.shared_width, intermediate_size=shape.shared_width)
+    granite = local | dict(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625,
+                           logits_scaling=6.0)
+    fields = {
+        "gpt_oss": local | dict(swiglu_limit=0.05, sliding_window=4, attention_bias=True,
+                                layer_types=["sliding_attention", "full_attention"] * (shape.layers // 2)
+                                + ["sliding_attention"] * (shape.layers % 2),
+                                rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        "qwen3_next": routed | linear_attention | dict(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]),
+        "qwen3_5_moe_text": routed | linear_attention,
+        "glm4_moe": routed | v3_routing | dict(use_qk_norm=True),
+        "dots1": routed | v3_routing | dict(layer_types=["full_attention"] * shape.layers),
+        "llama4_text": local | dict(intermediate_size_mlp=shape.shared_width, moe_layers=list(range(shape.layers)),
+                                    no_rope_layers=[int(i % 2 == 0) for i in range(shape.layers)],
+                                    attention_chunk_size=4, use_qk_norm=True),
+        "granitemoe": granite,
+        "granitemoeshared": granite | dict(shared_intermediate_size=shape.shared_width),
+        "phimoe": local | dict(attention_bias=True, lm_head_bias=True),
+        "qwen3": dict(intermediate_size=shape.expert_width, head_dim=head_dim),
+    }
+    return fields.get(family)
+
+
 def _moe_fields(family: str, shape: Shape) -> dict:
+    newer = _new_family_fields(family, shape)
+    if newer is not None:
+        return newer
     routed = dict(num_experts_per_tok=shape.top_k)
     if family == "olmoe":
         return routed | dict(num_experts=shape.experts, intermediate_size=shape.expert_width)
@@ -64,7 +105,7 @@ def _moe_fields(family: str, shape: Shape) -> dict:
 def tiny_config(family: str, shape: Shape = Shape()) -> PretrainedConfig:
     """A small config of ``family`` (one of MOE_FAMILIES + DENSE_FAMILIES) with the given sizes."""
     if family in DENSE_FAMILIES:
-        fields = _common(shape) | dict(intermediate_size=shape.expert_width)
+        fields = _common(shape) | (_new_family_fields(family, shape) or dict(intermediate_size=shape.expert_width))
     elif family in MOE_FAMILIES:
         fields = _common(shape) | _moe_fields(family, shape)
     else:
@@ -72,12 +113,18 @@ def tiny_config(family: str, shape: Shape = Shape()) -> PretrainedConfig:
     return transformers.AutoConfig.for_model(family, **fields)
 
 
+def experts_kwargs(config: PretrainedConfig, experts: str = EXPERTS_IMPLEMENTATION) -> dict:
+    """``experts_implementation=experts`` for MoE families whose experts module accepts it, else nothing."""
+    try:
+        fam = arch.family(config)
+    except arch.ArchitectureError:
+        return {}
+    return dict(experts_implementation=experts) if fam.moe and fam.experts_implementation else {}
+
+
 def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_IMPLEMENTATION) -> nn.Module:
     """A randomly initialised causal LM for ``config``; MoE experts use ``experts`` (float64 needs 'eager')."""
-    kwargs = dict(attn_implementation=attn)
-    if getattr(config, "model_type", "") in MOE_FAMILIES:
-        kwargs["experts_implementation"] = experts
-    return AutoModelForCausalLM.from_config(config, **kwargs)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn, **experts_kwargs(config, experts))
 
 
 #: Published configurations (config.json of each checkpoint), for random-weight runs at real size.

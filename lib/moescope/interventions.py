@@ -13,7 +13,7 @@ from torch import nn
 
 from . import arch
 from .hooks import hooked
-from .routing import RoutingEdit, routing_hook
+from .routing import RoutingEdit, check_edit, routing_hook
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
     arch.require_moe(model, "this intervention")
@@ -36,6 +36,8 @@ def _per_layer(spec: Mapping[int, Iterable[int]]) -> dict[int, tuple[int, ...]]:
 def edit_routing(model: nn.Module, edits: Mapping[int, RoutingEdit]) -> Iterator[None]:
     """Apply a :class:`RoutingEdit` to the router of each listed layer."""
     parts = _moe_parts(model, edits)
+    for p in parts:
+        check_edit(p.router, edits[p.index])
     with hooked((p.router, "forward_prepend", routing_hook(edits[p.index])) for p in parts):
         yield
 
@@ -55,21 +57,10 @@ def set_top_k(model: nn.Module, k: int, layer_ids: Iterable[int] | None = None):
     return edit_routing(model, {p.index: RoutingEdit(top_k=k) for p in _moe_parts(model, layer_ids)})
 
 
-def _zero_weights_pre_hook(blocked: tuple[int, ...]):
-    def pre_hook(module, args):
-        hidden, idx, weights = args[:3]
-        drop = torch.isin(idx, torch.tensor(blocked, device=idx.device))
-        return (hidden, idx, weights.masked_fill(drop, 0.0), *args[3:])
-
-    return pre_hook
-
-
-@contextmanager
-def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iterator[None]:
-    """Keep routing, but multiply the listed experts' outputs by 0 (no re-routing)."""
-    spec = _per_layer(experts)
-    with hooked((p.experts, "pre", _zero_weights_pre_hook(spec[p.index])) for p in _moe_parts(model, spec)):
-        yield
+def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]):
+    """Keep routing, but set the listed experts' routing weights to 0, so their outputs count 0 times (no
+    re-routing; Llama 4, which scales expert inputs, feeds them 0, and its experts map 0 to 0)."""
+    return edit_routing(model, {l: RoutingEdit(zeroed=e) for l, e in _per_layer(experts).items()})
 
 
 def _zero_output(module, args, output):
@@ -114,10 +105,9 @@ def inhibit_heads(
 ) -> Iterator[None]:
     """Zero the listed heads' outputs ({layer: [head, ...]}) before o_proj; ``tokens`` ([B,S] bool) limits where."""
     parts = {p.index: p for p in arch.layers(model)}
-    n_heads = arch.num_heads(model)
     spec = _per_layer(heads)
     bad = [l for l in spec if l not in parts]
     if bad:
         raise ValueError(f"layers {bad} do not exist (model has {len(parts)})")
-    with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, n_heads, tokens)) for l, h in spec.items()):
+    with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, parts[l].n_heads, tokens)) for l, h in spec.items()):
         yield

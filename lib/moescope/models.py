@@ -15,9 +15,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from . import paths
-from .configs import MOE_FAMILIES
-from .determinism import EXPERTS_IMPLEMENTATION
+from . import arch, paths
+from .configs import experts_kwargs
 
 
 
@@ -95,8 +94,8 @@ def load_model(
     kwargs = dict(dtype=dtype or default_dtype(device), attn_implementation="eager")
     try:
         config = AutoConfig.from_pretrained(target)
-        if config.model_type in MOE_FAMILIES:
-            kwargs["experts_implementation"] = EXPERTS_IMPLEMENTATION
+        arch.family(config)  # an unsupported class is refused by name before any weight is read
+        kwargs |= experts_kwargs(config)
         model = AutoModelForCausalLM.from_pretrained(target, device_map=device_map, **kwargs)
         tokenizer = load_tokenizer(target)
     except OSError as err:

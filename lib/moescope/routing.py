@@ -1,16 +1,24 @@
-"""Top-k routing recomputed from router logits, with edits (block, force, change k).
+"""Top-k routing recomputed from router logits, with edits (block, force, zero, change k).
 
-Each router family of transformers 5 is re-implemented from its logits so that an edit changes only what it
-names. With no edit, :func:`route` returns exactly what the router module returns (tested per class).
+Each router family of transformers 5 is re-implemented from its logits, in the router's own order of operations,
+so that an edit changes only what it names. With no edit, :func:`route` returns exactly what the router module
+returns (tested per class, float64, bit for bit on the index).
 
-- softmax routers (OLMoE, Qwen2/3-MoE, Mixtral): p = softmax(logits); idx = top_k(p); w = p[idx],
-  renormalised when ``norm_topk_prob`` (Mixtral: always).
-- DeepSeek-V2: p = softmax(logits); greedy or group-limited top-k; w = p[idx] * routed_scaling_factor.
-- DeepSeek-V3: s = sigmoid(logits); choice = s + bias, limited to the top groups; w = s[idx] (renormalised when
-  ``norm_topk_prob``) * routed_scaling_factor.
+- softmax (OLMoE, Qwen2/3-MoE, Qwen3-Next, Mixtral): p = softmax(logits); idx = top_k(p); w = p[idx],
+  renormalised when ``norm_topk_prob`` (routers without that attribute: always).
+- deepseek_v2: p = softmax(logits); greedy or group-limited top-k; w = p[idx] * routed_scaling_factor.
+- deepseek_v3 (DeepSeek-V3, GLM-4-MoE, dots1): s = sigmoid(logits); choice = s + e_score_correction_bias,
+  limited to the top groups (sum of each group's two best); w = s[idx] (renormalised when ``norm_topk_prob``)
+  * routed_scaling_factor.
+- topk_softmax (gpt-oss with its router bias, Granite-MoE): idx = top_k(logits); w = softmax(logits[idx]).
+- topk_sigmoid (Llama 4): idx = top_k(logits); w = sigmoid(logits[idx]); the module returns dense scores
+  [T, E] (0 off the top-k) and multiplies each expert's *input* by its score.
+- sparsemixer (PhiMoE, inference path): top-2 only; expert 1 = argmax, w1 = softmax over the logits within a
+  relative margin 2*jitter_eps of the max; expert 2 = argmax of the rest, w2 the same with the first masked out.
 
 Blocking sets an expert's logit to -inf (and its choice score to -inf), so the next-best expert takes its slot.
-Forcing puts the forced experts first in the choice, keeping their own router weights.
+Forcing puts the forced experts first in the choice, keeping their own router weights. Zeroing keeps the choice
+and sets the zeroed experts' weights to 0 (their output is multiplied by 0; Llama 4: their input).
 """
 from __future__ import annotations
 
@@ -21,6 +29,26 @@ from torch import nn
 
 NEG_INF = float("-inf")
 
+#: Router class -> routing family (the maths above). A router class not listed here is not supported.
+ROUTER_FAMILIES: dict[str, str] = {
+    "OlmoeTopKRouter": "softmax", "Qwen2MoeTopKRouter": "softmax", "Qwen3MoeTopKRouter": "softmax",
+    "MixtralTopKRouter": "softmax", "Qwen3NextTopKRouter": "softmax", "Qwen3_5MoeTopKRouter": "softmax",
+    "DeepseekV2TopkRouter": "deepseek_v2",
+    "DeepseekV3TopkRouter": "deepseek_v3", "Glm4MoeTopkRouter": "deepseek_v3", "Dots1TopkRouter": "deepseek_v3",
+    "GptOssTopKRouter": "topk_softmax", "GraniteMoeTopKRouter": "topk_softmax",
+    "GraniteMoeSharedTopKRouter": "topk_softmax",
+    "Llama4Router": "topk_sigmoid",
+    "PhimoeTopKRouter": "sparsemixer",
+}
+#: Families whose router scores are sigmoids rather than a softmax over experts.
+SIGMOID_FAMILIES = ("deepseek_v3", "topk_sigmoid")
+#: Families that select a fixed number of experts whatever the config says.
+FIXED_TOP_K = {"sparsemixer": 2}
+
+
+class RoutingEditError(ValueError):
+    """An edit the router family cannot express (e.g. forcing experts into PhiMoE's sparsemixer)."""
+
 
 @dataclass(frozen=True)
 class RoutingEdit:
@@ -28,37 +56,36 @@ class RoutingEdit:
 
     blocked: tuple[int, ...] = ()
     forced: tuple[int, ...] = ()
+    zeroed: tuple[int, ...] = ()
     top_k: int | None = None
     tokens: torch.Tensor | None = None
 
 
 def family(router: nn.Module) -> str:
-    """'softmax', 'deepseek_v2' or 'deepseek_v3'."""
+    """The routing family of ``router`` (a key of the functions below)."""
     name = type(router).__name__
-    if name.startswith("DeepseekV3"):
-        return "deepseek_v3"
-    if name.startswith("DeepseekV2"):
-        return "deepseek_v2"
-    if name.endswith(("TopKRouter", "TopkRouter")):
-        return "softmax"
-    raise NotImplementedError(f"routing edits are not implemented for router class {name}")
+    if name not in ROUTER_FAMILIES:
+        raise NotImplementedError(f"routing edits are not implemented for router class {name}")
+    return ROUTER_FAMILIES[name]
 
 
-def _select(choice: torch.Tensor, k: int, forced: tuple[int, ...]) -> torch.Tensor:
+def _select(choice: torch.Tensor, k: int, forced: tuple[int, ...], sorted_: bool = True) -> torch.Tensor:
     if forced:
-        if len(forced) > k:
-            raise ValueError(f"cannot force {len(forced)} experts into a top-{k} selection")
         choice = choice.clone()
         choice[:, list(forced)] = torch.inf
-    return torch.topk(choice, k, dim=-1)[1]
+    return torch.topk(choice, k, dim=-1, sorted=sorted_)[1]
+
+
+def _blocked(t: torch.Tensor, blocked: tuple[int, ...]) -> torch.Tensor:
+    if not blocked:
+        return t
+    t = t.clone()
+    t[:, list(blocked)] = NEG_INF
+    return t
 
 
 def _softmax_route(router, logits, k, blocked, forced):
-    logits = logits.float()
-    if blocked:
-        logits = logits.clone()
-        logits[:, list(blocked)] = NEG_INF
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(_blocked(logits.float(), blocked), dim=-1)
     if forced:
         idx = _select(probs, k, forced)
         weights = probs.gather(1, idx)
@@ -80,63 +107,139 @@ def _group_mask(scores: torch.Tensor, router, per_group_score) -> torch.Tensor:
 
 def _deepseek_v2_route(router, logits, k, blocked, forced):
     probs = logits.float().softmax(dim=-1)
-    choice = probs
-    if blocked:
-        choice = choice.clone()
-        choice[:, list(blocked)] = NEG_INF
+    choice = _blocked(probs, blocked)
     if router.topk_method == "group_limited_greedy":
         choice = choice.masked_fill(~_group_mask(choice, router, lambda g: g.max(dim=-1).values), 0.0)
-    if forced:
-        idx = _select(choice, k, forced)
-    else:
-        idx = torch.topk(choice, k=k, dim=-1, sorted=False)[1]
+    idx = _select(choice, k, forced, sorted_=False)
     return probs.gather(1, idx) * router.routed_scaling_factor, idx
 
 
 def _deepseek_v3_route(router, logits, k, blocked, forced):
     scores = logits.float().sigmoid()
-    choice = scores + router.e_score_correction_bias
-    if blocked:
-        choice = choice.clone()
-        choice[:, list(blocked)] = NEG_INF
+    choice = _blocked(scores + router.e_score_correction_bias, blocked)
     choice = choice.masked_fill(
         ~_group_mask(choice, router, lambda g: g.topk(2, dim=-1)[0].sum(dim=-1)), NEG_INF
     )
-    idx = _select(choice, k, forced) if forced else torch.topk(choice, k=k, dim=-1, sorted=False)[1]
+    idx = _select(choice, k, forced, sorted_=False)
     weights = scores.gather(1, idx)
     if router.norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
     return weights * router.routed_scaling_factor, idx
 
 
-_ROUTES = {"softmax": _softmax_route, "deepseek_v2": _deepseek_v2_route, "deepseek_v3": _deepseek_v3_route}
+def _topk_logits(logits, k, blocked, forced):
+    choice = _blocked(logits, blocked)
+    idx = _select(choice, k, forced)
+    return logits.gather(1, idx), idx
+
+
+def _topk_softmax_route(router, logits, k, blocked, forced):
+    top, idx = _topk_logits(logits, k, blocked, forced)
+    return torch.softmax(top, dim=-1), idx
+
+
+def _topk_sigmoid_route(router, logits, k, blocked, forced):
+    top, idx = _topk_logits(logits, k, blocked, forced)
+    return torch.sigmoid(top.float()), idx
+
+
+def _sparsemixer_pick(scores: torch.Tensor, masked: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sparsemixer step: argmax of ``masked``; its softmax weight among logits within the relative margin."""
+    threshold, index = masked.max(dim=-1, keepdim=True)
+    factor = scores.abs().clamp(min=threshold)
+    outside = ((threshold - scores) / factor) > (2 * eps)
+    gates = torch.softmax(masked.masked_fill(outside, NEG_INF), dim=-1)
+    return gates.gather(dim=-1, index=index), index
+
+
+def _sparsemixer_route(router, logits, k, blocked, forced):
+    scores = _blocked(logits, blocked)
+    eps = router.router_jitter_noise
+    w1, i1 = _sparsemixer_pick(scores, scores, eps)
+    w2, i2 = _sparsemixer_pick(scores, torch.scatter(scores, -1, i1, NEG_INF), eps)
+    return torch.cat((w1, w2), dim=-1), torch.cat((i1, i2), dim=-1)
+
+
+_ROUTES = {
+    "softmax": _softmax_route, "deepseek_v2": _deepseek_v2_route, "deepseek_v3": _deepseek_v3_route,
+    "topk_softmax": _topk_softmax_route, "topk_sigmoid": _topk_sigmoid_route, "sparsemixer": _sparsemixer_route,
+}
+
+
+def check_edit(router: nn.Module, edit: RoutingEdit) -> None:
+    """Raise :class:`RoutingEditError` up front for an edit ``router``'s family cannot express."""
+    fam = family(router)
+    k = edit.top_k or FIXED_TOP_K.get(fam, router.top_k)
+    if fam in FIXED_TOP_K and (edit.forced or k != FIXED_TOP_K[fam]):
+        raise RoutingEditError(
+            f"{type(router).__name__} always selects {FIXED_TOP_K[fam]} experts (PhiMoE's sparsemixer): it cannot "
+            "force experts or change top_k; blocking and zeroing work")
+    if len(edit.forced) > k:
+        raise RoutingEditError(f"cannot force {len(edit.forced)} experts into a top-{k} selection")
 
 
 def route(router: nn.Module, logits: torch.Tensor, edit: RoutingEdit = RoutingEdit()) -> tuple[torch.Tensor, torch.Tensor]:
     """(top_k_weights [T,k], top_k_index [T,k]) that ``router`` picks from ``logits`` [T,E] under ``edit``."""
-    k = edit.top_k or router.top_k
-    weights, idx = _ROUTES[family(router)](router, logits, k, tuple(edit.blocked), tuple(edit.forced))
+    check_edit(router, edit)
+    fam = family(router)
+    k = edit.top_k or FIXED_TOP_K.get(fam, router.top_k)
+    weights, idx = _ROUTES[fam](router, logits, k, tuple(edit.blocked), tuple(edit.forced))
+    if edit.zeroed:
+        weights = weights.masked_fill(torch.isin(idx, torch.tensor(edit.zeroed, device=idx.device)), 0.0)
     return weights.to(logits.dtype), idx
 
 
+def probabilities(router: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The router's per-expert scores: sigmoid(logits) for sigmoid routers, else softmax(logits) over experts."""
+    if family(router) in SIGMOID_FAMILIES:
+        return logits.float().sigmoid()
+    return logits.float().softmax(dim=-1)
+
+
+def decision(router: nn.Module, output) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [T,E], weights [T,k], index [T,k]) from a router module's output.
+
+    Most routers return that triple. Llama 4's returns (dense scores [T,E], logits): the index is the router's
+    own ``topk`` of the logits, over the finite ones when an edit has set the logits outside its selection to
+    -inf (see :func:`routing_hook`).
+    """
+    if family(router) != "topk_sigmoid":
+        return output
+    scores, logits = output
+    finite = torch.isfinite(logits).sum(dim=1)
+    k = router.top_k if bool((finite == logits.shape[1]).all()) else int(finite.max())
+    idx = torch.topk(logits, k, dim=1)[1]
+    return logits, scores.gather(1, idx), idx
+
+
+def _repack(router: nn.Module, logits, weights, idx, like):
+    """The router module's own output convention for an edited decision. Llama 4's dense scores cannot carry
+    the selection of a zeroed expert or a changed k, so its logits are set to -inf outside the selection."""
+    if family(router) != "topk_sigmoid":
+        return logits, weights, idx
+    scores = torch.zeros_like(like[0]).scatter_(1, idx, weights.to(like[0].dtype))
+    selected = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
+    return scores, logits.masked_fill(~selected, NEG_INF)
+
+
 def routing_hook(edit: RoutingEdit):
-    """Forward hook for a router module: replace its (weights, index) by the edited routing.
+    """Forward hook for a router module: replace its decision by the edited routing.
 
     Tokens outside ``edit.tokens`` keep the router's own decision (only possible when k is unchanged).
     """
 
     def hook(router: nn.Module, args, output):
-        logits, weights, idx = output
+        logits, weights, idx = decision(router, output)
         new_w, new_idx = route(router, logits, edit)
         if edit.tokens is not None:
             if new_idx.shape != idx.shape:
-                raise ValueError("a per-token routing edit cannot change top_k")
+                raise RoutingEditError("a per-token routing edit cannot change top_k")
             keep = ~edit.tokens.to(idx.device).view(-1, 1)
             new_w = torch.where(keep, weights, new_w.to(weights.dtype))
             new_idx = torch.where(keep, idx, new_idx)
         if edit.blocked and edit.tokens is None:
             logits = logits.clone()
             logits[:, list(edit.blocked)] = NEG_INF
-        return logits, new_w.to(weights.dtype), new_idx
+        return _repack(router, logits, new_w.to(weights.dtype), new_idx, output)
 
     return hook
