@@ -31,6 +31,8 @@ class Family:
     'rms_offset' (gamma = 1 + w) or 'layer' (LayerNorm: centred, with bias). ``residual_multiplier``: m is
     ``config.residual_multiplier`` (else 1). ``logits_divisor``: the config attribute d (else 1).
     ``experts_implementation``: whether the experts module accepts transformers' experts_implementation.
+    ``router_bias``: an attribute of the MoE block that the block passes to the router as its second argument.
+    ``routed_scale``: an attribute of the MoE block that multiplies the routed experts' summed output.
     """
 
     model_type: str
@@ -43,7 +45,13 @@ class Family:
     residual_multiplier: bool = False
     logits_divisor: str | None = None
     experts_implementation: bool = True
+    router_bias: str | None = None
+    routed_scale: str | None = None
     quirks: str = ""
+
+
+#: Expert kinds that store gate_up_proj as [E, H, 2I] and down_proj as [E, I, H] (x @ W rather than W x).
+TRANSPOSED_EXPERTS = ("gpt_oss", "llama4", "transposed")
 
 
 def _families(*families: Family) -> dict[str, Family]:
@@ -83,6 +91,47 @@ FAMILIES: dict[str, Family] = _families(
     Family("granitemoeshared", mlp="block_sparse_moe", router="router", layer_ffn="shared_mlp",
            residual_multiplier=True, logits_divisor="logits_scaling",
            quirks="as GraniteMoe, plus an ungated shared MLP (fused input_linear) beside the MoE block"),
+    Family("granitemoe_swa", mlp="block_sparse_moe", router="router", layer_ffn="shared_mlp",
+           residual_multiplier=True, logits_divisor="logits_scaling",
+           quirks="as GraniteMoeShared, plus sliding-window layers with attention sinks applied as a "
+                  "log-sum-exp scaling of the attention output"),
+    Family("granitemoehybrid", mlp="block_sparse_moe", router="router", layer_ffn="shared_mlp",
+           residual_multiplier=True, logits_divisor="logits_scaling",
+           quirks="as GraniteMoeShared, with Mamba-2 mixer layers (heads = SSM heads before out_proj, after the "
+                  "gated group norm) beside attention layers without position embeddings"),
+    Family("glm4_moe_lite", quirks="DeepSeek-V3 routing; multi-head latent attention (v_head_dim heads); "
+                                   "ungated shared experts"),
+    Family("solar_open", quirks="DeepSeek-V3 routing (sigmoid, correction bias, groups, scaling); ungated "
+                                "shared experts"),
+    Family("exaone_moe", quirks="DeepSeek-V3 routing; ungated shared experts; sliding-window layers; "
+                                "leading dense layers"),
+    Family("mimo_v2_flash", quirks="DeepSeek-V3 routing without shared experts; sliding-window layers with "
+                                   "attention sinks and doubled KV heads; v_head_dim != head_dim; value scaling"),
+    Family("mellum", quirks="softmax top-k router (norm_topk_prob); sliding-window layers"),
+    Family("flint", quirks="sigmoid top-k router without bias (renormalised); ungated shared expert; "
+                           "sliding-window layers; leading dense layers"),
+    Family("hunyuan_v1_moe", quirks="softmax top-k router (gate.wg, always renormalised); ungated shared MLP; "
+                                    "q/k norms inside attention"),
+    Family("ernie4_5_moe", quirks="softmax router whose choice adds a correction bias (moe_statics); weights "
+                                  "renormalised with a clamp (moe_norm_min); ungated shared experts"),
+    Family("minimax_m2", router_bias="e_score_correction_bias",
+           quirks="sigmoid router whose correction bias lives on the MoE block and is passed to the router call; "
+                  "renormalised weights; q/k norms inside attention"),
+    Family("hy_v3", router_bias="e_score_correction_bias",
+           quirks="sigmoid router with the block's correction bias passed in, renormalised and scaled by "
+                  "router_scaling_factor; ungated shared experts (the optional fp32 combine of routed and shared "
+                  "outputs rounds to float32)"),
+    Family("deepseek_v32", quirks="DeepSeek-V3 routing; DeepSeek sparse attention (an indexer selects each "
+                                  "query's keys; heads still sum through o_proj); multi-head latent attention"),
+    Family("glm_moe_dsa", quirks="DeepSeek-V3 routing; DeepSeek sparse attention (indexer-selected keys); "
+                                 "multi-head latent attention; ungated shared experts"),
+    Family("axk2", quirks="DeepSeek-V3-style sigmoid router (correction bias, scaling, no groups in the Light "
+                          "release); DeepSeek sparse attention; gated RMSNorms before attention and MoE"),
+    Family("laguna", routed_scale="routed_scaling_factor",
+           quirks="sigmoid router on soft-capped logits with a correction bias; routed experts' sum scaled by "
+                  "moe_routed_scaling_factor; per-layer head counts; softplus head gates; sliding-window layers"),
+    Family("aria_text", router="router", experts="transposed",
+           quirks="top-k of logits then softmax; experts stored [E, H, 2I] (x @ W); ungated shared experts"),
     Family("phimoe", router="router", final_norm="layer",
            quirks="sparsemixer top-2 routing (inference path; forcing and top_k edits refused); LayerNorm "
                   "(centring and bias folded into the readout); lm_head bias"),
@@ -90,6 +139,8 @@ FAMILIES: dict[str, Family] = _families(
     Family("qwen2", moe=False, quirks="q/k/v biases inside attention"),
     Family("mistral", moe=False),
     Family("qwen3", moe=False, quirks="q/k norms inside attention"),
+    Family("gemma", moe=False, final_norm="rms_offset",
+           quirks="embeddings times sqrt(hidden) (embed = input of layer 0); (1 + w) RMSNorm; GeLU MLP"),
 )
 
 _POST_NORMS = ("post-norm: each attention and MLP output is normalised before it is added to the residual "
@@ -101,48 +152,36 @@ REFUSED: dict[str, str] = {
     "beam": _POST_NORMS + " (sandwich norms)",
     "kolibri1": _POST_NORMS + " (post-attention/post-MLP norms)",
     "axk1": "a norm on the MoE output (post_mlp_layernorm) makes expert contributions non-additive",
-    "axk2": "gated input norms and a gated router the kit does not reproduce",
     "gemma4": "multimodal class; its text model uses sandwich norms and per-layer inputs",
     "gemma4_text": _POST_NORMS + " (sandwich norms), plus per-layer input embeddings",
     "jetmoe": "attention is itself a mixture of experts (JetMoeMoA): heads are routed per token, not fixed",
-    "dbrx": "fused attention and experts under different module names (transformer.blocks, ffn.experts.mlp) "
-            "and a LayerNorm without bias: not mapped",
-    "minimax": "lightning (linear) attention layers with a decay-weighted state the kit does not decompose",
-    "minimax_m2": "the router's correction bias is passed in by the MoE block at call time: not yet mapped",
-    "minimax_m3_vl_text": "sparse attention cache layers and a block-level correction bias: not mapped",
-    "jamba": "Mamba mixer layers and no model.model.norm/rotary layout: not mapped",
+    "dbrx": "another module layout (transformer.blocks, norm_attn_norm, ffn.experts.mlp) with experts stored as "
+            "flat w1/v1/w2 matrices, not the fused gate_up_proj/down_proj layout: not mapped",
+    "minimax": "no additive residual stream: each layer's residual is its input *after* the input norm, mixed "
+               "with the attention/MLP output by alpha/beta factors; lightning-attention layers",
+    "minimax_m3_vl_text": "not yet mapped: clamped-SwiGLU experts and a clamped-SwiGLU shared MLP on a fused "
+                          "Linear (swiglu_alpha/limit), a block-level routed scaling, block-sparse attention "
+                          "with an indexer",
+    "jamba": "Mamba-1 mixer layers have no heads: inhibiting a mixer 'head' is not exact (head-inhibition test "
+             "fails); also feed_forward/pre_ff_layernorm/final_layernorm module names: not yet supported",
     "nemotron_h": "hybrid Mamba-2/attention/MoE blocks under one 'mixer' per layer with latent projections",
-    "granitemoehybrid": "Mamba-2 mixer layers (GraniteMoeHybridMambaLayer): not mapped",
-    "granitemoe_swa": "attention sinks with per-layer sliding windows and its own router/shared MLP layout: "
-                      "not yet verified",
     "bailing_hybrid": "linear-attention layers with forget gates (BailingHybridForgetGate): not mapped",
     "kimi_linear": "Kimi delta attention with forget gates (KimiLinearForgetGate): not mapped",
     "lfm2_moe": "short-convolution mixer layers (Lfm2MoeShortConv): not mapped",
     "zaya": "an MLP router (ZayaRouterMLP) with state across layers: not mapped",
     "deepseek_v4": "hyper-connections (several residual streams mixed per layer) and a hash router",
     "qwen4_exp": "hyper-connections (gated residual mixing) instead of one additive residual stream",
-    "inkling_text": "short convolutions on the residual stream and normed embeddings",
+    "inkling_text": "short causal convolutions over positions on each attention and MLP output before the "
+                    "residual add: a position's contribution mixes other positions' heads and experts",
     "inkling2_text": "block attention residuals, short convolutions and logit soft-capping",
     "longcat_flash": "two attention and two MLP sub-blocks per layer plus zero-computation experts",
-    "doge": "cross-domain product-key MoE (DogeCDMoE) without a top-k router module",
+    "doge": "product-key retrieval of single-neuron experts (DogeCDMoE: embedding tables, no router module, "
+            "and router logits that mix tokens across the batch): not mapped",
     "dots3_note": "multimodal class with per-layer attention configs",
     "dots3_note_text": "per-layer attention configs (config attributes vary by layer): not mapped",
-    "deepseek_v32": "DeepSeek sparse attention (indexer-selected keys): not yet verified",
-    "glm_moe_dsa": "DeepSeek sparse attention (indexer-selected keys): not yet verified",
-    "glm4_moe_lite": "not yet verified (multi-head latent attention variant of GLM-4-MoE)",
-    "exaone_moe": "not yet verified (DeepSeek-V3-style router; sliding-window layers)",
-    "solar_open": "not yet verified (DeepSeek-V3-style router)",
-    "mimo_v2_flash": "not yet verified (DeepSeek-V3-style router without shared experts; sink attention)",
-    "hy_v3": "the router's correction bias is passed in by the MoE block at call time: not yet mapped",
-    "hy_v4": "not yet verified (unweighted norms)",
-    "hunyuan_v1_moe": "not yet verified (router weight under gate.wg; per-layer expert counts)",
-    "ernie4_5_moe": "not yet verified (softmax router with a correction bias and clamped renormalisation)",
-    "cohere2_moe": "parallel attention and MLP from one LayerNorm, with logit scaling: not yet verified",
-    "aria_text": "multimodal text model with its own experts layout: not yet verified",
-    "laguna": "router logit soft-capping and a routed scaling on the experts' sum: not yet verified",
-    "mellum": "not yet verified (Qwen3-MoE-like)",
-    "flint": "not yet verified",
-    "afmoe_text": _POST_NORMS,
+    "hy_v4": "hyper-connections (attn_hc/ffn_hc mix several residual streams per layer)",
+    "cohere2_moe": "not yet mapped: attention and MoE run in parallel on one LayerNorm output (no post-attention "
+                   "norm), logits are multiplied by logit_scale, shared and routed outputs may be averaged",
 }
 
 
@@ -189,7 +228,8 @@ class LayerParts:
     the whole FFN of a dense layer; ``None`` for MoE layers without one. ``ffn_gate`` is the ``Linear(H, 1)``
     whose sigmoid scales the shared expert; ``None`` means gate 1. ``residual_scale`` multiplies both the
     mixer's and the MLP's outputs before they are added to the residual stream. ``expert_kind`` names the
-    expert maths.
+    expert maths. ``router_extra``: further arguments the block passes to the router (MiniMax-M2's bias).
+    ``routed_scale``: a block-level factor on the routed experts' sum (Laguna).
     """
 
     index: int
@@ -206,6 +246,8 @@ class LayerParts:
     residual_scale: float = 1.0
     expert_kind: str = "fused"
     ffn_in_block: bool = True
+    router_extra: tuple = ()
+    routed_scale: float = 1.0
 
     @property
     def is_moe(self) -> bool:
@@ -224,33 +266,43 @@ def _decoder(model: nn.Module) -> nn.Module:
 
 def _always_on_mlp(mlp: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
     """(ffn, ffn_gate) of an MLP block: the shared expert and its gate, or the dense MLP itself."""
-    for name in ("shared_expert", "shared_experts"):
+    for name in ("shared_expert", "shared_experts", "shared_mlp"):
         if getattr(mlp, name, None) is not None:
             return getattr(mlp, name), getattr(mlp, "shared_expert_gate", None)
     if hasattr(mlp, "experts"):
         return None, None
-    if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj")):
+    if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj")) or hasattr(mlp, "input_linear"):
         return mlp, None
     raise ArchitectureError(f"unsupported MLP block {type(mlp).__name__}")
 
 
 def _mixer(layer: nn.Module) -> tuple[nn.Module, nn.Linear, int | None]:
     """(token mixer, its output projection, its head count or None for the config's)."""
-    if hasattr(layer, "self_attn"):
-        return layer.self_attn, layer.self_attn.o_proj, None
-    if hasattr(layer, "linear_attn"):  # gated DeltaNet: one slice of out_proj's input per value head
+    if getattr(layer, "self_attn", None) is not None:  # a per-layer head count (Laguna) is the module's num_heads
+        return layer.self_attn, layer.self_attn.o_proj, getattr(layer.self_attn, "num_heads", None)
+    if getattr(layer, "linear_attn", None) is not None:  # gated DeltaNet: one slice of out_proj's input per value head
         return layer.linear_attn, layer.linear_attn.out_proj, int(layer.linear_attn.num_v_heads)
-    raise ArchitectureError(f"no token mixer (self_attn / linear_attn) in {type(layer).__name__}")
+    if getattr(layer, "mamba", None) is not None:  # Mamba-2: one slice of out_proj's input per SSM head
+        return layer.mamba, layer.mamba.out_proj, int(layer.mamba.num_heads)
+    raise ArchitectureError(f"no token mixer (self_attn / linear_attn / mamba) in {type(layer).__name__}")
+
+
+def has_attention_everywhere(parts: list[LayerParts]) -> bool:
+    """True when every layer mixes tokens with softmax attention (so every layer has an attention pattern)."""
+    return all(getattr(p.layer, "self_attn", None) is p.attn for p in parts)
 
 
 def _layer_parts(index: int, layer: nn.Module, fam: Family, config) -> LayerParts:
-    mlp = getattr(layer, fam.mlp)
+    mlp = getattr(layer, fam.mlp, None)
+    if mlp is None and fam.layer_ffn is not None:  # GraniteMoeHybrid without experts: the shared MLP is the FFN
+        mlp = getattr(layer, fam.layer_ffn)
     experts = getattr(mlp, "experts", None)
     if experts is not None and not hasattr(experts, "gate_up_proj"):
         raise ArchitectureError(
             f"layer {index}: experts of {type(mlp).__name__} are not fused (gate_up_proj); transformers>=5 is required"
         )
     beside = getattr(layer, fam.layer_ffn, None) if fam.layer_ffn else None
+    beside = None if beside is mlp else beside
     ffn, ffn_gate = (beside, None) if beside is not None else _always_on_mlp(mlp)
     attn, o_proj, n_heads = _mixer(layer)
     return LayerParts(
@@ -259,6 +311,8 @@ def _layer_parts(index: int, layer: nn.Module, fam: Family, config) -> LayerPart
         ffn=ffn, ffn_gate=ffn_gate, n_heads=n_heads or int(config.num_attention_heads),
         residual_scale=float(config.residual_multiplier) if fam.residual_multiplier else 1.0,
         expert_kind=fam.experts, ffn_in_block=beside is None,
+        router_extra=(getattr(mlp, fam.router_bias),) if fam.router_bias and experts is not None else (),
+        routed_scale=float(getattr(mlp, fam.routed_scale)) if fam.routed_scale and experts is not None else 1.0,
     )
 
 
@@ -331,7 +385,7 @@ def num_experts(model: nn.Module) -> int:
 def expert_down(parts: LayerParts, e: int) -> torch.Tensor:
     """W_down of routed expert ``e``, shape [hidden, expert_width] (whatever the class's storage layout)."""
     w = parts.experts.down_proj[e]
-    return w.T if parts.expert_kind in ("gpt_oss", "llama4") else w
+    return w.T if parts.expert_kind in TRANSPOSED_EXPERTS else w
 
 
 def ffn_down(parts: LayerParts) -> nn.Linear:

@@ -11,7 +11,8 @@ Names follow the residual stream (batch-first, one chosen position ``pos[b]`` pe
     expert_out[l][:, j] = expert_coef[l][:, j] @ W_down[topk_index[l][:, j]].T (+ expert bias)
 
 Every term is what the model adds to the residual stream: a class's residual multiplier m (Granite) is folded
-into attn_out, head_out, attn_bias, mlp_out, expert_scale and ffn_gate. ``expert_scale`` is topk_weight * m,
+into attn_out, head_out, attn_bias, mlp_out, expert_scale and ffn_gate. ``expert_scale`` is topk_weight * m
+(times a block-level routed scaling, Laguna),
 except for Llama 4, which scales each expert's *input* by its weight: there coef = act(g) * u of the scaled
 input and expert_scale = 1. ``ffn_*`` is the always-on MLP: the shared expert of an MoE layer or the FFN of a
 dense layer (gate 1 when the model has no shared-expert gate). Expert coefficients and outputs are recomputed
@@ -87,7 +88,7 @@ def mlp_coefficients(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _gate_up(experts: nn.Module, x: torch.Tensor, e: int, kind: str) -> torch.Tensor:
     """act(g) * u for expert e: 'fused' gate_up_proj [E,2I,H] (halves), 'gpt_oss' [E,H,2I] + bias, interleaved,
-    the module's own clamped SwiGLU, 'llama4' [E,H,2I] (halves)."""
+    the module's own clamped SwiGLU, 'llama4' and 'transposed' (Aria) [E,H,2I] (halves)."""
     if kind == "fused":
         gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
         return experts.act_fn(gate) * up
@@ -104,7 +105,7 @@ def expert_coefficients(
 
     ``kind='llama4'`` needs ``weights``: Llama 4 feeds expert j the scaled input weights[b, j] * x[b].
     """
-    width = experts.down_proj.shape[1 if kind in ("gpt_oss", "llama4") else -1]
+    width = experts.down_proj.shape[1 if kind in arch.TRANSPOSED_EXPERTS else -1]
     out = x.new_empty(*index.shape, width)
     for e in index.unique().tolist():
         rows, slots = torch.where(index == e)
@@ -115,7 +116,7 @@ def expert_coefficients(
 
 def expert_outputs(experts: nn.Module, coef: torch.Tensor, index: torch.Tensor, kind: str = "fused") -> torch.Tensor:
     """out[b, j] = down_proj[index[b, j]] @ coef[b, j] (+ its bias for gpt-oss); shape [B, k, H]."""
-    transposed = kind in ("gpt_oss", "llama4")
+    transposed = kind in arch.TRANSPOSED_EXPERTS
     out = coef.new_empty(*index.shape, experts.down_proj.shape[-1 if transposed else 1])
     for e in index.unique().tolist():
         rows, slots = torch.where(index == e)
@@ -204,7 +205,8 @@ def _layer_capture(p: arch.LayerParts, s: dict) -> LayerCapture:
             cap.expert_coef = expert_coefficients(p.experts, x, cap.topk_index, p.expert_kind, cap.topk_weight)
             cap.expert_out = expert_outputs(p.experts, cap.expert_coef, cap.topk_index, p.expert_kind)
             unit = p.expert_kind == "llama4"  # the weight already scaled the expert's input
-            cap.expert_scale = torch.full_like(cap.topk_weight, m) if unit else m * cap.topk_weight
+            scale = m * p.routed_scale
+            cap.expert_scale = torch.full_like(cap.topk_weight, scale) if unit else scale * cap.topk_weight
         if p.ffn is not None:
             cap.ffn_coef = mlp_coefficients(p.ffn, x)
             cap.ffn_out = arch.ffn_down(p)(cap.ffn_coef)
@@ -242,10 +244,10 @@ def capture(
         positions = last_positions(attention_mask)
     parts = arch.layers(model)
     batch = input_ids.shape[0]
-    if attentions and any(not hasattr(p.layer, "self_attn") for p in parts):
+    if attentions and not arch.has_attention_everywhere(parts):
         raise arch.ArchitectureError(
-            f"{type(model).__name__} mixes linear-attention layers with attention: it has no attention pattern "
-            "for every layer (run without attentions)")
+            f"{type(model).__name__} mixes linear-attention or Mamba layers with attention: it has no attention "
+            "pattern for every layer (run without attentions)")
     rec = _Recorder(positions, tuple(input_ids.shape))
     with hooked([(arch.final_norm(model), "pre", rec.input("final")), *_hooks(parts, rec)]):
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=attentions, use_cache=False)

@@ -4,13 +4,21 @@ Each router family of transformers 5 is re-implemented from its logits, in the r
 so that an edit changes only what it names. With no edit, :func:`route` returns exactly what the router module
 returns (tested per class, float64, bit for bit on the index).
 
-- softmax (OLMoE, Qwen2/3-MoE, Qwen3-Next, Mixtral): p = softmax(logits); idx = top_k(p); w = p[idx],
-  renormalised when ``norm_topk_prob`` (routers without that attribute: always).
+- softmax (OLMoE, Qwen2/3-MoE, Qwen3-Next, Mixtral, Mellum, HunYuan-MoE): p = softmax(logits); idx = top_k(p);
+  w = p[idx], renormalised when ``norm_topk_prob`` (routers without that attribute: always).
+- softmax_bias (ERNIE 4.5 MoE): p = softmax(logits); idx = top_k(p + e_score_correction_bias);
+  w = p[idx] / max(sum p[idx], moe_norm_min).
+- sigmoid_topk (Flint): s = sigmoid(logits); idx = top_k(s); w = s[idx], renormalised when ``norm_topk_prob``.
 - deepseek_v2: p = softmax(logits); greedy or group-limited top-k; w = p[idx] * routed_scaling_factor.
-- deepseek_v3 (DeepSeek-V3, GLM-4-MoE, dots1): s = sigmoid(logits); choice = s + e_score_correction_bias,
-  limited to the top groups (sum of each group's two best); w = s[idx] (renormalised when ``norm_topk_prob``)
+- deepseek_v3 (DeepSeek-V3/V3.2, GLM-4-MoE(-Lite, -DSA), dots1, Solar-Open, EXAONE-MoE, MiMo-V2-Flash, A.X-K2):
+  s = sigmoid(logits); choice = s + e_score_correction_bias, limited to the top groups (sum of each group's two
+  best; no groups when num_group is None); w = s[idx] (renormalised when ``norm_topk_prob``)
   * routed_scaling_factor.
-- topk_softmax (gpt-oss with its router bias, Granite-MoE): idx = top_k(logits); w = softmax(logits[idx]).
+- block_bias (MiniMax-M2, HY-V3): s = sigmoid(logits); idx = top_k(s + bias) with the correction bias the MoE
+  block passes to the router call; w = s[idx] renormalised (HY-V3: + 1e-20, times router_scaling_factor).
+- sigmoid_bias (Laguna): s = sigmoid(logits) (the router returns soft-capped logits); idx = top_k(s + bias);
+  w = s[idx] renormalised.
+- topk_softmax (gpt-oss with its router bias, Granite-MoE, Aria): idx = top_k(logits); w = softmax(logits[idx]).
 - topk_sigmoid (Llama 4): idx = top_k(logits); w = sigmoid(logits[idx]); the module returns dense scores
   [T, E] (0 off the top-k) and multiplies each expert's *input* by its score.
 - sparsemixer (PhiMoE, inference path): top-2 only; expert 1 = argmax, w1 = softmax over the logits within a
@@ -33,15 +41,25 @@ NEG_INF = float("-inf")
 ROUTER_FAMILIES: dict[str, str] = {
     "OlmoeTopKRouter": "softmax", "Qwen2MoeTopKRouter": "softmax", "Qwen3MoeTopKRouter": "softmax",
     "MixtralTopKRouter": "softmax", "Qwen3NextTopKRouter": "softmax", "Qwen3_5MoeTopKRouter": "softmax",
+    "MellumTopKRouter": "softmax", "HunYuanMoEV1Gate": "softmax",
+    "Ernie4_5_MoeTopKRouter": "softmax_bias",
+    "FlintTopKRouter": "sigmoid_topk",
+    "MiniMaxM2TopKRouter": "block_bias", "HYV3TopKRouter": "block_bias",
+    "LagunaTopKRouter": "sigmoid_bias",
     "DeepseekV2TopkRouter": "deepseek_v2",
     "DeepseekV3TopkRouter": "deepseek_v3", "Glm4MoeTopkRouter": "deepseek_v3", "Dots1TopkRouter": "deepseek_v3",
+    "Glm4MoeLiteTopkRouter": "deepseek_v3", "SolarOpenTopkRouter": "deepseek_v3", "ExaoneMoeTopkRouter": "deepseek_v3",
+    "MiMoV2FlashTopkRouter": "deepseek_v3", "DeepseekV32TopkRouter": "deepseek_v3", "GlmMoeDsaTopkRouter": "deepseek_v3",
+    "AXK2TopkRouter": "deepseek_v3",
     "GptOssTopKRouter": "topk_softmax", "GraniteMoeTopKRouter": "topk_softmax",
-    "GraniteMoeSharedTopKRouter": "topk_softmax",
+    "GraniteMoeSharedTopKRouter": "topk_softmax", "GraniteMoeSWATopKRouter": "topk_softmax",
+    "GraniteMoeHybridTopKRouter": "topk_softmax",
+    "AriaTextTopKRouter": "topk_softmax",
     "Llama4Router": "topk_sigmoid",
     "PhimoeTopKRouter": "sparsemixer",
 }
 #: Families whose router scores are sigmoids rather than a softmax over experts.
-SIGMOID_FAMILIES = ("deepseek_v3", "topk_sigmoid")
+SIGMOID_FAMILIES = ("deepseek_v3", "topk_sigmoid", "sigmoid_topk", "block_bias", "sigmoid_bias")
 #: Families that select a fixed number of experts whatever the config says.
 FIXED_TOP_K = {"sparsemixer": 2}
 
@@ -96,6 +114,45 @@ def _softmax_route(router, logits, k, blocked, forced):
     return weights, idx
 
 
+def _softmax_bias_route(router, logits, k, blocked, forced):
+    probs = torch.softmax(_blocked(logits.float(), blocked), dim=1)
+    choice = _blocked(router.moe_statics(probs), blocked)  # probs + e_score_correction_bias
+    idx = _select(choice, k, forced)
+    weights = probs.gather(1, idx)
+    return weights / torch.clamp(weights.sum(dim=-1, keepdim=True), min=router.norm_min), idx
+
+
+def _sigmoid_topk_route(router, logits, k, blocked, forced):
+    scores = logits.float().sigmoid()
+    if forced:
+        idx = _select(_blocked(scores, blocked), k, forced)
+        weights = scores.gather(1, idx)
+    else:
+        weights, idx = torch.topk(_blocked(scores, blocked), k, dim=-1)
+    if router.norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, idx
+
+
+def _sigmoid_bias_route(router, logits, k, blocked, forced):
+    scores = logits.float().sigmoid()
+    idx = _select(_blocked(scores + router.e_score_correction_bias.to(scores.dtype), blocked), k, forced)
+    weights = scores.gather(-1, idx)
+    return weights / weights.sum(dim=-1, keepdim=True), idx
+
+
+def _block_bias_route(router, logits, k, blocked, forced, bias=None):
+    if bias is None:
+        raise RoutingEditError(f"{type(router).__name__} needs the correction bias its MoE block passes to it")
+    scores = logits.float().sigmoid()
+    idx = _select(_blocked(scores + bias, blocked), k, forced, sorted_=False)
+    weights = scores.gather(1, idx)
+    scaling = getattr(router, "router_scaling_factor", None)
+    if scaling is None:
+        return weights / weights.sum(dim=-1, keepdim=True), idx
+    return weights / (weights.sum(dim=-1, keepdim=True) + 1e-20) * scaling, idx
+
+
 def _group_mask(scores: torch.Tensor, router, per_group_score) -> torch.Tensor:
     n_group = router.num_group
     grouped = scores.view(-1, n_group, router.num_experts // n_group)
@@ -117,9 +174,10 @@ def _deepseek_v2_route(router, logits, k, blocked, forced):
 def _deepseek_v3_route(router, logits, k, blocked, forced):
     scores = logits.float().sigmoid()
     choice = _blocked(scores + router.e_score_correction_bias, blocked)
-    choice = choice.masked_fill(
-        ~_group_mask(choice, router, lambda g: g.topk(2, dim=-1)[0].sum(dim=-1)), NEG_INF
-    )
+    if router.num_group is not None:  # A.X-K2-Light routes without groups
+        choice = choice.masked_fill(
+            ~_group_mask(choice, router, lambda g: g.topk(2, dim=-1)[0].sum(dim=-1)), NEG_INF
+        )
     idx = _select(choice, k, forced, sorted_=False)
     weights = scores.gather(1, idx)
     if router.norm_topk_prob:
@@ -140,7 +198,8 @@ def _topk_softmax_route(router, logits, k, blocked, forced):
 
 def _topk_sigmoid_route(router, logits, k, blocked, forced):
     top, idx = _topk_logits(logits, k, blocked, forced)
-    return torch.sigmoid(top.float()), idx
+    dense = torch.full_like(logits, NEG_INF).scatter_(1, idx, top)  # sigmoid on the router's own [T, E] shape:
+    return torch.sigmoid(dense.float()).gather(1, idx), idx        # float32 kernels round per shape
 
 
 def _sparsemixer_pick(scores: torch.Tensor, masked: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +220,9 @@ def _sparsemixer_route(router, logits, k, blocked, forced):
 
 
 _ROUTES = {
-    "softmax": _softmax_route, "deepseek_v2": _deepseek_v2_route, "deepseek_v3": _deepseek_v3_route,
+    "softmax": _softmax_route, "softmax_bias": _softmax_bias_route, "sigmoid_topk": _sigmoid_topk_route,
+    "deepseek_v2": _deepseek_v2_route, "deepseek_v3": _deepseek_v3_route, "block_bias": _block_bias_route,
+    "sigmoid_bias": _sigmoid_bias_route,
     "topk_softmax": _topk_softmax_route, "topk_sigmoid": _topk_sigmoid_route, "sparsemixer": _sparsemixer_route,
 }
 
@@ -178,12 +239,18 @@ def check_edit(router: nn.Module, edit: RoutingEdit) -> None:
         raise RoutingEditError(f"cannot force {len(edit.forced)} experts into a top-{k} selection")
 
 
-def route(router: nn.Module, logits: torch.Tensor, edit: RoutingEdit = RoutingEdit()) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top_k_weights [T,k], top_k_index [T,k]) that ``router`` picks from ``logits`` [T,E] under ``edit``."""
+def route(
+    router: nn.Module, logits: torch.Tensor, edit: RoutingEdit = RoutingEdit(), bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top_k_weights [T,k], top_k_index [T,k]) that ``router`` picks from ``logits`` [T,E] under ``edit``.
+
+    ``bias``: the correction bias a block_bias router receives in its call (``LayerParts.router_extra``).
+    """
     check_edit(router, edit)
     fam = family(router)
     k = edit.top_k or FIXED_TOP_K.get(fam, router.top_k)
-    weights, idx = _ROUTES[fam](router, logits, k, tuple(edit.blocked), tuple(edit.forced))
+    extra = {"bias": bias} if fam == "block_bias" else {}
+    weights, idx = _ROUTES[fam](router, logits, k, tuple(edit.blocked), tuple(edit.forced), **extra)
     if edit.zeroed:
         weights = weights.masked_fill(torch.isin(idx, torch.tensor(edit.zeroed, device=idx.device)), 0.0)
     return weights.to(logits.dtype), idx
@@ -230,7 +297,7 @@ def routing_hook(edit: RoutingEdit):
 
     def hook(router: nn.Module, args, output):
         logits, weights, idx = decision(router, output)
-        new_w, new_idx = route(router, logits, edit)
+        new_w, new_idx = route(router, logits, edit, *args[1:2])
         if edit.tokens is not None:
             if new_idx.shape != idx.shape:
                 raise RoutingEditError("a per-token routing edit cannot change top_k")

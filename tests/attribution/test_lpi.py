@@ -81,7 +81,8 @@ def _units(model, parts, c):
     if c.topk_index is not None:
         for j, (e, g) in enumerate(zip(c.topk_index[0].tolist(), c.topk_weight[0].tolist())):
             out = reference_expert_output(parts, e, x, g)
-            factor = m * (1.0 if parts.expert_kind == "llama4" else g)
+            routed = getattr(parts.mlp, "routed_scaling_factor", 1.0)  # Laguna scales the experts' sum
+            factor = m * routed * (1.0 if parts.expert_kind == "llama4" else g)
             bias = parts.experts.down_proj_bias[e] if hasattr(parts.experts, "down_proj_bias") else 0.0
             units.append((e, g, factor, out, c.expert_coef[0, j], arch.expert_down(parts, e), bias))
     if c.ffn_out is not None:

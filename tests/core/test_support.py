@@ -84,6 +84,14 @@ def test_tiny_configs_switch_the_quirks_on():
         assert router.e_score_correction_bias.abs().sum() > 0
     phi = tiny_model("phimoe")
     assert phi.lm_head.bias is not None and isinstance(arch.final_norm(phi), torch.nn.LayerNorm)
+    laguna = arch.layers(tiny_model("laguna"))
+    assert len({p.n_heads for p in laguna}) == 2 and laguna[0].routed_scale != 1.0
+    assert laguna[0].router.router_logit_softcapping > 0
+    hybrid = arch.layers(tiny_model("granitemoehybrid"))
+    assert {type(p.attn).__name__ for p in hybrid} == {"GraniteMoeHybridMambaLayer", "GraniteMoeHybridAttention"}
+    for family in ("deepseek_v32", "glm_moe_dsa", "axk2"):
+        assert tiny_model(family).config.index_topk < 7  # the indexer really drops keys in a 7-token batch
+    assert arch.layers(tiny_model("hy_v3"))[0].router.router_scaling_factor != 1.0
 
 
 @pytest.mark.parametrize("family, change", [
@@ -108,7 +116,7 @@ def test_dense_layers_between_moe_layers(family, change):
     torch.testing.assert_close(dense.ffn_gate.unsqueeze(-1) * dense.ffn_out, dense.mlp_out, rtol=0, atol=1e-12)
 
 
-REFUSED_EXAMPLES = ["flex_olmo", "jetmoe", "minimax", "granitemoehybrid", "deepseek_v4"]
+REFUSED_EXAMPLES = ["flex_olmo", "jetmoe", "minimax", "dbrx", "deepseek_v4"]
 
 
 @pytest.mark.parametrize("model_type", REFUSED_EXAMPLES)

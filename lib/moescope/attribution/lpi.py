@@ -22,6 +22,7 @@ so there g_j = 1 and E_j is computed on the scaled input; the ``gate`` column is
 expert -1 with g = 1. Neuron scores use the identity Imp = d_w - logsumexp_v(lp_v + d_v) with
 d = s * g * m_k * P[:, k] and P = (W_U * gamma) @ W_down: each expert's vocabulary projection P is computed once
 per batch and shared by every prompt that selected it; [neurons x vocab] is never materialised at once.
+An expert's output bias (gpt-oss) counts in its ExpertGain but belongs to no neuron.
 """
 from __future__ import annotations
 
