@@ -10,10 +10,11 @@ import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from . import arch
 from .determinism import EXPERTS_IMPLEMENTATION
 
-MOE_FAMILIES = ("olmoe", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3")
-DENSE_FAMILIES = ("llama", "qwen2", "mistral")
+MOE_FAMILIES = tuple(arch.supported_families(moe=True))
+DENSE_FAMILIES = tuple(arch.supported_families(moe=False))
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,94 @@ def _common(shape: Shape) -> dict:
     )
 
 
+def _new_family_fields(family: str, shape: Shape) -> dict | None:
+    """Tiny configs of the families added after the first six, each with its quirks switched on (non-trivial
+    multipliers, biases, groups, scaling, sliding/chunked/linear attention layers) so the tests exercise them."""
+    head_dim = shape.hidden // shape.heads
+    routed = dict(num_experts_per_tok=shape.top_k, head_dim=head_dim)
+    local = routed | dict(num_local_experts=shape.experts, intermediate_size=shape.expert_width)
+    v3_routing = dict(n_routed_experts=shape.experts, n_shared_experts=1, moe_intermediate_size=shape.expert_width,
+                      intermediate_size=shape.shared_width, first_k_dense_replace=0, n_group=2, topk_group=1,
+                      routed_scaling_factor=2.5, norm_topk_prob=True)
+    linear_attention = dict(layer_types=["linear_attention", "full_attention"] * (shape.layers // 2)
+                            + ["linear_attention"] * (shape.layers % 2),
+                            linear_num_value_heads=shape.heads, linear_num_key_heads=shape.heads // 2,
+                            linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
+                            num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                            shared_expert_intermediate_size=shape.shared_width, intermediate_size=shape.shared_width)
+    shared = shape.shared_width
+    dsa = dict(kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, qk_head_dim=8,
+               v_head_dim=head_dim, index_topk=4, index_head_dim=8, index_n_heads=2,
+               mlp_layer_types=["sparse"] * shape.layers)
+    alternating = ["sliding_attention", "full_attention"] * (shape.layers // 2) + ["sliding_attention"] * (shape.layers % 2)
+    granite = local | dict(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625,
+                           logits_scaling=6.0)
+    fields = {
+        "gpt_oss": local | dict(swiglu_limit=0.05, sliding_window=4, attention_bias=True, layer_types=alternating,
+                                rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        "qwen3_next": routed | linear_attention | dict(norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]),
+        "qwen3_5_moe_text": routed | linear_attention,
+        "glm4_moe": routed | v3_routing | dict(use_qk_norm=True),
+        "dots1": routed | v3_routing | dict(layer_types=["full_attention"] * shape.layers),
+        "llama4_text": local | dict(intermediate_size_mlp=shape.shared_width, moe_layers=list(range(shape.layers)),
+                                    no_rope_layers=[int(i % 2 == 0) for i in range(shape.layers)],
+                                    attention_chunk_size=4, use_qk_norm=True),
+        "granitemoe": granite,
+        "granitemoeshared": granite | dict(shared_intermediate_size=shape.shared_width),
+        "phimoe": local | dict(attention_bias=True, lm_head_bias=True),
+        "granitemoe_swa": granite | dict(shared_intermediate_size=shared, sliding_window=4, layer_types=alternating),
+        "glm4_moe_lite": routed | v3_routing | dict(kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4,
+                                                    qk_nope_head_dim=4, qk_head_dim=8, v_head_dim=head_dim,
+                                                    mlp_layer_types=["sparse"] * shape.layers),
+        "solar_open": routed | v3_routing,
+        "exaone_moe": routed | v3_routing | dict(num_experts=shape.experts, num_shared_experts=1,
+                                                 sliding_window=4, layer_types=alternating,
+                                                 mlp_layer_types=["sparse"] * shape.layers),
+        "mimo_v2_flash": routed | v3_routing | dict(
+            v_head_dim=head_dim, sliding_window=4, layer_types=alternating, mlp_layer_types=["sparse"] * shape.layers,
+            num_key_value_heads=shape.heads // 2,  # sliding layers double the KV heads
+            rope_parameters={t: dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)
+                             for t in ("full_attention", "sliding_attention")}),
+        "mellum": local | dict(moe_intermediate_size=shape.expert_width, intermediate_size=shared,
+                               sliding_window=4, layer_types=alternating, mlp_layer_types=["sparse"] * shape.layers),
+        "flint": routed | dict(num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                               shared_expert_intermediate_size=shared, intermediate_size=shared,
+                               mlp_only_layers=[], decoder_sparse_step=1, sliding_window=4, layer_types=alternating),
+        "hunyuan_v1_moe": dict(num_experts=shape.experts, moe_topk=shape.top_k, intermediate_size=shape.expert_width,
+                               head_dim=head_dim, use_qk_norm=True),
+        "ernie4_5_moe": dict(moe_num_experts=shape.experts, moe_k=shape.top_k, moe_intermediate_size=shape.expert_width,
+                             moe_num_shared_experts=1, intermediate_size=shared, moe_layer_start_index=0,
+                             moe_layer_end_index=shape.layers - 1, moe_layer_interval=1, head_dim=head_dim),
+        "minimax_m2": local,
+        "hy_v3": routed | dict(num_experts=shape.experts, num_local_experts=shape.experts, num_shared_experts=1,
+                               moe_intermediate_size=shape.expert_width, intermediate_size=shared,
+                               router_scaling_factor=2.5, enable_moe_fp32_combine=False,
+                               mlp_layer_types=["sparse"] * shape.layers),
+        "laguna": routed | dict(num_experts=shape.experts, moe_intermediate_size=shape.expert_width,
+                                shared_expert_intermediate_size=shared, intermediate_size=shared,
+                                moe_routed_scaling_factor=2.5, moe_router_logit_softcapping=0.5, sliding_window=4,
+                                layer_types=alternating, mlp_layer_types=["sparse"] * shape.layers,
+                                num_attention_heads_per_layer=[shape.heads, shape.heads // 2] * (shape.layers // 2)
+                                + [shape.heads] * (shape.layers % 2), num_key_value_heads=shape.heads // 2),
+        "deepseek_v32": routed | v3_routing | dsa,
+        "glm_moe_dsa": routed | v3_routing | dsa,
+        "axk2": routed | v3_routing | dsa | dict(n_group=None, topk_group=None, gated_norm_rank=4),
+        "granitemoehybrid": granite | dict(
+            shared_intermediate_size=shared, layer_types=["linear_attention", "attention"] * (shape.layers // 2)
+            + ["linear_attention"] * (shape.layers % 2), mamba_n_heads=shape.heads, mamba_n_groups=1,
+            mamba_d_state=8, mamba_d_head=2 * shape.hidden // shape.heads, mamba_expand=2, mamba_chunk_size=4),
+        "aria_text": dict(moe_num_experts=shape.experts, moe_topk=shape.top_k, moe_num_shared_experts=1,
+                          intermediate_size=shape.expert_width, head_dim=head_dim),
+        "qwen3": dict(intermediate_size=shape.expert_width, head_dim=head_dim),
+        "gemma": dict(intermediate_size=shape.expert_width, head_dim=head_dim),
+    }
+    return fields.get(family)
+
+
 def _moe_fields(family: str, shape: Shape) -> dict:
+    newer = _new_family_fields(family, shape)
+    if newer is not None:
+        return newer
     routed = dict(num_experts_per_tok=shape.top_k)
     if family == "olmoe":
         return routed | dict(num_experts=shape.experts, intermediate_size=shape.expert_width)
@@ -66,12 +154,21 @@ def _moe_fields(family: str, shape: Shape) -> dict:
 def tiny_config(family: str, shape: Shape = Shape()) -> PretrainedConfig:
     """A small config of ``family`` (one of MOE_FAMILIES + DENSE_FAMILIES) with the given sizes."""
     if family in DENSE_FAMILIES:
-        fields = _common(shape) | dict(intermediate_size=shape.expert_width)
+        fields = _common(shape) | (_new_family_fields(family, shape) or dict(intermediate_size=shape.expert_width))
     elif family in MOE_FAMILIES:
         fields = _common(shape) | _moe_fields(family, shape)
     else:
         raise ValueError(f"unknown model family {family!r}; choose from {MOE_FAMILIES + DENSE_FAMILIES}")
     return transformers.AutoConfig.for_model(family, **fields)
+
+
+def experts_kwargs(config: PretrainedConfig, experts: str = EXPERTS_IMPLEMENTATION) -> dict:
+    """``experts_implementation=experts`` for MoE families whose experts module accepts it, else nothing."""
+    try:
+        fam = arch.family(config)
+    except arch.ArchitectureError:
+        return {}
+    return dict(experts_implementation=experts) if fam.moe and fam.experts_implementation else {}
 
 
 def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_IMPLEMENTATION,
@@ -80,9 +177,7 @@ def build(config: PretrainedConfig, attn: str = "eager", experts: str = EXPERTS_
 
     ``dtype`` builds the weights directly in that precision (no float32 copy first: real sizes need this).
     """
-    kwargs = dict(attn_implementation=attn)
-    if getattr(config, "model_type", "") in MOE_FAMILIES:
-        kwargs["experts_implementation"] = experts
+    kwargs = dict(attn_implementation=attn, **experts_kwargs(config, experts))
     if dtype is not None:
         kwargs["dtype"] = dtype
     return AutoModelForCausalLM.from_config(config, **kwargs)

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, routing
 from .hooks import hooked
-from .routing import RoutingEdit, renormalises, route, routing_hook, weights_at
+from .routing import (REWEIGHTED_FAMILIES, RoutingEdit, RoutingEditError, check_edit, family, renormalises, route,
+                      routing_hook, weights_at)
 
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
@@ -37,6 +38,8 @@ def _per_layer(spec: Mapping[int, Iterable[int]]) -> dict[int, tuple[int, ...]]:
 def edit_routing(model: nn.Module, edits: Mapping[int, RoutingEdit]) -> Iterator[None]:
     """Apply a :class:`RoutingEdit` to the router of each listed layer."""
     parts = _moe_parts(model, edits)
+    for p in parts:
+        check_edit(p.router, edits[p.index])
     with hooked((p.router, "forward_prepend", routing_hook(edits[p.index])) for p in parts):
         yield
 
@@ -80,25 +83,20 @@ def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iter
     renormalisation, masking = refill, :func:`zero_experts` = neither. Where no expert is left to refill a slot,
     masking is zeroing the blocked weight, renormalised as the router would."""
     spec = _per_layer(experts)
-    with hooked((p.router, "forward_prepend", _mask_after_softmax_hook(spec[p.index])) for p in _moe_parts(model, spec)):
+    parts = _moe_parts(model, spec)
+    for p in parts:
+        if family(p.router) not in REWEIGHTED_FAMILIES:
+            raise RoutingEditError(f"mask-after-softmax is defined for {', '.join(REWEIGHTED_FAMILIES)} routers; layer "
+                                   f"{p.index} has {type(p.router).__name__} ({family(p.router)} routing): use "
+                                   "block_experts or zero_experts")
+    with hooked((p.router, "forward_prepend", _mask_after_softmax_hook(spec[p.index])) for p in parts):
         yield
 
 
-def _zero_weights_pre_hook(blocked: tuple[int, ...]):
-    def pre_hook(module, args):
-        hidden, idx, weights = args[:3]
-        drop = torch.isin(idx, torch.tensor(blocked, device=idx.device))
-        return (hidden, idx, weights.masked_fill(drop, 0.0), *args[3:])
-
-    return pre_hook
-
-
-@contextmanager
-def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iterator[None]:
-    """Keep routing, but multiply the listed experts' outputs by 0 (no re-routing)."""
-    spec = _per_layer(experts)
-    with hooked((p.experts, "pre", _zero_weights_pre_hook(spec[p.index])) for p in _moe_parts(model, spec)):
-        yield
+def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]):
+    """Keep routing, but set the listed experts' routing weights to 0, so their outputs count 0 times (no
+    re-routing; Llama 4, which scales expert inputs, feeds them 0, and its experts map 0 to 0)."""
+    return edit_routing(model, {l: RoutingEdit(zeroed=e) for l, e in _per_layer(experts).items()})
 
 
 def _zero_output(module, args, output):
@@ -143,12 +141,11 @@ def inhibit_heads(
 ) -> Iterator[None]:
     """Zero the listed heads' outputs ({layer: [head, ...]}) before o_proj; ``tokens`` ([B,S] bool) limits where."""
     parts = {p.index: p for p in arch.layers(model)}
-    n_heads = arch.num_heads(model)
     spec = _per_layer(heads)
     bad = [l for l in spec if l not in parts]
     if bad:
         raise ValueError(f"layers {bad} do not exist (model has {len(parts)})")
-    with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, n_heads, tokens)) for l, h in spec.items()):
+    with hooked((parts[l].o_proj, "pre", _head_mask_pre_hook(h, parts[l].n_heads, tokens)) for l, h in spec.items()):
         yield
 
 
@@ -160,7 +157,8 @@ def recorded_routing(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor,
 
     def recorder(layer: int):
         def hook(router, args, output):
-            store[layer] = (output[1].detach(), output[2].detach())
+            _, weights, index = routing.decision(router, output)
+            store[layer] = (weights.detach(), index.detach())
 
         return hook
 
@@ -170,19 +168,19 @@ def recorded_routing(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor,
 
 def _fixed_routing_hook(weights: torch.Tensor, index: torch.Tensor):
     def hook(router, args, output):
-        logits, w, idx = output
+        logits, w, idx = routing.decision(router, output)
         if idx.shape != index.shape:
             raise ValueError(f"recorded routing has shape {tuple(index.shape)}, this pass routes {tuple(idx.shape)}: "
                              "replay it on the same batch")
-        return logits, weights.to(w.dtype), index
+        return routing.repack(router, logits, weights.to(w.dtype), index, output)
 
     return hook
 
 
 @contextmanager
-def fixed_routing(model: nn.Module, routing: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+def fixed_routing(model: nn.Module, recorded: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
     """Replay recorded routing ({layer: (weights, index)} from :func:`recorded_routing`): every token goes to the
     recorded experts with the recorded weights, whatever the router now computes (same batch only)."""
-    with hooked((p.router, "forward_prepend", _fixed_routing_hook(*routing[p.index]))
-                for p in _moe_parts(model, routing)):
+    with hooked((p.router, "forward_prepend", _fixed_routing_hook(*recorded[p.index]))
+                for p in _moe_parts(model, recorded)):
         yield

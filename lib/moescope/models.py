@@ -16,9 +16,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from . import paths
-from .configs import MOE_FAMILIES
-from .determinism import EXPERTS_IMPLEMENTATION
+from . import arch, paths
+from .configs import experts_kwargs
 from .offload import input_device
 
 
@@ -115,8 +114,8 @@ def load_model(
     kwargs = dict(dtype=dtype or default_dtype("cuda" if sharded_on_gpu else device), attn_implementation="eager")
     try:
         config = AutoConfig.from_pretrained(target)
-        if config.model_type in MOE_FAMILIES:
-            kwargs["experts_implementation"] = EXPERTS_IMPLEMENTATION
+        arch.family(config)  # an unsupported class is refused by name before any weight is read
+        kwargs |= experts_kwargs(config)
         if device_map is not None:
             kwargs.update(device_map=device_map, max_memory=max_memory,
                           offload_folder=None if offload_folder is None else str(offload_folder))

@@ -1,7 +1,6 @@
 """Every attribution level against an independent slow reference (one vector at a time, float64)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_model
 from moescope import arch
@@ -11,21 +10,37 @@ from moescope.vocab import word_tokenizer
 
 WORDS = "the capital of canada is ottawa japan tokyo people in france speak french a rose is red".split()
 PROMPTS = ["the capital of canada is", "people in france speak", "a rose is"]
+#: attribute() runs the prompts as one padded batch, the references one prompt at a time. Eager attention takes
+#: its softmax in float32 even in a float64 model, so the two agree to ~1e-9, not to float64 precision.
+BATCH_TOL = 1e-7
 OBJECTS = ["ottawa", "french", "red"]
 
 
 def reference_logprob(model, x, h_final, w):
-    """log p(w | x) by the model's own final norm module with its scale frozen to h_final's (float64)."""
+    """log p(w | x) by the model's own final norm and lm_head, the norm's scale frozen to h_final's (float64);
+    a LayerNorm centres and adds its bias, Granite divides the logits by logits_scaling."""
     norm = arch.final_norm(model)
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    s = 1.0 / torch.sqrt(h_final.double().pow(2).mean() + eps)
-    logits = model.get_output_embeddings()(norm.weight.double() * x.double() * s)
+    layer_norm = isinstance(norm, torch.nn.LayerNorm)
+    bias = norm.bias.double() if layer_norm and norm.bias is not None else 0.0
+
+    def inv_rms(v):
+        v = v.double() - v.double().mean() if layer_norm else v.double()
+        return 1.0 / torch.sqrt(v.pow(2).mean() + eps)
+
+    frozen = (norm(x.double()) - bias) * (inv_rms(h_final) / inv_rms(x)) + bias
+    logits = model.get_output_embeddings()(frozen) / getattr(model.config, "logits_scaling", 1.0)
     return torch.log_softmax(logits, -1)[w].item()
 
 
-def reference_expert_output(experts, e, x):
-    gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
-    return experts.act_fn(gate) * up, experts.down_proj[e]
+def reference_expert_output(parts, e, x, weight):
+    """Expert e's output for x [H] by the experts module's own forward (weight 1; Llama 4 scales the input)."""
+    experts = parts.experts
+    if parts.expert_kind == "llama4":
+        routed = torch.zeros(experts.gate_up_proj.shape[0], x.shape[-1], dtype=x.dtype)
+        routed[e] = weight * x
+        return experts(routed)[e]
+    return experts(x[None], torch.tensor([[e]]), torch.ones(1, 1, dtype=x.dtype))[0]
 
 
 @pytest.fixture
@@ -57,6 +72,26 @@ def test_layer_and_head_gains_match_reference(setup):
             assert heads.gain.tolist() == pytest.approx(ref, abs=1e-5)
 
 
+def _units(model, parts, c):
+    """(expert id, routing weight, factor on its output, its output by the module, its coefficients, W_down [H,I],
+    output bias) of every unit of one layer at the first position; independent of the kit's capture maths except
+    for the coefficients, which are checked to rebuild the module's output."""
+    m = getattr(model.config, "residual_multiplier", 1.0)
+    x, units = c.mlp_in[0], []
+    if c.topk_index is not None:
+        for j, (e, g) in enumerate(zip(c.topk_index[0].tolist(), c.topk_weight[0].tolist())):
+            out = reference_expert_output(parts, e, x, g)
+            routed = getattr(parts.mlp, "routed_scaling_factor", 1.0)  # Laguna scales the experts' sum
+            factor = m * routed * (1.0 if parts.expert_kind == "llama4" else g)
+            bias = parts.experts.down_proj_bias[e] if hasattr(parts.experts, "down_proj_bias") else 0.0
+            units.append((e, g, factor, out, c.expert_coef[0, j], arch.expert_down(parts, e), bias))
+    if c.ffn_out is not None:
+        gate = float(torch.sigmoid(parts.ffn_gate(x)).detach()) if parts.ffn_gate is not None else 1.0
+        down = arch.ffn_down(parts)
+        units.append((-1, m * gate, m * gate, parts.ffn(x), c.ffn_coef[0], down.weight, 0.0))
+    return units
+
+
 def test_expert_and_neuron_scores_match_reference(setup):
     model, tok, attr = setup
     parts = arch.layers(model)
@@ -65,28 +100,19 @@ def test_expert_and_neuron_scores_match_reference(setup):
         w = int(attr.samples.target_token_id[i])
         lp = lambda x: reference_logprob(model, x, tr.resid_final[0], w)  # noqa: E731
         for l, c in enumerate(tr.layers):
-            u, x = c.resid_mid[0], c.mlp_in[0]
-            units = []
-            if c.topk_index is not None:
-                for e, g in zip(c.topk_index[0].tolist(), c.topk_weight[0].tolist()):
-                    coef, w_down = reference_expert_output(parts[l].experts, e, x)
-                    units.append((e, g, coef, w_down))
-            if c.ffn_out is not None:
-                ffn = parts[l].ffn
-                coef = ffn.act_fn(ffn.gate_proj(x)) * ffn.up_proj(x)
-                units.append((-1, float(c.ffn_gate[0]), coef, ffn.down_proj.weight))
-            for e, g, coef, w_down in units:
+            u = c.resid_mid[0]
+            for e, g, factor, out, coef, w_down, bias in _units(model, parts[l], c):
                 erow = attr.experts[(attr.experts.sample_id == i) & (attr.experts.layer == l) & (attr.experts.expert == e)]
                 assert erow.gate.item() == pytest.approx(g)
-                assert erow.gain.item() == pytest.approx(lp(u + g * (w_down @ coef)) - lp(u), abs=1e-5)
+                assert erow.gain.item() == pytest.approx(lp(u + factor * out) - lp(u), abs=1e-5)
                 nrows = attr.neurons[(attr.neurons.sample_id == i) & (attr.neurons.layer == l) & (attr.neurons.expert == e)]
                 nrows = nrows.sort_values("neuron")
                 for k in range(0, coef.shape[0], 5):
-                    ref = lp(u + g * coef[k] * w_down[:, k]) - lp(u)
+                    ref = lp(u + factor * coef[k] * w_down[:, k]) - lp(u)
                     assert nrows.score.iloc[k] == pytest.approx(ref, abs=1e-5)
-                assert nrows.coef.tolist() == pytest.approx(coef.tolist(), abs=1e-9)
-                # the neurons' contributions sum to the expert's output
-                torch.testing.assert_close(w_down @ torch.tensor(nrows.coef.values, dtype=w_down.dtype), w_down @ coef)
+                assert nrows.coef.tolist() == pytest.approx(coef.tolist(), rel=0, abs=BATCH_TOL)
+                # the neurons' contributions (plus the expert's output bias, gpt-oss) rebuild the module's output
+                torch.testing.assert_close(w_down @ coef + bias, out, rtol=0, atol=1e-12)
 
 
 def test_sample_table_agrees_with_model(setup):
@@ -95,7 +121,7 @@ def test_sample_table_agrees_with_model(setup):
         ids = torch.tensor([tok(PROMPTS[i])["input_ids"]])
         logits = model(ids).logits[0, -1]
         w = int(attr.samples.target_token_id[i])
-        assert attr.samples.logprob[i] == pytest.approx(torch.log_softmax(logits, -1)[w].item(), abs=1e-9)
+        assert attr.samples.logprob[i] == pytest.approx(torch.log_softmax(logits, -1)[w].item(), rel=0, abs=BATCH_TOL)
         assert attr.samples["rank"][i] == int((logits > logits[w]).sum()) + 1
         assert attr.samples.target[i] == OBJECTS[i]
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import random_batch, tiny_model
-from moescope import arch, interventions as iv
+from moescope import arch, interventions as iv, routing
 from moescope.capture import capture
-from moescope.routing import RoutingEdit, route
+from moescope.routing import RoutingEdit, RoutingEditError, decision, route
 
 
 def logits_of(model):
@@ -18,14 +18,15 @@ def selected(model):
     return [c.topk_index for c in capture(model, ids, mask).layers]
 
 
-def test_route_without_edit_equals_router(moe_family):
-    model = tiny_model(moe_family)
-    x = torch.randn(50, model.config.hidden_size)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_route_without_edit_equals_router(moe_family, dtype):
+    model = tiny_model(moe_family, dtype)
+    x = torch.randn(50, model.config.hidden_size, dtype=dtype)
     for p in arch.layers(model):
-        logits, weights, index = p.router(x)
-        w, i = route(p.router, logits, RoutingEdit())
-        assert torch.equal(i.sort(dim=1).values, index.sort(dim=1).values)
-        torch.testing.assert_close(w.gather(1, i.argsort(1)), weights.gather(1, index.argsort(1)))
+        logits, weights, index = decision(p.router, p.router(x, *p.router_extra))
+        w, i = route(p.router, logits, RoutingEdit(), *p.router_extra)
+        assert torch.equal(i, index)
+        assert torch.equal(w.to(weights.dtype), weights)  # as routing_hook hands them on
 
 
 def test_blocking_nothing_is_the_identity(moe_family):
@@ -40,21 +41,35 @@ def test_blocking_nothing_is_the_identity(moe_family):
 def test_blocked_expert_is_never_selected_and_the_slot_is_refilled(moe_family):
     model = tiny_model(moe_family)
     blocked = selected(model)[0][0].tolist()  # the experts the first sequence's last token uses
-    k = model.config.num_experts_per_tok
+    k = arch.top_k(model)
     with iv.block_experts(model, {0: blocked}):
         after = selected(model)
     assert not torch.isin(after[0], torch.tensor(blocked)).any()
     assert after[0].shape[1] == k and (after[0].sort(1).values.diff(dim=1) > 0).all()
 
 
+def fixed_top_k(model) -> bool:
+    """PhiMoE's sparsemixer always picks 2 experts: forcing and top_k edits are refused up front."""
+    return any(routing.family(p.router) in routing.FIXED_TOP_K for p in arch.layers(model) if p.is_moe)
+
+
 def test_forced_experts_are_always_selected(moe_family):
     model = tiny_model(moe_family)
+    if fixed_top_k(model):
+        with pytest.raises(RoutingEditError, match="cannot force experts or change top_k"):
+            iv.force_experts(model, {1: [5]}).__enter__()
+        assert all(not m._forward_hooks for m in model.modules())
+        return
     with iv.force_experts(model, {1: [5]}):
         assert (selected(model)[1] == 5).any(dim=1).all()
 
 
 def test_set_top_k_changes_the_number_of_experts(moe_family):
     model = tiny_model(moe_family)
+    if fixed_top_k(model):
+        with pytest.raises(RoutingEditError, match="cannot force experts or change top_k"):
+            iv.set_top_k(model, 1).__enter__()
+        return
     with iv.set_top_k(model, 1):
         assert all(s.shape[1] == 1 for s in selected(model))
 
@@ -68,7 +83,7 @@ def test_zeroing_an_expert_equals_removing_its_term(moe_family):
     with iv.zero_experts(model, {len(tr.layers) - 1: [e]}):
         tr2 = capture(model, ids, mask)
     keep = (c.topk_index != e).unsqueeze(-1)
-    expected = (c.topk_weight.unsqueeze(-1) * c.expert_out * keep).sum(1)
+    expected = (c.expert_scale.unsqueeze(-1) * c.expert_out * keep).sum(1)
     if c.ffn_out is not None:
         expected += c.ffn_gate.unsqueeze(-1) * c.ffn_out
     torch.testing.assert_close(tr2.layers[-1].mlp_out, expected, rtol=0, atol=1e-12)
@@ -89,7 +104,7 @@ def test_drop_routed_and_shared(moe_family):
     torch.testing.assert_close(routed_dropped, c.ffn_gate.unsqueeze(-1) * c.ffn_out, rtol=0, atol=1e-12)
     with iv.drop_shared_expert(model, [0]):
         shared_dropped = capture(model, ids, mask).layers[0].mlp_out
-    torch.testing.assert_close(shared_dropped, (c.topk_weight.unsqueeze(-1) * c.expert_out).sum(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(shared_dropped, (c.expert_scale.unsqueeze(-1) * c.expert_out).sum(1), rtol=0, atol=1e-12)
 
 
 def test_inhibited_head_contributes_nothing(any_family):
@@ -101,16 +116,33 @@ def test_inhibited_head_contributes_nothing(any_family):
     assert tr.layers[0].head_out[:, 0].abs().sum() > 0
 
 
+def _used(model) -> int:
+    """An expert that layer 0 selects for the first sequence's last token (so blocking it changes the logits)."""
+    return int(selected(model)[0][0, 0])
+
+
+def _unused(model) -> int:
+    return next(e for e in range(arch.num_experts(model)) if e not in selected(model)[0][0].tolist())
+
+
+FORCE, TOP_K = (lambda m: iv.force_experts(m, {0: [_unused(m)]})), (lambda m: iv.set_top_k(m, 1))
+
+
 @pytest.mark.parametrize("make", [
-    lambda m: iv.block_experts(m, {0: [1]}),
-    lambda m: iv.zero_experts(m, {0: [1]}),
-    lambda m: iv.force_experts(m, {0: [2]}),
-    lambda m: iv.set_top_k(m, 1),
+    lambda m: iv.block_experts(m, {0: [_used(m)]}),
+    lambda m: iv.zero_experts(m, {0: [_used(m)]}),
+    FORCE,
+    TOP_K,
     lambda m: iv.drop_routed_experts(m),
     lambda m: iv.inhibit_heads(m, {0: [0]}),
 ])
 def test_model_is_bit_identical_after_an_intervention_that_raised(moe_family, make):
     model = tiny_model(moe_family)
+    if fixed_top_k(model) and make in (FORCE, TOP_K):  # refused up front, before any hook is installed
+        with pytest.raises(RoutingEditError):
+            make(model).__enter__()
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+        return
     base = logits_of(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(RuntimeError, match="boom"):

@@ -11,11 +11,19 @@ from moescope.capture import capture
 def test_logits_probabilities_and_weights_equal_the_router_module(moe_family):
     model = tiny_model(moe_family, torch.float64)
     x = torch.randn(40, model.config.hidden_size, dtype=torch.float64)
-    for p in arch.layers(model):
+    for p in [p for p in arch.layers(model) if p.is_moe]:
+        fam = routing.family(p.router)
+        if fam not in routing.REWEIGHTED_FAMILIES:  # refused by name, never a wrong weight
+            with pytest.raises(routing.RoutingEditError, match=f"{type(p.router).__name__} \\({fam} routing\\)"):
+                routing.weights_at(p.router, torch.zeros(2, 4), torch.zeros(2, 1, dtype=torch.long))
+            with pytest.raises(routing.RoutingEditError, match="mask-after-softmax is defined for"):
+                with iv.mask_experts(model, {p.index: [0]}):
+                    pass
+            continue
         logits, weights, index = p.router(x)
         torch.testing.assert_close(routing.logits(p.router, x).to(logits.dtype), logits)
         probs = routing.probabilities(p.router, logits)
-        expected = logits.float().sigmoid() if moe_family == "deepseek_v3" else logits.float().softmax(-1)
+        expected = logits.float().sigmoid() if fam in routing.SIGMOID_FAMILIES else logits.float().softmax(-1)
         torch.testing.assert_close(probs, expected)
         torch.testing.assert_close(routing.weights_at(p.router, logits, index).to(weights.dtype), weights)
 

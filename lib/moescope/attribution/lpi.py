@@ -5,7 +5,10 @@ hidden state h_L at the same (last) position:
 
     log p(w | x) = log_softmax(W_U (gamma * x * s))[w],   s = 1 / sqrt(mean(h_L^2) + eps)
 
-so log p(w | h_L) is exactly the model's own log-probability. With u_l = resid_mid[l] (after attention):
+so log p(w | h_L) is exactly the model's own log-probability. Class quirks are folded into W_U and a bias
+(:class:`Readout`): gamma = 1 + w for (1 + w) RMSNorms; a LayerNorm's centring C = I - 11^T/H and bias beta
+give W = W_U diag(gamma) C and b = W_U beta (s then uses the centred h_L); a logits divisor d (Granite's
+logits_scaling) divides both; an lm_head bias is added. With u_l = resid_mid[l] (after attention):
 
     AttnGain_l     = log p(w | h_{l-1} + A_l)       - log p(w | h_{l-1})
     HeadGain_{l,h} = log p(w | h_{l-1} + A_{l,h})   - log p(w | h_{l-1})
@@ -13,8 +16,9 @@ so log p(w | h_L) is exactly the model's own log-probability. With u_l = resid_m
     ExpertGain_l,j = log p(w | u_l + g_j E_j(x))    - log p(w | u_l)
     Imp(l, j, k)   = log p(w | u_l + g_j m_{j,k} W_down[:, k]) - log p(w | u_l)
 
-g_j is the routing weight the model applies to expert j (top-k softmax probability, renormalised only where
-the model renormalises); the shared expert (expert id -1) uses its sigmoid gate, and a dense layer's FFN is
+g_j is the factor the model applies to expert j's output (``expert_scale``: the routing weight, renormalised
+only where the model renormalises, times any residual multiplier; Llama 4 scales the expert's input instead,
+so there g_j = 1 and E_j is computed on the scaled input; the ``gate`` column is always the routing weight); the shared expert (expert id -1) uses its sigmoid gate, and a dense layer's FFN is
 expert -1 with g = 1. Neuron scores use the identity Imp = d_w - logsumexp_v(lp_v + d_v) with
 d = s * g * m_k * P[:, k] and P = (W_U * gamma) @ W_down: each expert's vocabulary projection P is computed once
 per batch (in blocks of neurons) and shared by every prompt that selected it. The log-sum-exp over the vocabulary
@@ -22,6 +26,7 @@ runs in one fused kernel (:func:`fused_logsumexp`, compiled by torch.compile) or
 (:func:`shifted_logsumexp`); neither materialises [prompts x neurons x vocab].
 
 Weights are read through :func:`moescope.offload.materialized`, so models with offloaded weights work too.
+An expert's output bias (gpt-oss) counts in its ExpertGain but belongs to no neuron.
 """
 from __future__ import annotations
 
@@ -54,16 +59,27 @@ FUSED_MAX_REACH = 60.0
 
 
 class Readout:
-    """Frozen-scale logit lens: log p(w | x) = log_softmax(W_U (gamma * x * s) + b)[w]."""
+    """Frozen-scale logit lens: log p(w | x) = log_softmax(W (x * s) + b)[w] with W = W_U diag(gamma) (C) / d."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
         norm, head = arch.final_norm(model), model.get_output_embeddings()
+        kind = arch.family(model).final_norm
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
         with materialized(norm, head):
-            w_u = arch.unembedding(model)
-            self.w = w_u.to(dtype) * norm.weight.to(w_u.device, dtype)
-            bias = getattr(head, "bias", None)
-            self.bias = None if bias is None else bias.to(dtype).clone()
+            w_u = arch.unembedding(model).to(dtype)
+            gamma = norm.weight.to(w_u.device, dtype)
+            self.w = w_u * (gamma + 1 if kind == "rms_offset" else gamma)
+            self.centred = kind == "layer"
+            terms = [b.to(dtype).clone() for b in (getattr(head, "bias", None),) if b is not None]
+            if self.centred:
+                self.w = self.w - self.w.mean(dim=1, keepdim=True)
+                if getattr(norm, "bias", None) is not None:
+                    terms.append(w_u @ norm.bias.to(w_u.device, dtype))
+        self.bias = sum(terms) if terms else None
+        divisor = arch.logits_divisor(model)
+        if divisor != 1.0:
+            self.w = self.w / divisor
+            self.bias = None if self.bias is None else self.bias / divisor
         self.dtype = dtype
         self.device = self.w.device
         self._weights = {dtype: self.w}
@@ -75,8 +91,10 @@ class Readout:
         return self._weights[dtype]
 
     def scale(self, resid_final: torch.Tensor) -> torch.Tensor:
-        """s = 1 / sqrt(mean(h_L^2) + eps) per row."""
+        """s = 1 / sqrt(mean(h_L^2) + eps) per row (h_L centred first for a LayerNorm)."""
         h = resid_final.to(self.dtype)
+        if self.centred:
+            h = h - h.mean(-1, keepdim=True)
         return torch.rsqrt(h.pow(2).mean(-1) + self.eps)
 
     def log_probs(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -262,7 +280,7 @@ def _expert_rows(sc: _Scorer, ids: list[int]) -> list[dict]:
     rows = []
     for l, c in enumerate(sc.tr.layers):
         if c.topk_index is not None:
-            gains = sc.gain(c.resid_mid, sc.up(c.topk_weight).unsqueeze(-1) * sc.up(c.expert_out)).tolist()
+            gains = sc.gain(c.resid_mid, c.expert_scale.unsqueeze(-1) * c.expert_out).tolist()
             for b, sid in enumerate(ids):
                 rows.extend({"sample_id": sid, "layer": l, "expert": int(e), "gate": float(g), "gain": gn}
                             for e, g, gn in zip(c.topk_index[b].tolist(), c.topk_weight[b].tolist(), gains[b]))
@@ -300,14 +318,14 @@ def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts,
             for e in c.topk_index.unique().tolist():
                 rows, slots = torch.where(c.topk_index == e)
                 coef = c.expert_coef[rows, slots].to(r.dtype)
-                a = sc.s[rows, None] * c.topk_weight[rows, slots, None].to(r.dtype) * coef
-                w_down = parts.experts.down_proj[e]
+                a = sc.s[rows, None] * c.expert_scale[rows, slots, None].to(r.dtype) * coef
+                w_down = arch.expert_down(parts, e)
                 score = unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
                 out.append(_neuron_rows(ids[rows.cpu()], l, e, coef, score))
         if c.ffn_out is not None:
             coef = c.ffn_coef.to(r.dtype)
             a = sc.s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
-            score = unit_scores(r, parts.ffn.down_proj.weight, base_lp, sc.w, a, kernel, projection_dtype)
+            score = unit_scores(r, arch.ffn_down(parts).weight, base_lp, sc.w, a, kernel, projection_dtype)
             out.append(_neuron_rows(ids, l, -1, coef, score))
     return out
 
