@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .offload import materialized
+
 NEG_INF = float("-inf")
 
 #: Router class -> routing family (the maths above). A router class not listed here is not supported.
@@ -318,10 +320,11 @@ def logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Router logits z = x W_r^T (+ b) for hidden states x [..., H], as the router computes them (DeepSeek, and
     HunYuan's float32 ``wg``: in float32)."""
     linear = getattr(router, "wg", router)  # HunYuan keeps its projection in a submodule
-    if family(router).startswith("deepseek") or (linear is not router and linear.weight.dtype == torch.float32):
+    with materialized(linear):  # offloaded weights: brought in for the read (autograd keeps what it needs)
+        weight, bias = linear.weight, getattr(linear, "bias", None)
+    if family(router).startswith("deepseek") or (linear is not router and weight.dtype == torch.float32):
         x = x.float()
-    bias = getattr(linear, "bias", None)
-    return F.linear(x, linear.weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 #: Router families whose weights for any given selection :func:`weights_at` computes.

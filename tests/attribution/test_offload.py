@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_model
 from moescope import arch, metrics, models, offload
-from moescope.attribution import attribute
+from moescope.attribution import attribute, coordination
 from moescope.capture import capture
 from moescope.interventions import block_experts, inhibit_heads, zero_experts
 from moescope.vocab import word_tokenizer
@@ -89,3 +89,15 @@ def test_blocking_and_head_inhibition_are_identical(pair):
 def test_offload_options_need_a_device_map(tmp_path):
     with pytest.raises(ValueError, match="need a device_map"):
         models.load_model("olmoe-like", max_memory={"cpu": "1GiB"})
+
+
+def test_router_integrated_gradients_are_identical(pair):
+    """Router IG reads router weights outside the forward: offloaded ones are brought in for the read."""
+    mem, off = pair
+    ids = mem.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    traces = [capture(lm.model, ids["input_ids"], ids["attention_mask"]) for lm in (mem, off)]
+    layer = len(traces[0].layers) - 1
+    expert = traces[0].layers[layer].topk_index[:, 0]
+    a, b = (coordination.router_ig(lm.model, t, layer, expert, steps=4) for lm, t in zip((mem, off), traces))
+    for name in ("ig", "f_x", "f_0"):
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
