@@ -37,7 +37,7 @@ def load_grid(model: str = base_model.NAME, out_dir: Path | str = paths.RUNS, de
         base = base_model.Base(model, base_model.shipped_corpus(), device, dtype)
         protocol.run_grid(base, folder, protocol.FULL.reduced(steps, seeds), jobs)
     described = json.loads((folder / "chosen_rates.json").read_text())["model"]
-    return tables.load(folder), described
+    return tables.load(folder), {"name": model, **described}
 
 
 def base_for(model: str = base_model.NAME, device: str = "cpu", dtype: str | None = None) -> base_model.Base:
@@ -46,5 +46,5 @@ def base_for(model: str = base_model.NAME, device: str = "cpu", dtype: str | Non
 
 
 def describe(base: base_model.Base) -> dict:
-    """Architecture summary of the base model (what the claims' preconditions read)."""
-    return arch.describe(base.load())
+    """Architecture summary of the base model (what the claims' preconditions read), with its name."""
+    return {"name": base.model, **arch.describe(base.load())}
