@@ -11,10 +11,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from . import arch, routing
+from . import arch
 from .hooks import hooked
-from .routing import (REWEIGHTED_FAMILIES, RoutingEdit, RoutingEditError, check_edit, family, renormalises, route,
-                      routing_hook, weights_at)
+from .routing import (RoutingEdit, check_edit, decision, renormalises, repack, require_reweighting, route, routing_hook,
+                      weights_at)
 
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
@@ -85,10 +85,7 @@ def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iter
     spec = _per_layer(experts)
     parts = _moe_parts(model, spec)
     for p in parts:
-        if family(p.router) not in REWEIGHTED_FAMILIES:
-            raise RoutingEditError(f"mask-after-softmax is defined for {', '.join(REWEIGHTED_FAMILIES)} routers; layer "
-                                   f"{p.index} has {type(p.router).__name__} ({family(p.router)} routing): use "
-                                   "block_experts or zero_experts")
+        require_reweighting(p.router, "mask-after-softmax", f" (layer {p.index}): use block_experts or zero_experts")
     with hooked((p.router, "forward_prepend", _mask_after_softmax_hook(spec[p.index])) for p in parts):
         yield
 
@@ -157,7 +154,7 @@ def recorded_routing(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor,
 
     def recorder(layer: int):
         def hook(router, args, output):
-            _, weights, index = routing.decision(router, output)
+            _, weights, index = decision(router, output)
             store[layer] = (weights.detach(), index.detach())
 
         return hook
@@ -168,11 +165,11 @@ def recorded_routing(model: nn.Module) -> Iterator[dict[int, tuple[torch.Tensor,
 
 def _fixed_routing_hook(weights: torch.Tensor, index: torch.Tensor):
     def hook(router, args, output):
-        logits, w, idx = routing.decision(router, output)
+        logits, w, idx = decision(router, output)
         if idx.shape != index.shape:
             raise ValueError(f"recorded routing has shape {tuple(index.shape)}, this pass routes {tuple(idx.shape)}: "
                              "replay it on the same batch")
-        return routing.repack(router, logits, weights.to(w.dtype), index, output)
+        return repack(router, logits, weights.to(w.dtype), index, output)
 
     return hook
 

@@ -331,6 +331,14 @@ def logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
 REWEIGHTED_FAMILIES = ("softmax", "deepseek_v2", "deepseek_v3")
 
 
+def require_reweighting(router: nn.Module, what: str, hint: str = "") -> None:
+    """RoutingEditError naming the router (then ``hint``) unless its family is one :func:`weights_at` computes."""
+    kind = family(router)
+    if kind not in REWEIGHTED_FAMILIES:
+        raise RoutingEditError(f"{what} is defined for the {', '.join(REWEIGHTED_FAMILIES)} router families; "
+                               f"{type(router).__name__} ({kind} routing) is not one of them{hint}")
+
+
 def renormalises(router: nn.Module) -> bool:
     """Whether the router divides its top-k weights by their sum (softmax: ``norm_topk_prob``, default True as in
     Mixtral; DeepSeek-V2: never; DeepSeek-V3: ``norm_topk_prob``)."""
@@ -347,10 +355,8 @@ def weights_at(router: nn.Module, logits_: torch.Tensor, index: torch.Tensor) ->
     w = p[index] * routed_scaling_factor; DeepSeek-V3: w = s[index] (renormalised when ``norm_topk_prob``) *
     routed_scaling_factor. With the router's own index this is exactly its own top-k weights.
     """
+    require_reweighting(router, "weighting a selection the router did not make")
     kind = family(router)
-    if kind not in REWEIGHTED_FAMILIES:
-        raise RoutingEditError(f"{type(router).__name__} ({kind} routing): weighting a selection the router did not "
-                               f"make is implemented for the {', '.join(REWEIGHTED_FAMILIES)} router families only")
     w = probabilities(router, logits_).gather(-1, index)
     if kind == "softmax":
         return w / w.sum(dim=-1, keepdim=True) if renormalises(router) else w

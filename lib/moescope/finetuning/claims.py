@@ -163,12 +163,16 @@ REGISTRY: tuple[Claim, ...] = PREMISE + TABLE + FORGETTING + CONVERGENCE + ABLAT
 
 # ---------------------------------------------------------------- facts (preconditions) from the model and data
 
+def _model_facts(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's name (for the report) and whether it is an MoE."""
+    return {"name": model.get("name", ""), "moe": bool(model.get("moe_layers"))}
+
+
 def facts(grid: Grid, model: Mapping[str, Any]) -> dict[str, Any]:
     """What the preconditions read, computed from the grid and the model description (``arch.describe``)."""
     top = grid.at()
     ns = sorted(grid.chosen().n_domains.unique())
-    out: dict[str, Any] = {"name": model.get("name", ""), "moe": bool(model.get("moe_layers")),
-                           "routed_experts": model.get("experts"),
+    out: dict[str, Any] = {**_model_facts(model), "routed_experts": model.get("experts"),
                            "shared_expert": model.get("shared_expert"),
                            "seeds": int(top.groupby("method").seed.nunique().min()),
                            "n_span": int(ns[-1] - ns[0]) if ns else 0,
@@ -202,7 +206,7 @@ def _score(grid: Grid, method: str, column: str) -> Estimate:
 
 def premise_rows(prem: findings.Premise, model: Mapping[str, Any]) -> list[dict]:
     """The ESFT premise on the base model, against its two nulls."""
-    f = {"name": model.get("name", ""), "moe": bool(model.get("moe_layers")), "routed_experts": model.get("experts"),
+    f = {**_model_facts(model), "routed_experts": model.get("experts"),
          "sequences": min(len(t) for t in prem.token.values())}
     share, uniform = findings.experts_needed_share(prem)
     overlap, shuffled = findings.domain_overlap(prem)
@@ -271,8 +275,7 @@ def ablation_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
 def sequential_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
     """The sequential extension: earlier-domain forgetting, DES-MoE - FFT, paired by seed."""
     table = findings.sequential_forgetting(grid)
-    f = {"name": model.get("name", ""), "moe": bool(model.get("moe_layers")),
-         "seeds": int(table.groupby("method").seed.nunique().min()) if len(table) else 0}
+    f = {**_model_facts(model), "seeds": int(table.groupby("method").seed.nunique().min()) if len(table) else 0}
     if table.empty:
         return [_row("ext_sequential", f, None)]
     wide = table.pivot(index="seed", columns="method", values="earlier_domain_forgetting")

@@ -122,17 +122,20 @@ def _checked_cells(nb) -> list:
             and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
 
 
+def _failed(notebook: str, cell: int, reason: str) -> dict:
+    return {"notebook": notebook, "cell": cell, "ok": False, "numbers": 0, "worst": math.nan, "reason": reason}
+
+
 def compare_notebooks(stored: Path, new: Path, tol: Tolerance, sanitizers=()) -> pd.DataFrame:
     """One row per checked cell of ``stored``: cell index among the checked cells, ok, reason, numbers, worst."""
     old_cells, new_cells = (_checked_cells(nbformat.read(str(p), as_version=4)) for p in (stored, new))
     if len(old_cells) != len(new_cells):
-        return pd.DataFrame([{"notebook": stored.name, "cell": -1, "ok": False, "numbers": 0, "worst": math.nan,
-                              "reason": f"{len(old_cells)} checked cells stored, {len(new_cells)} executed"}])
+        reason = f"{len(old_cells)} checked cells stored, {len(new_cells)} executed"
+        return pd.DataFrame([_failed(stored.name, -1, reason)])
     rows = []
     for i, (a, b) in enumerate(zip(old_cells, new_cells)):
         if a.source != b.source:
-            rows.append({"notebook": stored.name, "cell": i, "ok": False, "numbers": 0, "worst": math.nan,
-                         "reason": "cell source differs"})
+            rows.append(_failed(stored.name, i, "cell source differs"))
             continue
         rows.append({"notebook": stored.name, "cell": i, **compare_text(_text(a), _text(b), tol, sanitizers)})
     return pd.DataFrame(rows)
@@ -153,8 +156,7 @@ def run(device: str = "cuda", selection: list[str] | None = None, tolerances: Pa
                 runner.execute(job)
             table = compare_notebooks(nb, job.output, tol, sanitizers)
         except runner.JobFailed as failed:  # recorded like a mismatch; the other notebooks still run
-            table = pd.DataFrame([{"notebook": nb.name, "cell": -1, "ok": False, "numbers": 0, "worst": math.nan,
-                                   "reason": failed.status}])
+            table = pd.DataFrame([_failed(nb.name, -1, failed.status)])
         frames.append(table.assign(device=device, dtype=tol.dtype, rtol=tol.rtol, atol=tol.atol))
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "nbcheck.csv", index=False)

@@ -46,21 +46,23 @@ class Pair:
 PAIRS: tuple[Pair, ...] = ()
 
 
+def _pair_of(name: str) -> Pair | None:
+    return next((p for p in PAIRS if name in (p.moe, p.dense)), None)
+
+
 def partner(name: str) -> str | None:
     """The other member of ``name``'s registered pair (None when it has none)."""
-    for p in PAIRS:
-        if name in (p.moe, p.dense):
-            return p.dense if name == p.moe else p.moe
-    return None
+    p = _pair_of(name)
+    return None if p is None else (p.dense if name == p.moe else p.moe)
 
 
 def seeds_of(name: str) -> list[str]:
     """The same pair member trained from every registered seed ([name] for a model in no pair)."""
-    for p in PAIRS:
-        if name in (p.moe, p.dense):
-            side = "moe" if name == p.moe else "dense"
-            return [getattr(q, side) for q in PAIRS if q.depth == p.depth]
-    return [name]
+    p = _pair_of(name)
+    if p is None:
+        return [name]
+    side = "moe" if name == p.moe else "dense"
+    return [getattr(q, side) for q in PAIRS if q.depth == p.depth]
 
 
 def load_card(name: str) -> dict:
