@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup
+.PHONY: reproduce test setup zoo
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -25,3 +25,6 @@ reproduce: setup  ## train/load the organisms, run every notebook, write runs/re
 
 test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
 	$(PY) -m pytest
+
+zoo: setup  ## (re)train the gen-2 organisms that are missing or stale (resumes; --retrain via ZOO_FLAGS=--retrain)
+	$(PY) -m moescope organisms --gen 2 $(ZOO_FLAGS)

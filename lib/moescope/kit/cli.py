@@ -38,7 +38,11 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _organisms(args: argparse.Namespace) -> int:
-    table = zoo.ensure_zoo(args.names or None, retrain=args.retrain)
+    known = zoo.GEN2 if args.gen == 2 else tuple(zoo.ZOO)
+    if wrong := [n for n in args.names or [] if n not in known]:
+        raise SystemExit(f"moescope organisms: {', '.join(wrong)} not of generation {args.gen}; use --gen 1 or 2")
+    ensure = zoo.ensure_gen2 if args.gen == 2 else zoo.ensure_zoo
+    table = ensure(args.names or None, retrain=args.retrain)
     print(table.to_string(index=False))
     return 0
 
@@ -104,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moescope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("organisms", help="train (if missing) and list the model organisms")
-    p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO), help="organisms (default: all)")
-    p.add_argument("--retrain", action="store_true", help="train again even if saved")
+    p.add_argument("--gen", type=int, choices=[1, 2], default=1, help="generation: 1 (small zoo) or 2 (deep zoo)")
+    p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO) + list(zoo.GEN2),
+                   help="organisms of that generation (default: all)")
+    p.add_argument("--retrain", action="store_true", help="train again even if saved and current")
     p.set_defaults(func=_organisms)
     p = sub.add_parser("attribute", help="LPI attribution of one prompt or a relation, written as CSV files")
     p.add_argument("--model", required=True, help="organism name, local path or Hugging Face id")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import configs, paths
+from . import gen2, planted
+from .gen2 import Gen2Spec
 from .training import OrganismSpec, train_organism
 
 ZOO: dict[str, OrganismSpec] = {s.name: s for s in (
@@ -44,4 +47,110 @@ def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.
         rows.append({"organism": name, "mirrors": card["mirrors"], "layers": card["architecture"]["layers"],
                      "params": card["architecture"]["params"], "steps": card["training_steps"],
                      "seconds": card["training_seconds"], "accuracy": card["accuracy"]})
+    return pd.DataFrame(rows)
+
+
+# --- gen 2 ------------------------------------------------------------------------------------------------------
+# Depth-matched MoE / dense pairs at 8 and 16 layers (seeds 0, 1, 2), equal attention and equal active FFN width
+# per token (MoE top_k * expert_width == dense FFN width), a Qwen-MoE-like model with a small gated shared expert
+# and 32 routed experts (top-4) trained with a curriculum, and the planted ground truth. Analyses use this registry
+# (and the cards it reads), never the names.
+
+_HIDDEN, _HEADS = 64, 4
+_MOE = dict(experts=16, top_k=4, expert_width=16)
+_DENSE_WIDTH = _MOE["top_k"] * _MOE["expert_width"]
+#: training budget per depth (steps of ``batch`` texts); pair members and seeds share it
+BUDGET: dict[int, dict] = {8: dict(max_steps=600, batch=128, lr=3e-3, warmup=50),
+                           16: dict(max_steps=600, batch=128, lr=3e-3, warmup=50)}
+DEPTHS, SEEDS = (8, 16), (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A depth-matched MoE / dense pair of one seed."""
+
+    depth: int
+    seed: int
+    moe: str
+    dense: str
+
+
+def _pair(depth: int, seed: int) -> Pair:
+    return Pair(depth, seed, f"g2-olmoe-l{depth}-s{seed}", f"g2-llama-l{depth}-s{seed}")
+
+
+PAIRS: tuple[Pair, ...] = tuple(_pair(d, s) for d in DEPTHS for s in SEEDS)
+SHARED_MOE = "g2-qwen-moe-l8"
+
+
+def _pair_specs(p: Pair) -> list[Gen2Spec]:
+    shape = dict(hidden=_HIDDEN, heads=_HEADS, layers=p.depth)
+    return [
+        Gen2Spec(p.moe, "olmoe", configs.Shape(**shape, **_MOE), "allenai/OLMoE-1B-7B-0924", seed=p.seed,
+                 group=f"olmoe-l{p.depth}", role="moe", partner=p.dense, **BUDGET[p.depth]),
+        Gen2Spec(p.dense, "llama", configs.Shape(**shape, expert_width=_DENSE_WIDTH), "huggyllama/llama-7b",
+                 seed=p.seed, group=f"llama-l{p.depth}", role="dense", partner=p.moe, **BUDGET[p.depth]),
+    ]
+
+
+GEN2_ZOO: dict[str, Gen2Spec] = {s.name: s for p in PAIRS for s in _pair_specs(p)} | {
+    SHARED_MOE: Gen2Spec(SHARED_MOE, "qwen2_moe", configs.Shape(hidden=_HIDDEN, heads=_HEADS, layers=8, experts=32,
+                         top_k=4, expert_width=16, shared_width=32), "Qwen/Qwen1.5-MoE-A2.7B", group="qwen-moe-l8",
+                         role="shared-moe", curriculum=200, **(BUDGET[8] | dict(max_steps=BUDGET[8]["max_steps"] + 200))),
+    planted.GEN2_NAME: planted.gen2_spec(BUDGET[8]),
+}
+GEN2: tuple[str, ...] = tuple(GEN2_ZOO)
+
+
+def _gen2_card(name: str) -> dict | None:
+    path = paths.ORGANISMS / name / "card.json"
+    if "/" in name or not path.is_file():
+        return None
+    card = json.loads(path.read_text())
+    return card if card.get("gen") == 2 else None
+
+
+def partner(name: str) -> str | None:
+    """The depth-matched partner (MoE <-> dense) of a gen-2 organism, from its card; None for any other model."""
+    card = _gen2_card(name)
+    return card.get("partner") if card else None
+
+
+def seeds_of(name: str) -> list[str]:
+    """Names of the gen-2 organisms of ``name``'s spec across seeds (itself included), from the cards; [name] for
+    any other model."""
+    card = _gen2_card(name)
+    if card is None:
+        return [name]
+    same = [(c["seed"], n) for n in GEN2 if (c := _gen2_card(n)) and c["spec"] == card["spec"]]
+    return [n for _, n in sorted(same)] or [name]
+
+
+def _train_gen2(name: str) -> dict:
+    spec = GEN2_ZOO[name]
+    if spec.role == "planted":
+        return planted.train_gen2_planted(spec)
+    return gen2.train_gen2(spec)
+
+
+def _gen2_is_current(name: str) -> bool:
+    """True when the saved card matches the spec and the corpus (so retraining would give the same weights)."""
+    card, spec = _gen2_card(name), GEN2_ZOO[name]
+    if card is None:
+        return False
+    corpus, _ = gen2.gen2_data(spec.corpus, spec.vocab_size)
+    extra = {"plant": card["plant"]} if spec.role == "planted" else None
+    return card.get("spec_hash") == gen2.spec_hash(spec, extra) and card.get("data_hash") == corpus.hash()
+
+
+def ensure_gen2(names: Sequence[str] | None = None, retrain: bool = False) -> pd.DataFrame:
+    """Train the gen-2 organisms that are missing or stale (all with ``retrain``); return their evaluation table."""
+    rows = []
+    for name in tqdm(names or GEN2, desc="gen-2 organisms"):
+        card = _train_gen2(name) if retrain or not _gen2_is_current(name) else _gen2_card(name)
+        rows.append({"organism": name, "spec": card["spec"], "seed": card["seed"],
+                     "layers": card["architecture"]["layers"], "params": card["architecture"]["params"],
+                     "active_params": card["active_params"], "steps": card["training_steps"],
+                     "seconds": card["training_seconds"], "heldout_mrr": card["eval_paper_tasks"]["mrr"],
+                     "heldout_hit@10": card["eval_paper_tasks"]["hit@10"]})
     return pd.DataFrame(rows)
