@@ -41,12 +41,12 @@ class CorpusSpec:
     """Sizes and frequencies of the gen-2 corpus."""
 
     seed: int = 0
-    max_count: int = 48
+    max_count: int = 64
     min_count: int = 1
     zipf: float = 1.0
-    typing_repeats: int = 2
-    grammar: int = 2000
-    copies: int = 2000
+    typing_repeats: int = 1
+    grammar: int = 1500
+    copies: int = 1500
     copy_words: tuple[int, int] = (2, 4)
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import arch, configs, data, metrics, numerics, paths
+from .. import arch, configs, data, metrics, numerics, paths, prompts
 from ..determinism import EXPERTS_IMPLEMENTATION, set_determinism
 from . import training
 from .corpus import Corpus, CorpusSpec
@@ -44,7 +44,8 @@ StepExtras = Callable[[nn.Module, Corpus], dict]
 
 @dataclass(frozen=True)
 class Gen2Spec(training.OrganismSpec):
-    """A gen-2 organism: ``group`` names the design shared by its seeds; ``partner`` its depth-matched partner."""
+    """A gen-2 organism: ``group`` names the design shared by its seeds; ``partner`` its depth-matched partner;
+    ``rope_theta`` / ``rms_norm_eps`` override the family's defaults (so that a pair's attention is identical)."""
 
     group: str = ""
     role: str = ""
@@ -55,6 +56,8 @@ class Gen2Spec(training.OrganismSpec):
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     vocab_size: int = 1024
     prefix_steps: int = 20
+    rope_theta: float | None = None
+    rms_norm_eps: float | None = None
 
 
 def spec_hash(spec: Gen2Spec, extra: dict | None = None) -> str:
@@ -115,13 +118,13 @@ def state_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def heldout_scores(model: nn.Module, tokenizer, corpus: Corpus) -> pd.DataFrame:
+def heldout_scores(model: nn.Module, tokenizer, corpus: Corpus, batch_size: int = 512) -> pd.DataFrame:
     """Every fact on every held-out template with the gold first token's rank (and the fact's rank and count)."""
     frame = corpus.heldout()
-    scores = metrics.score_prompts(model, tokenizer, list(frame.prompt), list(frame.object))
+    enc = prompts.encode(tokenizer, list(frame.prompt), list(frame.object), prompts.context_length(model))
+    logits = metrics.last_token_logits(model, enc, batch_size=batch_size)
     n = frame.groupby("relation")["sample_id"].transform("nunique")
-    return frame.assign(rank_gold=scores["rank"].values, logprob=scores["logprob"].values,
-                        rare=frame["rank"] > 2 * n / 3)
+    return frame.assign(rank_gold=metrics.ranks(logits, enc.target_ids).numpy(), rare=frame["rank"] > 2 * n / 3)
 
 
 def summarize_heldout(scores: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -149,7 +152,12 @@ def active_params(model: nn.Module) -> dict[str, int]:
 def _build(spec: Gen2Spec, tokenizer) -> nn.Module:
     set_determinism(spec.seed)
     shape = configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})
-    return configs.build(configs.tiny_config(spec.family, shape), attn="eager")
+    config = configs.tiny_config(spec.family, shape)
+    if spec.rope_theta is not None:
+        config.rope_parameters = {**config.rope_parameters, "rope_theta": spec.rope_theta}
+    if spec.rms_norm_eps is not None:
+        config.rms_norm_eps = spec.rms_norm_eps
+    return configs.build(config, attn="eager")
 
 
 def _train(spec: Gen2Spec, model, tokenizer, corpus: Corpus, extras: dict, steps: int | None = None,
@@ -161,7 +169,8 @@ def _train(spec: Gen2Spec, model, tokenizer, corpus: Corpus, extras: dict, steps
 
     lengths = torch.tensor([len(ids) for ids in tokenizer(corpus.texts)["input_ids"]])
     order = batches(corpus, spec, lengths)
-    return training.train_lm(model, tokenizer, corpus.texts, spec, done, batches=islice(order, steps),
+    loop = replace(spec, eval_every=spec.prefix_steps)  # `done` (never true) records the prefix hash at that step
+    return training.train_lm(model, tokenizer, corpus.texts, loop, done, batches=islice(order, steps),
                              lr_scale=lr_scale(spec), trim=True, **extras)
 
 

@@ -24,6 +24,7 @@ import torch
 from .. import arch, data, interventions, metrics, models, verdicts
 from ..attribution import attribute
 from ..attribution.summaries import expert_ranking
+from . import zoo
 
 CONTROL_DRAWS = 10
 BLOCKING_COLUMNS = ["blocked_for", "condition", "kind", "experts", "relation", "planted_relation", "mrr_before",
@@ -288,7 +289,7 @@ def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int 
     A model without a plant (or a dense one) gets empty tables and 'not testable' verdicts.
     """
     torch.manual_seed(seed)
-    lm = models.load_model(model)
+    lm = models.load_model(zoo.require_trained(model))
     plant = load_plant(model, relations)
     facts = prompts_of(relations, n_samples, template)
     gains = expert_gains(lm, facts, plant)

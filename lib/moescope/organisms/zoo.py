@@ -33,8 +33,27 @@ MOE_ORGANISMS = ("qwen-moe-like", "olmoe-like", "mixtral-like")
 DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
 
 
+class NotTrainedError(FileNotFoundError):
+    """A registered organism whose weights are not on disk (most gen-2 organisms ship untrained: train them)."""
+
+
+def train_command(name: str) -> str:
+    """The command that trains the registered organism ``name``."""
+    return f"python -m moescope organisms --gen {2 if name in GEN2_ZOO else 1} --names {name}"
+
+
+def require_trained(name: str) -> str:
+    """``name`` unchanged, unless it is a registered organism without saved weights: then NotTrainedError naming
+    the command that trains it. Other names (local folders, hub ids) pass through to ``models.load_model``."""
+    if (name in ZOO or name in GEN2_ZOO) and not (paths.ORGANISMS / name / "config.json").is_file():
+        raise NotTrainedError(f"organism {name!r} is registered but not trained (no weights in "
+                              f"{paths.ORGANISMS / name}); train it with `{train_command(name)}`")
+    return name
+
+
 def load_card(name: str) -> dict:
-    """The card of a saved organism."""
+    """The card of a saved organism (NotTrainedError naming the training command for an untrained one)."""
+    require_trained(name)
     return json.loads((paths.ORGANISMS / name / "card.json").read_text())
 
 
@@ -51,18 +70,22 @@ def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.
 
 
 # --- gen 2 ------------------------------------------------------------------------------------------------------
-# Depth-matched MoE / dense pairs at 8 and 16 layers (seeds 0, 1, 2), equal attention and equal active FFN width
-# per token (MoE top_k * expert_width == dense FFN width), a Qwen-MoE-like model with a small gated shared expert
-# and 32 routed experts (top-4) trained with a curriculum, and the planted ground truth. Analyses use this registry
-# (and the cards it reads), never the names.
+# Depth-matched MoE / dense pairs at 8 and 16 layers (seeds 0, 1, 2) that differ only in the FFN: the MoE member is
+# a Mixtral-class model (16 routed experts, top-4, no shared expert) and the dense member a Llama, with the same
+# attention (same class of projections, RoPE theta 1e4, RMSNorm eps 1e-6) and equal active FFN width per token
+# (top_k * expert_width == dense FFN width); a Qwen-MoE-like model with a small gated shared expert and 32 routed
+# experts (top-4) trained with a curriculum; and the planted ground truth. Analyses use this registry (and the
+# cards it reads), never the names. Only the planted organism is shipped trained; `make zoo` trains the rest.
 
 _HIDDEN, _HEADS = 64, 4
 _MOE = dict(experts=16, top_k=4, expert_width=16)
 _DENSE_WIDTH = _MOE["top_k"] * _MOE["expert_width"]
+_SAME_ATTENTION = dict(rope_theta=10000.0, rms_norm_eps=1e-6)
 #: training budget per depth (steps of ``batch`` texts); pair members and seeds share it
 BUDGET: dict[int, dict] = {8: dict(max_steps=600, batch=128, lr=3e-3, warmup=50),
                            16: dict(max_steps=600, batch=128, lr=3e-3, warmup=50)}
 DEPTHS, SEEDS = (8, 16), (0, 1, 2)
+CURRICULUM = 200  # steps of general text only before the facts join (the shared-expert model)
 
 
 @dataclass(frozen=True)
@@ -76,7 +99,7 @@ class Pair:
 
 
 def _pair(depth: int, seed: int) -> Pair:
-    return Pair(depth, seed, f"g2-olmoe-l{depth}-s{seed}", f"g2-llama-l{depth}-s{seed}")
+    return Pair(depth, seed, f"g2-moe-l{depth}-s{seed}", f"g2-dense-l{depth}-s{seed}")
 
 
 PAIRS: tuple[Pair, ...] = tuple(_pair(d, s) for d in DEPTHS for s in SEEDS)
@@ -85,20 +108,24 @@ SHARED_MOE = "g2-qwen-moe-l8"
 
 def _pair_specs(p: Pair) -> list[Gen2Spec]:
     shape = dict(hidden=_HIDDEN, heads=_HEADS, layers=p.depth)
+    common = dict(seed=p.seed, **BUDGET[p.depth], **_SAME_ATTENTION)
     return [
-        Gen2Spec(p.moe, "olmoe", configs.Shape(**shape, **_MOE), "allenai/OLMoE-1B-7B-0924", seed=p.seed,
-                 group=f"olmoe-l{p.depth}", role="moe", partner=p.dense, **BUDGET[p.depth]),
-        Gen2Spec(p.dense, "llama", configs.Shape(**shape, expert_width=_DENSE_WIDTH), "huggyllama/llama-7b",
-                 seed=p.seed, group=f"llama-l{p.depth}", role="dense", partner=p.moe, **BUDGET[p.depth]),
+        Gen2Spec(p.moe, "mixtral", configs.Shape(**shape, **_MOE),
+                 "MoE without shared expert (OLMoE / Mixtral style: many small routed experts)",
+                 group=f"moe-l{p.depth}", role="moe", partner=p.dense, **common),
+        Gen2Spec(p.dense, "llama", configs.Shape(**shape, expert_width=_DENSE_WIDTH), "dense (Llama style)",
+                 group=f"dense-l{p.depth}", role="dense", partner=p.moe, **common),
     ]
 
 
-GEN2_ZOO: dict[str, Gen2Spec] = {s.name: s for p in PAIRS for s in _pair_specs(p)} | {
-    SHARED_MOE: Gen2Spec(SHARED_MOE, "qwen2_moe", configs.Shape(hidden=_HIDDEN, heads=_HEADS, layers=8, experts=32,
-                         top_k=4, expert_width=16, shared_width=32), "Qwen/Qwen1.5-MoE-A2.7B", group="qwen-moe-l8",
-                         role="shared-moe", curriculum=200, **(BUDGET[8] | dict(max_steps=BUDGET[8]["max_steps"] + 200))),
-    planted.GEN2_NAME: planted.gen2_spec(BUDGET[8]),
-}
+_SPECS = [s for p in PAIRS for s in _pair_specs(p)] + [
+    Gen2Spec(SHARED_MOE, "qwen2_moe", configs.Shape(hidden=_HIDDEN, heads=_HEADS, layers=8, experts=32, top_k=4,
+             expert_width=16, shared_width=32), "Qwen/Qwen1.5-MoE-A2.7B", group="qwen-moe-l8", role="shared-moe",
+             **(BUDGET[8] | dict(curriculum=CURRICULUM, max_steps=BUDGET[8]["max_steps"] + CURRICULUM))),
+    planted.gen2_spec(BUDGET[8]),
+]
+#: every gen-2 organism, in training order (the first 8-layer pair, the planted and the shared-expert model first)
+GEN2_ZOO: dict[str, Gen2Spec] = {s.name: s for s in sorted(_SPECS, key=lambda s: (s.seed > 0 or s.shape.layers > 8))}
 GEN2: tuple[str, ...] = tuple(GEN2_ZOO)
 
 
