@@ -1,12 +1,18 @@
 """The gen-2 registry: matched pairs (checked on freshly built models, no weights needed), the shared-expert design,
-and the clear error for an organism that is registered but not trained."""
+the clear error for an organism that is registered but not trained, and, for the one gen-2 organism shipped with
+weights (the planted ground truth), card against weights and bit-for-bit retraining of a training prefix."""
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from moescope import arch, paths
+from moescope import arch, models, paths
 from moescope.organisms import gen2, planted, zoo
+from moescope.organisms.tokenizer import tokenizer_hash
+
+#: gen-2 organisms whose weights are committed; every other gen-2 organism is registered but untrained
+SHIPPED = (planted.GEN2_NAME,)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +109,60 @@ def test_partner_and_seeds_read_the_cards(tmp_path, monkeypatch):
     assert zoo.seeds_of(trained[1].moe) == [p.moe for p in trained]
     for name in ("olmoe-like", zoo.SHARED_MOE, "org/some-model", "/tmp/no-such-folder"):
         assert zoo.partner(name) is None and zoo.seeds_of(name) == [name]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_card_matches_weights_spec_and_data(name, data):
+    corpus, tokenizer = data
+    card = zoo.load_card(name)
+    spec = zoo.GEN2_ZOO[name]
+    weights = load_file(paths.ORGANISMS / name / "model.safetensors")
+    assert card["gen"] == 2 and card["name"] == name and card["seed"] == spec.seed and card["spec"] == spec.group
+    assert card["architecture"]["params"] == sum(t.numel() for t in weights.values())
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert card["data_hash"] == corpus.hash(), "organism is stale: the corpus changed since training"
+    assert card["tokenizer_hash"] == tokenizer_hash(tokenizer)
+    assert card["tokenizer_hash"] == tokenizer_hash(models.load_tokenizer(str(paths.ORGANISMS / name)))
+    assert zoo._gen2_is_current(name), f"card does not match the spec (retrain with `{zoo.train_command(name)}`)"
+    assert (paths.ORGANISMS / name / "model.safetensors").stat().st_size <= 6 * 2**20
+    assert card["training_seconds"] > 0 and card["training_steps"] == spec.max_steps
+    for relation in gen2.PAPER_RELATIONS:
+        assert set(card["eval"][relation]) >= {"mrr", "hit@10", "rare_mrr", "rare_hit@10", "n"}
+
+
+def test_planted_gen2_card_records_redundant_and_late_plants():
+    card = zoo.load_card(planted.GEN2_NAME)
+    plant = {r: {int(l): tuple(e) for l, e in p.items()} for r, p in card["plant"].items()}
+    assert plant == planted.GEN2_PLANT
+    assert card["architecture"]["layers"] >= 8
+    assert any(len(e) >= 2 for p in plant.values() for e in p.values())  # redundant
+    assert any(l >= card["architecture"]["layers"] - 2 for p in plant.values() for l in p)  # late
+
+
+def test_planted_card_evaluation_is_recomputed_exactly(data):
+    corpus, _ = data
+    lm = models.load_model(planted.GEN2_NAME)
+    fresh = gen2.summarize_heldout(gen2.heldout_scores(lm.model, lm.tokenizer, corpus))
+    assert fresh == zoo.load_card(planted.GEN2_NAME)["eval"]
+
+
+def test_retraining_prefix_is_bit_exact():
+    """Retrain the first ``prefix_steps`` steps of the shipped gen-2 organism (planting hooks and router loss
+    included) and compare the weights' hash with the one its card recorded at that step of the full run (same code
+    path: corpus, tokenizer, init, batches, schedule, kernels). The full-length check is the slow test below."""
+    spec = zoo.GEN2_ZOO[planted.GEN2_NAME]
+    card = zoo.load_card(planted.GEN2_NAME)
+    assert card["prefix_check"]["steps"] == spec.prefix_steps
+    assert gen2.prefix_hash(spec, planted.gen2_extras(planted.GEN2_PLANT, spec.seed)) == card["prefix_check"]["sha256"]
+
+
+@pytest.mark.slow
+def test_full_retraining_reproduces_the_shipped_weights(tmp_path):
+    name = planted.GEN2_NAME
+    card = planted.train_gen2_planted(zoo.GEN2_ZOO[name], out_dir=tmp_path / name)
+    shipped = load_file(paths.ORGANISMS / name / "model.safetensors")
+    fresh = load_file(tmp_path / name / "model.safetensors")
+    assert shipped.keys() == fresh.keys() and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    assert card["eval"] == zoo.load_card(name)["eval"]
+    assert json.loads((tmp_path / name / "tokenizer.json").read_text()) == json.loads(
+        (paths.ORGANISMS / name / "tokenizer.json").read_text())
