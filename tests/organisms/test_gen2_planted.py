@@ -1,10 +1,9 @@
-"""Gen-2 planting (redundant and late plants, gradient stops) and the ground-truth analysis of notebook 15."""
+"""Gen-2 planting (redundant and late plants, gradient stops) and the ground-truth analysis (ground_truth)."""
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
-from moescope import arch, verdicts
+from moescope import arch
 from moescope.hooks import hooked
 from moescope.organisms import ground_truth, planted
 from conftest import tiny_model
@@ -89,28 +88,14 @@ def test_without_a_plant_every_check_is_not_testable():
     assert all(v.startswith("not testable: the model lacks a planted ground truth") for v in rows.verdict)
 
 
-@pytest.fixture(scope="module")
-def truth():
-    return ground_truth.run(planted.GEN2_NAME, list(ground_truth.data.PAPER_TASKS), [1, 3, 5], n_samples=16)
-
-
-def test_attribution_recovers_the_gen2_plants(truth):
-    p = truth["precision"]
-    at_planted = p[p.k == p.planted].set_index("relation")
-    assert set(at_planted.index) == set(planted.GEN2_PLANT)
-    assert (at_planted.precision >= 0.5).all(), at_planted
-    assert (at_planted.precision > 10 * at_planted.chance_precision).all()
-
-
-def test_blocking_the_plants_beats_random_experts_and_spares_the_rest(truth):
-    b = truth["blocking"]
-    for relation in planted.GEN2_PLANT:
-        own = b[(b.blocked_for == relation) & b.planted_relation]
-        planted_drop = own[own.kind == "planted"].drop.item()
-        assert planted_drop > own[own.kind == "random"].drop.max(), relation
-        spared = b[(b.blocked_for == relation) & (b.kind == "planted") & ~b.planted_relation]
-        assert spared.drop.mean() < planted_drop / 3, relation
-    claims = truth["claims"]
-    assert all(verdicts.is_verdict(v) for v in claims.verdict)
-    blocking_rows = claims[claims.claim.str.startswith("planted: blocking the plant hurts")]
-    assert (blocking_rows.verdict == verdicts.REPRODUCED).all(), blocking_rows[["claim", "kit", "control_high", "verdict"]]
+def test_blocking_summary_averages_the_draws_of_each_condition_kind():
+    """Random draws of one (plant, scored relation) collapse to one row: mean, min and max of their drops."""
+    rows = [dict(blocked_for="A", condition=c, kind=c.split()[0], experts="{}", relation=r, planted_relation=r == "A",
+                 mrr_before=0.8, mrr_after=0.8 - d, drop=d, rr_before=[], rr_after=[])
+            for c, r, d in [("planted", "A", 0.5), ("random 0", "A", 0.1), ("random 1", "A", 0.3),
+                            ("planted", "B", 0.02)]]
+    got = ground_truth.summary(pd.DataFrame(rows, columns=ground_truth.BLOCKING_COLUMNS)).set_index(["kind", "relation"])
+    assert got.loc[("random", "A"), "n"] == 2
+    assert abs(got.loc[("random", "A"), "drop"] - 0.2) < 1e-12 and abs(got.loc[("random", "A"), "mrr_after"] - 0.6) < 1e-12
+    assert (got.loc[("random", "A"), "drop_min"], got.loc[("random", "A"), "drop_max"]) == (0.1, 0.3)
+    assert got.loc[("planted", "B"), "drop"] == 0.02 and not got.loc[("planted", "B"), "planted_relation"]

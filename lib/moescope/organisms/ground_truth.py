@@ -1,4 +1,4 @@
-"""Attribution and blocking checked against a planted ground truth (notebook 15).
+"""Attribution and blocking checked against a planted ground truth (no notebook yet: see run()).
 
 A planted organism's card says which experts were trained on which relation (:mod:`moescope.organisms.planted`).
 For a model with such a card this module computes
@@ -175,25 +175,25 @@ def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
 
 CLAIMS = {
     "precision": verdicts.Claim(
-        "planted: attribution ranks the plant first", PAPER, "notebook 15",
+        "planted: attribution ranks the plant first", PAPER, "organisms.ground_truth",
         "LPI expert attribution ranks a relation's planted experts above every other (layer, expert) pair",
         "ground truth", "precision@|planted| of the expert ranking (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
     "blocking": verdicts.Claim(
-        "planted: blocking the plant hurts its relation", PAPER, "notebook 15",
+        "planted: blocking the plant hurts its relation", PAPER, "organisms.ground_truth",
         "blocking a relation's planted experts lowers its MRR more than blocking as many random experts of the same "
         "layers", "ground truth", "MRR drop of the relation (bootstrap over prompts)", verdicts.exceeds_control(0.0),
         f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
          verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR"))),
     "specific": verdicts.Claim(
-        "planted: blocking the plant spares unplanted relations", PAPER, "notebook 15",
+        "planted: blocking the plant spares unplanted relations", PAPER, "organisms.ground_truth",
         "blocking a relation's planted experts leaves the unplanted relations' MRR nearly unchanged",
         "ground truth", "mean MRR drop over the unplanted relations' prompts (bootstrap over prompts)",
         verdicts.at_most(0.05), "", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
     "redundant": verdicts.Claim(
-        "planted: a redundant plant survives one expert", PAPER, "notebook 15",
+        "planted: a redundant plant survives one expert", PAPER, "organisms.ground_truth",
         "each expert of a redundant plant carries the relation alone: blocking one costs less than blocking all",
         "ground truth", "MRR drop when blocking all planted experts (bootstrap over prompts)",
         verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, spread over them)",
@@ -219,14 +219,14 @@ def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pair
         g = gains[gains.relation == relation]
         precision = _bootstrap_precision(g, planted, reps, seed) if len(g) else None
         rows.append(_row("precision", facts, precision, verdicts.Estimate(len(planted) / n_pairs), note, relation))
-        control = _spread(own[own.kind == "random"].drop, "draws")
+        control = _spread(own[own.kind == "random"]["drop"], "draws")
         rows.append(_row("blocking", facts, _drop_estimate(own.loc["planted"], reps, seed), control, note, relation))
         other = b[(b.condition == "planted") & ~b.planted_relation]
         rr_b = np.concatenate([np.asarray(x) for x in other.rr_before])
         rr_a = np.concatenate([np.asarray(x) for x in other.rr_after])
         spared = verdicts.bootstrap(lambda i: float(rr_b[i].mean() - rr_a[i].mean()), len(rr_b), reps, seed)
         rows.append(_row("specific", facts, spared, None, note, relation))
-        singles = own[own.kind == "single"].drop
+        singles = own[own.kind == "single"]["drop"]
         single = _spread(singles, "planted experts") if len(singles) else None
         rows.append(_row("redundant", facts, _drop_estimate(own.loc["planted"], reps, seed), single, note, relation))
     return verdicts.table(rows)
@@ -243,8 +243,8 @@ def summary(blocking: pd.DataFrame) -> pd.DataFrame:
     keys = ["blocked_for", "kind", "relation", "planted_relation"]
     for key, g in blocking.groupby(keys, sort=False):
         rows.append(dict(zip(keys, key)) | {"n": len(g), "mrr_before": g.mrr_before.iloc[0],
-                                            "mrr_after": g.mrr_after.mean(), "drop": g.drop.mean(),
-                                            "drop_min": g.drop.min(), "drop_max": g.drop.max()})
+                                            "mrr_after": g.mrr_after.mean(), "drop": g["drop"].mean(),
+                                            "drop_min": g["drop"].min(), "drop_max": g["drop"].max()})
     return pd.DataFrame(rows, columns=keys + ["n", "mrr_before", "mrr_after", "drop", "drop_min", "drop_max"])
 
 
@@ -264,8 +264,8 @@ def plot(blocking: pd.DataFrame):
             if g.empty:
                 continue
             x = [scored.index(r) + (j - 1) * 0.27 for r in g.relation]
-            ax.scatter(x, g.drop, s=12, color=colors[kind], zorder=3)
-            means = g.groupby("relation", sort=False).drop.mean()
+            ax.scatter(x, g["drop"], s=12, color=colors[kind], zorder=3)
+            means = g.groupby("relation", sort=False)["drop"].mean()
             ax.bar([scored.index(r) + (j - 1) * 0.27 for r in means.index], means, width=0.25, color=colors[kind],
                    alpha=0.5, label=f"{kind} blocked")
         ax.set_xticks(range(len(scored)), [r.replace("_", " ") for r in scored], rotation=35, ha="right", fontsize=7)
@@ -284,7 +284,8 @@ def plant_table(plant: Plant) -> pd.DataFrame:
 
 def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int | None, seed: int = 0,
         template: int = 0) -> dict[str, pd.DataFrame]:
-    """Every table of notebook 15 in one call: plant, precision@k, blocking (full and summary), verdict rows.
+    """Every table of the ground-truth analysis in one call: plant, precision@k, blocking (full and summary), verdict
+    rows. Slow: blocking scores the prompts once per condition (38 for the gen-2 plant).
 
     A model without a plant (or a dense one) gets empty tables and 'not testable' verdicts.
     """
