@@ -16,7 +16,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup desmoe-grid test-gpu benchmark-gpu test-realshape
+.PHONY: reproduce test setup zoo desmoe-grid test-gpu benchmark-gpu test-realshape
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -32,6 +32,9 @@ reproduce: setup  ## train/load the organisms, run every notebook, write runs/re
 
 test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
 	$(PY) -m pytest
+
+zoo: setup  ## (re)train the gen-2 organisms that are missing or stale (resumes; --retrain via ZOO_FLAGS=--retrain)
+	$(PY) -m moescope organisms --gen 2 $(ZOO_FLAGS)
 
 desmoe-grid: setup  ## pre-train the DES-MoE base (if missing) and run/resume the full fine-tuning grid into data/desmoe/grid
 	$(PY) -m moescope desmoe-grid

@@ -96,7 +96,13 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _organisms(args: argparse.Namespace) -> int:
-    table = zoo.ensure_zoo(args.names or None, retrain=args.retrain)
+    known = zoo.GEN2 if args.gen == 2 else tuple(zoo.ZOO)
+    if wrong := [n for n in args.names or [] if n not in known]:
+        raise SystemExit(f"moescope organisms: {', '.join(wrong)} not of generation {args.gen}; use --gen 1 or 2")
+    if args.gen == 2:
+        table = zoo.ensure_gen2(args.names or None, retrain=args.retrain, jobs=args.jobs)
+    else:
+        table = zoo.ensure_zoo(args.names or None, retrain=args.retrain)
     print(table.to_string(index=False))
     return 0
 
@@ -232,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("organisms", help="train (if missing) and list the model organisms")
-    p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO), help="organisms (default: all)")
-    p.add_argument("--retrain", action="store_true", help="train again even if saved")
+    p.add_argument("--gen", type=int, choices=[1, 2], default=1, help="generation: 1 (small zoo) or 2 (deep zoo)")
+    p.add_argument("--names", nargs="*", choices=sorted(zoo.ZOO) + list(zoo.GEN2),
+                   help="organisms of that generation (default: all)")
+    p.add_argument("--retrain", action="store_true", help="train again even if saved and current")
+    p.add_argument("--jobs", type=int, default=2, help="gen 2: parallel one-thread training processes (default 2)")
     p.set_defaults(func=_organisms)
     p = sub.add_parser("attribute", help="LPI attribution of one prompt or a relation, written as CSV files")
     p.add_argument("--model", required=True, help="organism name, local path or Hugging Face id")

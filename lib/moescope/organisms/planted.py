@@ -24,6 +24,7 @@ from .. import arch, configs, data, paths, routing
 from ..determinism import set_determinism
 from ..routing import RoutingEdit, routing_hook
 from ..vocab import word_tokenizer
+from . import gen2
 from . import training as organisms
 
 NAME = "planted-olmoe"
@@ -34,21 +35,26 @@ PLANT: dict[str, dict[int, int]] = {"country_capital_city": {0: 2, 1: 5}, "fruit
 ROUTER_LOSS_WEIGHT = 0.1
 
 
-def planted_by_layer(plant: dict[str, dict[int, int]] = PLANT) -> dict[int, list[int]]:
-    """{layer: [planted experts]} (for blocking them all)."""
+def _as_tuple(experts: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (experts,) if isinstance(experts, int) else tuple(experts)
+
+
+def planted_by_layer(plant: dict[str, dict[int, int | tuple[int, ...]]] = PLANT) -> dict[int, list[int]]:
+    """{layer: [planted experts]} (for blocking them all); a plant maps a layer to one expert or a tuple of them."""
     out: dict[int, list[int]] = {}
     for layers in plant.values():
-        for layer, expert in layers.items():
-            out.setdefault(layer, []).append(expert)
+        for layer, experts in layers.items():
+            out.setdefault(layer, []).extend(_as_tuple(experts))
     return out
 
 
-def _only_expert_pre_hook(expert: int, tokens: torch.Tensor):
-    """Experts pre-hook: on ``tokens`` (flat bool), keep only ``expert``'s routing weight."""
+def _only_expert_pre_hook(expert: int | tuple[int, ...], tokens: torch.Tensor):
+    """Experts pre-hook: on ``tokens`` (flat bool), keep only the routing weights of ``expert`` (one or a tuple)."""
+    keep = torch.tensor(_as_tuple(expert))
 
     def pre_hook(module, args):
         hidden, idx, weights = args[:3]
-        drop = tokens.view(-1, 1) & (idx != expert)
+        drop = tokens.view(-1, 1) & ~torch.isin(idx, keep)
         return (hidden, idx, weights.masked_fill(drop, 0.0), *args[3:])
 
     return pre_hook
@@ -111,3 +117,122 @@ def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
     card = organisms._card(spec, model, corpus, steps, time.perf_counter() - start, acc) | {"plant": PLANT}
     organisms.save_organism(model, tokenizer, card, paths.ORGANISMS / spec.name)
     return card
+
+
+# --- gen 2: redundant and late-layer plants in a deep model ------------------------------------------------------
+#
+# In an 8-layer OLMoE-like model trained on the gen-2 corpus, each planted relation owns experts in some layers:
+#
+# - in a planted layer, its fact tokens go to its planted experts only (forced into the top-k, the other slots'
+#   weights set to 0); a redundant plant (several experts) uses a random non-empty subset of them per batch, so each
+#   planted expert learns to carry the relation alone; tokens of everything else are blocked from planted experts;
+# - in every other layer its fact tokens are routed as usual, but the experts' output for them is detached: no
+#   other expert learns from the relation's facts (the forward pass is unchanged, so the model needs no hook);
+# - a router loss teaches every router the same assignment (cross-entropy on the planted set, -log(1 - p) for the
+#   others), so that without any hook planted facts are routed to their experts.
+#
+# The experts that learn a planted relation are then known: exactly its planted experts (attention, shared by all
+# text, can still carry part of it).
+
+GEN2_NAME = "g2-planted-olmoe-l8"
+#: relation -> {layer: planted experts}: a redundant triple in a middle layer, a redundant pair in the last layer,
+#: a single expert in a late layer; name_birthplace and country_language are unplanted controls.
+GEN2_PLANT: dict[str, dict[int, tuple[int, ...]]] = {
+    "country_capital_city": {3: (4, 9, 13)},
+    "fruit_inside_color": {7: (6, 12)},
+    "object_superclass": {6: (1,)},
+}
+
+
+def gen2_spec(budget: dict) -> "gen2.Gen2Spec":
+    """The gen-2 planted organism's spec, with the training budget of the 8-layer pairs."""
+    return gen2.Gen2Spec(GEN2_NAME, "olmoe", configs.Shape(hidden=64, layers=8, experts=16, top_k=4, expert_width=16),
+                         "ground truth for expert attribution (no real counterpart)", group="planted-olmoe-l8",
+                         role="planted", **budget)
+
+
+def _rows_of(relations: list[str], relation: str, real: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([r == relation for r in relations])[:, None] & real
+
+
+def _detach_hook(tokens: torch.Tensor):
+    """Experts forward hook: the output on ``tokens`` (flat bool) carries no gradient."""
+
+    def hook(module, args, output):
+        return torch.where(tokens.view(-1, 1), output.detach(), output)
+
+    return hook
+
+
+def _random_subset(experts: tuple[int, ...], gen: torch.Generator) -> tuple[int, ...]:
+    """A non-empty random subset of ``experts``, each kept with probability 1/2 (a single expert is kept)."""
+    while len(experts) > 1:
+        keep = tuple(e for e, u in zip(experts, torch.rand(len(experts), generator=gen).tolist()) if u < 0.5)
+        if keep:
+            return keep
+    return experts
+
+
+def gen2_hooks(model: nn.Module, plant: dict[str, dict[int, tuple[int, ...]]], relations: list[str],
+               real: torch.Tensor, gen: torch.Generator) -> list:
+    """Routing edits, weight masks and gradient stops for one batch (``relations`` per row, '' for general text)."""
+    hooks = []
+    for parts in arch.layers(model):
+        here = {r: p[parts.index] for r, p in plant.items() if parts.index in p}
+        for relation, layers in plant.items():
+            if parts.index not in layers:
+                hooks.append((parts.experts, "forward", _detach_hook(_rows_of(relations, relation, real).reshape(-1))))
+        if not here:
+            continue
+        other = torch.tensor([r not in here for r in relations])[:, None] & real
+        blocked = tuple(e for experts in here.values() for e in experts)
+        hooks.append((parts.router, "forward_prepend", routing_hook(RoutingEdit(blocked=blocked, tokens=other.reshape(-1)))))
+        for relation, experts in here.items():
+            rows = _rows_of(relations, relation, real).reshape(-1)
+            active = _random_subset(experts, gen)
+            hooks.append((parts.router, "forward_prepend", routing_hook(RoutingEdit(forced=active, tokens=rows))))
+            hooks.append((parts.experts, "pre", _only_expert_pre_hook(active, rows)))
+    return hooks
+
+
+def gen2_router_loss(router_logits: tuple[torch.Tensor, ...], plant: dict[str, dict[int, tuple[int, ...]]],
+                     relations: list[str], real: torch.Tensor) -> torch.Tensor:
+    """Mean over planted layers and real tokens of -log(sum of p over the row's planted experts) on planted facts
+    and -log(1 - sum of p over the layer's planted experts) on everything else."""
+    losses = []
+    for layer, experts in planted_by_layer(plant).items():
+        probs = router_logits[layer].float().softmax(-1).view(*real.shape, -1)
+        own = torch.zeros(len(relations), probs.shape[-1], dtype=torch.bool)
+        planted_row = torch.zeros(len(relations), dtype=torch.bool)
+        for b, relation in enumerate(relations):
+            if layer in plant.get(relation, {}):
+                own[b, list(plant[relation][layer])], planted_row[b] = True, True
+            else:
+                own[b, experts] = True
+        p = (probs * own[:, None, :]).sum(-1)
+        loss = torch.where(planted_row[:, None], -torch.log(p + 1e-9), -torch.log1p(-p.clamp(max=1 - 1e-6)))
+        losses.append(loss[real].mean())
+    return torch.stack(losses).mean()
+
+
+def gen2_extras(plant: dict[str, dict[int, tuple[int, ...]]], seed: int):
+    """``extras_for`` of :func:`moescope.organisms.gen2.train_gen2`: the planting hooks and the router loss."""
+
+    def extras_for(model: nn.Module, corpus) -> dict:
+        row_relation = list(corpus.train.relation)
+        rows_relations = lambda rows: [row_relation[i] for i in rows]  # noqa: E731
+        gen = torch.Generator().manual_seed(seed + 1)
+        return {
+            "step_hooks": lambda rows, real: gen2_hooks(model, plant, rows_relations(rows), real, gen),
+            "extra_loss": lambda out, rows, real: ROUTER_LOSS_WEIGHT * gen2_router_loss(
+                out.router_logits, plant, rows_relations(rows), real),
+        }
+
+    return extras_for
+
+
+def train_gen2_planted(spec: "gen2.Gen2Spec", plant: dict[str, dict[int, tuple[int, ...]]] = GEN2_PLANT,
+                       out_dir=None) -> dict:
+    """Train the gen-2 planted organism and save it; the card records the plant."""
+    card_plant = {r: {str(l): list(e) for l, e in p.items()} for r, p in plant.items()}
+    return gen2.train_gen2(spec, out_dir, extras_for=gen2_extras(plant, spec.seed), card_extra={"plant": card_plant})

@@ -5,9 +5,8 @@ carries a card (``card.json``): architecture, parameter count, data hash, steps,
 """
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +68,17 @@ def fact_accuracy(model: nn.Module, tokenizer, facts: pd.DataFrame) -> pd.Series
     return (scores["rank"] == 1).groupby(facts["relation"].values).mean()
 
 
+def shuffled_batches(n: int, spec: OrganismSpec) -> Iterator[torch.Tensor]:
+    """``spec.max_steps`` batches of ``spec.batch`` text indices: epochs of seeded random permutations of ``n`` texts."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(spec.max_steps):
+        if len(order) < spec.batch:
+            order = torch.cat([order, torch.randperm(n, generator=gen)])
+        batch, order = order[: spec.batch], order[spec.batch :]
+        yield batch
+
+
 def train_lm(
     model: nn.Module,
     tokenizer,
@@ -77,39 +87,46 @@ def train_lm(
     done: Callable[[nn.Module], bool],
     step_hooks: Callable[[torch.Tensor, torch.Tensor], list] | None = None,
     extra_loss: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    batches: Iterable[torch.Tensor] | None = None,
+    lr_scale: Callable[[int], float] | None = None,
+    trim: bool = False,
 ) -> int:
-    """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or max_steps.
+    """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or the batches end.
 
     ``done`` is checked every ``spec.eval_every`` steps; returns the number of steps taken. For a batch of text
     indices ``rows`` with non-padding mask ``real``, ``step_hooks(rows, real)`` gives hooks active during its
-    forward pass and ``extra_loss(output, rows, real)`` is added to the loss.
+    forward pass and ``extra_loss(output, rows, real)`` is added to the loss. ``batches`` (default
+    :func:`shuffled_batches`) gives each step's text indices; ``lr_scale(step)`` multiplies the learning rate of the
+    0-based step; ``trim`` cuts each batch to its longest text (otherwise every batch has the corpus' width).
     """
     ids, labels = _lm_batches(tokenizer, texts)
-    gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale) if lr_scale else None
     moe = arch.is_moe(model)
-    order = torch.empty(0, dtype=torch.long)
-    bar = tqdm(range(1, spec.max_steps + 1), desc=f"train {spec.name}", leave=False, mininterval=2)
-    for step in bar:
-        if len(order) < spec.batch:
-            order = torch.cat([order, torch.randperm(len(ids), generator=gen)])
-        batch, order = order[: spec.batch], order[spec.batch :]
+    bar = tqdm(batches if batches is not None else shuffled_batches(len(ids), spec), total=spec.max_steps,
+               desc=f"train {spec.name}", leave=False, mininterval=2)
+    step = 0
+    for step, batch in enumerate(bar, start=1):
         real = ids[batch] != tokenizer.pad_token_id
+        width = int(real.sum(1).max()) if trim else ids.shape[1]
+        real = real[:, :width]
         model.train()
         with deterministic_kernels():
             with hooked(step_hooks(batch, real) if step_hooks else []):
-                out = model(input_ids=ids[batch], attention_mask=real.long(), labels=labels[batch],
+                out = model(input_ids=ids[batch, :width], attention_mask=real.long(), labels=labels[batch, :width],
                             output_router_logits=moe, use_cache=False)
             loss = out.loss + (extra_loss(out, batch, real) if extra_loss else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if schedule:
+            schedule.step()
         if step % spec.eval_every == 0:
             model.eval()
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if done(model):
                 return step
-    return spec.max_steps
+    return step
 
 
 def _card(spec: OrganismSpec, model, corpus: Corpus, steps: int, seconds: float, acc: pd.Series) -> dict:
@@ -142,12 +159,15 @@ def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: l
     return card
 
 
-def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path) -> None:
-    """Write weights, tokenizer and card (card.json + a short README.md) to ``folder``."""
+def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path, readme: str | None = None) -> None:
+    """Write weights, tokenizer and card (card.json + a short README.md, ``readme`` if given) to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json_atomic(folder / "card.json", card)
+    if readme is not None:
+        (folder / "README.md").write_text(readme)
+        return
     per_rel = "\n".join(f"| {k} | {v:.3f} |" for k, v in card["accuracy_per_relation"].items())
     (folder / "README.md").write_text(
         f"# {card['name']}\n\nA moescope model organism mirroring `{card['mirrors']}` "

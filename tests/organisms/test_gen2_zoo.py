@@ -1,0 +1,148 @@
+"""The gen-2 registry: matched pairs (checked on freshly built models, no weights needed), the shared-expert design,
+the clear error for an organism that is registered but not trained, and, for the one gen-2 organism shipped with
+weights (the planted ground truth), card against weights and bit-for-bit retraining of a training prefix."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moescope import arch, models, paths
+from moescope.organisms import gen2, planted, zoo
+from moescope.organisms.tokenizer import tokenizer_hash
+
+#: gen-2 organisms whose weights are committed; every other gen-2 organism is registered but untrained
+SHIPPED = (planted.GEN2_NAME,)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return gen2.gen2_data()
+
+
+def _built(name: str, tokenizer) -> torch.nn.Module:
+    return gen2._build(zoo.GEN2_ZOO[name], tokenizer)
+
+
+def test_registry_shape():
+    assert {(p.depth, p.seed) for p in zoo.PAIRS} == {(d, s) for d in (8, 16) for s in (0, 1, 2)}
+    names = [n for p in zoo.PAIRS for n in (p.moe, p.dense)]
+    assert len(set(names)) == 12 and set(names) < set(zoo.GEN2)
+    assert zoo.SHARED_MOE in zoo.GEN2 and planted.GEN2_NAME in zoo.GEN2
+
+
+@pytest.mark.parametrize("pair", zoo.PAIRS, ids=lambda p: f"l{p.depth}-s{p.seed}")
+def test_pair_specs_share_everything_but_the_ffn(pair):
+    moe, dense = zoo.GEN2_ZOO[pair.moe], zoo.GEN2_ZOO[pair.dense]
+    assert (moe.partner, dense.partner, moe.role, dense.role) == (pair.dense, pair.moe, "moe", "dense")
+    for key in ("seed", "max_steps", "batch", "lr", "warmup", "final_lr", "corpus", "vocab_size", "rope_theta",
+                "rms_norm_eps", "curriculum"):
+        assert getattr(moe, key) == getattr(dense, key), key
+    for key in ("hidden", "heads", "layers"):
+        assert getattr(moe.shape, key) == getattr(dense.shape, key) and moe.shape.layers == pair.depth
+
+
+def test_built_pair_is_matched_in_active_parameters(data):
+    _, tokenizer = data
+    pair = zoo.PAIRS[0]
+    moe, dense = _built(pair.moe, tokenizer), _built(pair.dense, tokenizer)
+    a, b = arch.describe(moe), arch.describe(dense)
+    assert all(a[k] == b[k] for k in ("layers", "hidden", "heads", "vocab"))
+    assert a["moe_layers"] == pair.depth and b["moe_layers"] == 0
+    am, ad = gen2.active_params(moe), gen2.active_params(dense)
+    assert am["ffn_active_width"] == ad["ffn_active_width"]
+    assert am["active_params"] - ad["active_params"] == am["router_params"]  # equal but for the router
+
+
+def test_pair_members_differ_only_in_the_ffn(data):
+    """With the dense member's attention, norms and embeddings copied in, the MoE member's attention computes the
+    same outputs bit for bit: the pair's attention is the same module up to its weights."""
+    _, tokenizer = data
+    pair = zoo.PAIRS[0]
+    moe, dense = _built(pair.moe, tokenizer).eval(), _built(pair.dense, tokenizer).eval()
+    shared = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
+    assert {k: v.shape for k, v in moe.state_dict().items() if ".mlp." not in k} == {k: v.shape for k, v in shared.items()}
+    moe.load_state_dict(shared, strict=False)
+    x, pos = torch.randn(2, 5, moe.config.hidden_size), torch.arange(5)[None].expand(2, -1)
+    pe_a, pe_b = moe.model.rotary_emb(x, pos), dense.model.rotary_emb(x, pos)
+    assert all(torch.equal(u, v) for u, v in zip(pe_a, pe_b))
+    with torch.no_grad():
+        for la, lb in zip(moe.model.layers, dense.model.layers):
+            out_a = la.self_attn(la.input_layernorm(x), position_embeddings=pe_a, attention_mask=None)[0]
+            out_b = lb.self_attn(lb.input_layernorm(x), position_embeddings=pe_b, attention_mask=None)[0]
+            assert torch.equal(out_a, out_b)
+
+
+def test_shared_moe_design(data):
+    _, tokenizer = data
+    spec = zoo.GEN2_ZOO[zoo.SHARED_MOE]
+    assert 32 <= spec.shape.experts <= 64 and spec.shape.top_k == 4 and spec.shape.layers >= 8
+    assert 0 < spec.curriculum < spec.max_steps
+    parts = arch.layers(_built(zoo.SHARED_MOE, tokenizer))
+    assert all(p.ffn is not None and p.ffn_gate is not None for p in parts)  # a gated, always-on shared expert
+    assert parts[0].ffn.down_proj.weight.shape[1] < spec.shape.top_k * spec.shape.expert_width  # small
+
+
+def test_untrained_organism_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "ORGANISMS", tmp_path)
+    name = zoo.PAIRS[0].moe
+    for call in (zoo.load_card, zoo.require_trained):
+        with pytest.raises(zoo.NotTrainedError, match=f"python -m moescope organisms --gen 2 --names {name}"):
+            call(name)
+    with pytest.raises(zoo.NotTrainedError, match="--gen 1 --names olmoe-like"):
+        zoo.require_trained("olmoe-like")
+    assert zoo.require_trained("org/some-model") == "org/some-model"  # not registered: models.load_model decides
+
+
+def test_partner_and_seeds_come_from_the_registry():
+    for p in zoo.PAIRS:
+        assert zoo.partner(p.moe) == p.dense and zoo.partner(p.dense) == p.moe
+        same_depth = [q for q in zoo.PAIRS if q.depth == p.depth]
+        assert zoo.seeds_of(p.moe) == [q.moe for q in same_depth] and len(same_depth) == len(zoo.SEEDS)
+    for name in ("olmoe-like", zoo.SHARED_MOE, "org/some-model", "/tmp/no-such-folder"):
+        assert zoo.partner(name) is None and zoo.seeds_of(name) == [name]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_card_matches_weights_spec_and_data(name, data):
+    corpus, tokenizer = data
+    card = zoo.load_card(name)
+    spec = zoo.GEN2_ZOO[name]
+    weights = load_file(paths.ORGANISMS / name / "model.safetensors")
+    assert card["gen"] == 2 and card["name"] == name and card["seed"] == spec.seed and card["spec"] == spec.group
+    assert card["architecture"]["params"] == sum(t.numel() for t in weights.values())
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert card["data_hash"] == corpus.hash(), "organism is stale: the corpus changed since training"
+    assert card["tokenizer_hash"] == tokenizer_hash(tokenizer)
+    assert card["tokenizer_hash"] == tokenizer_hash(models.load_tokenizer(str(paths.ORGANISMS / name)))
+    assert zoo._gen2_is_current(name), f"card does not match the spec (retrain with `{zoo.train_command(name)}`)"
+    assert (paths.ORGANISMS / name / "model.safetensors").stat().st_size <= 6 * 2**20
+    assert card["training_seconds"] > 0 and card["training_steps"] == spec.max_steps
+    for relation in gen2.PAPER_RELATIONS:
+        assert set(card["eval"][relation]) >= {"mrr", "hit@10", "rare_mrr", "rare_hit@10", "n"}
+
+
+def test_planted_gen2_card_records_redundant_and_late_plants():
+    card = zoo.load_card(planted.GEN2_NAME)
+    plant = {r: {int(l): tuple(e) for l, e in p.items()} for r, p in card["plant"].items()}
+    assert plant == planted.GEN2_PLANT
+    assert card["architecture"]["layers"] >= 8
+    assert any(len(e) >= 2 for p in plant.values() for e in p.values())  # redundant
+    assert any(l >= card["architecture"]["layers"] - 2 for p in plant.values() for l in p)  # late
+
+
+def test_planted_card_evaluation_is_recomputed_exactly(data):
+    corpus, _ = data
+    lm = models.load_model(planted.GEN2_NAME)
+    fresh = gen2.summarize_heldout(gen2.heldout_scores(lm.model, lm.tokenizer, corpus))
+    assert fresh == zoo.load_card(planted.GEN2_NAME)["eval"]
+
+
+def test_retraining_prefix_is_bit_exact():
+    """Retrain the first ``prefix_steps`` steps of the shipped gen-2 organism (planting hooks and router loss
+    included) and compare the weights' hash with the one its card recorded at that step of the full run (same code
+    path: corpus, tokenizer, init, batches, schedule, kernels). A full-length check would retrain for ~11 minutes on
+    a loaded 2-core machine, more than `make test` (which runs slow tests too) can afford."""
+    spec = zoo.GEN2_ZOO[planted.GEN2_NAME]
+    card = zoo.load_card(planted.GEN2_NAME)
+    assert card["prefix_check"]["steps"] == spec.prefix_steps
+    assert gen2.prefix_hash(spec, planted.gen2_extras(planted.GEN2_PLANT, spec.seed)) == card["prefix_check"]["sha256"]
