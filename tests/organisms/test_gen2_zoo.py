@@ -1,6 +1,7 @@
 """The gen-2 registry: matched pairs (checked on freshly built models, no weights needed), the shared-expert design,
-the clear error for an organism that is registered but not trained, and, for the one gen-2 organism shipped with
-weights (the planted ground truth), card against weights and bit-for-bit retraining of a training prefix."""
+the clear error for an organism that is registered but not trained, and, for every shipped gen-2 organism, card
+against weights, spec and corpus; for one organism of each family, the card's evaluation recomputed and bit-for-bit
+retraining of a training prefix."""
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ from moescope import arch, models, paths
 from moescope.organisms import gen2, planted, zoo
 from moescope.organisms.tokenizer import tokenizer_hash
 
-#: gen-2 organisms whose weights are committed; every other gen-2 organism is registered but untrained
-SHIPPED = (planted.GEN2_NAME,)
+#: every gen-2 organism is committed with its weights
+SHIPPED = zoo.GEN2
+#: one organism of each family (Mixtral-like MoE, Llama dense, Qwen2-MoE with a shared expert, planted OLMoE)
+ONE_PER_FAMILY = (zoo.PAIRS[0].moe, zoo.PAIRS[0].dense, zoo.SHARED_MOE, planted.GEN2_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +133,21 @@ def test_planted_gen2_card_records_redundant_and_late_plants():
     assert any(l >= card["architecture"]["layers"] - 2 for p in plant.values() for l in p)  # late
 
 
-def test_planted_card_evaluation_is_recomputed_exactly(data):
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_card_evaluation_is_recomputed_exactly(name, data):
     corpus, _ = data
-    lm = models.load_model(planted.GEN2_NAME)
+    lm = models.load_model(name)
     fresh = gen2.summarize_heldout(gen2.heldout_scores(lm.model, lm.tokenizer, corpus))
-    assert fresh == zoo.load_card(planted.GEN2_NAME)["eval"]
+    assert fresh == zoo.load_card(name)["eval"]
 
 
-def test_retraining_prefix_is_bit_exact():
-    """Retrain the first ``prefix_steps`` steps of the shipped gen-2 organism (planting hooks and router loss
-    included) and compare the weights' hash with the one its card recorded at that step of the full run (same code
-    path: corpus, tokenizer, init, batches, schedule, kernels). A full-length check would retrain for ~11 minutes on
-    a loaded 2-core machine, more than `make test` (which runs slow tests too) can afford."""
-    spec = zoo.GEN2_ZOO[planted.GEN2_NAME]
-    card = zoo.load_card(planted.GEN2_NAME)
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_retraining_prefix_is_bit_exact(name):
+    """Retrain the first ``prefix_steps`` steps (planting hooks and router loss included for the planted organism)
+    and compare the weights' hash with the one its card recorded at that step of the full run (same code path:
+    corpus, tokenizer, init, batches, curriculum, schedule, kernels). A full-length retraining takes 5-25 minutes per
+    organism on 2 cores, more than `make test` can afford; `make zoo ZOO_FLAGS=--retrain` does it."""
+    spec, card = zoo.GEN2_ZOO[name], zoo.load_card(name)
+    extras = planted.gen2_extras(planted.GEN2_PLANT, spec.seed) if spec.role == "planted" else None
     assert card["prefix_check"]["steps"] == spec.prefix_steps
-    assert gen2.prefix_hash(spec, planted.gen2_extras(planted.GEN2_PLANT, spec.seed)) == card["prefix_check"]["sha256"]
+    assert gen2.prefix_hash(spec, extras) == card["prefix_check"]["sha256"]

@@ -12,8 +12,10 @@ General text (no relation fact in it), three kinds:
 - typing: "Japan is a country.", "What is Ottawa? It is a city." for every subject and object of every relation
   (types from the relation files' domain/range names);
 - grammar: "The happy teacher saw the banana." from a small seeded grammar over the relations' words;
-- copying: "copy: w1 w2 w3 w4 = w1 w2 w3 w4" over a lexicon holding every word of every template (held-out ones
-  included, so their tokens are trained as inputs without the held-out phrasings ever being seen).
+- copying: "copy: w1 w2 w3 w4 = w1 w2 w3 w4", words drawn from a lexicon of every word of every template (held-out
+  ones included), so held-out words are trained as inputs without the held-out phrasings ever being seen. The
+  draws are random: with the default 600 copies, 82 of the 93 held-out template words occur in the general text;
+  the others reach the model as pieces, and the paper tasks' held-out prompts hold no untrained token (tested).
 
 Everything is a function of :class:`CorpusSpec` (its seed included) and the relation files.
 """

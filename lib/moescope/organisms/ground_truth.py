@@ -1,4 +1,4 @@
-"""Attribution and blocking checked against a planted ground truth (no notebook yet: see run()).
+"""Attribution and blocking checked against a planted ground truth (notebook 45).
 
 A planted organism's card says which experts were trained on which relation (:mod:`moescope.organisms.planted`).
 For a model with such a card this module computes
@@ -283,18 +283,19 @@ def plant_table(plant: Plant) -> pd.DataFrame:
 
 
 def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int | None, seed: int = 0,
-        template: int = 0) -> dict[str, pd.DataFrame]:
+        template: int = 0, draws: int = CONTROL_DRAWS, device: str = "cpu",
+        dtype: str | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the ground-truth analysis in one call: plant, precision@k, blocking (full and summary), verdict
-    rows. Slow: blocking scores the prompts once per condition (38 for the gen-2 plant).
+    rows. Blocking scores the prompts once per condition: the plant, each redundant expert alone, ``draws`` controls.
 
     A model without a plant (or a dense one) gets empty tables and 'not testable' verdicts.
     """
     torch.manual_seed(seed)
-    lm = models.load_model(zoo.require_trained(model))
+    lm = models.load_model(zoo.require_trained(model), device=device, dtype=dtype)
     plant = load_plant(model, relations)
     facts = prompts_of(relations, n_samples, template)
     gains = expert_gains(lm, facts, plant)
-    blocking = blocking_table(lm, facts, plant, seed=seed)
+    blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
     n_pairs = n_expert_pairs(lm.model)
     return {"plant": plant_table(plant), "precision": precision_table(gains, plant, ks, n_pairs), "blocking": blocking,
             "blocking_summary": summary(blocking), "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed)}
