@@ -23,7 +23,7 @@ from moescope import data, paths, verdicts
 from moescope.kit.runner import notebook_parameters
 from moescope.vocab import word_tokenizer
 
-NOTEBOOKS = sorted(p for p in paths.NOTEBOOKS.glob("[0-5]*.ipynb") if not p.name.startswith("15"))
+NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-5]*.ipynb"))
 RELATIONS = ["country_capital", "fruit_inside_color"]
 TINY = {"relations": RELATIONS, "n_samples": 3, "ks": [1, 2], "n_random": 2, "ig_steps": 4, "top": 5, "n_heads": 1,
         "across_seeds": True}

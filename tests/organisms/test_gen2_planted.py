@@ -83,8 +83,8 @@ def test_precision_at_k_and_random_controls():
 
 
 def test_without_a_plant_every_check_is_not_testable():
-    rows = ground_truth.claim_rows(pd.DataFrame(), pd.DataFrame(), {}, 0)
-    assert len(rows) == len(ground_truth.CLAIMS)
+    rows = ground_truth.claim_rows(pd.DataFrame(), pd.DataFrame(), {}, 0, model="some/model")
+    assert len(rows) == len(ground_truth.CLAIMS) and set(rows.model) == {"some/model"}
     assert all(v.startswith("not testable: the model lacks a planted ground truth") for v in rows.verdict)
 
 

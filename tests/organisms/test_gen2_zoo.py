@@ -27,9 +27,10 @@ def _built(name: str, tokenizer) -> torch.nn.Module:
 
 
 def test_registry_shape():
-    assert {(p.depth, p.seed) for p in zoo.PAIRS} == {(d, s) for d in (8, 16) for s in (0, 1, 2)}
+    assert {p.depth for p in zoo.PAIRS} == {8, 16} and len(zoo.SEEDS[8]) >= 3 and len(zoo.SEEDS[16]) >= 2
+    assert {(p.depth, p.seed) for p in zoo.PAIRS} == {(d, s) for d, seeds in zoo.SEEDS.items() for s in seeds}
     names = [n for p in zoo.PAIRS for n in (p.moe, p.dense)]
-    assert len(set(names)) == 12 and set(names) < set(zoo.GEN2)
+    assert len(set(names)) == 2 * len(zoo.PAIRS) and set(names) < set(zoo.GEN2)
     assert zoo.SHARED_MOE in zoo.GEN2 and planted.GEN2_NAME in zoo.GEN2
 
 
@@ -100,7 +101,7 @@ def test_partner_and_seeds_come_from_the_registry():
     for p in zoo.PAIRS:
         assert zoo.partner(p.moe) == p.dense and zoo.partner(p.dense) == p.moe
         same_depth = [q for q in zoo.PAIRS if q.depth == p.depth]
-        assert zoo.seeds_of(p.moe) == [q.moe for q in same_depth] and len(same_depth) == len(zoo.SEEDS)
+        assert zoo.seeds_of(p.moe) == [q.moe for q in same_depth] and len(same_depth) == len(zoo.SEEDS[p.depth])
     for name in ("olmoe-like", zoo.SHARED_MOE, "org/some-model", "/tmp/no-such-folder"):
         assert zoo.partner(name) is None and zoo.seeds_of(name) == [name]
 

@@ -203,11 +203,11 @@ CLAIMS = {
 
 
 def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pairs: int, reps: int = 1000,
-               seed: int = 0) -> pd.DataFrame:
+               seed: int = 0, model: str = "") -> pd.DataFrame:
     """One verdict row per planted relation and check (:data:`CLAIMS`), decided by the rules fixed above; without a
     plant, one 'not testable' row per check."""
     if not plant:
-        return verdicts.table([verdicts.decide(c, {"planted": False}, None) for c in CLAIMS.values()])
+        return verdicts.table([verdicts.decide(c, {"planted": False}, None, model=model) for c in CLAIMS.values()])
     rows = []
     for relation in plant:
         planted = planted_pairs(plant, relation)
@@ -218,22 +218,24 @@ def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pair
         note = f"relation {relation}; plant {sorted(planted)}"
         g = gains[gains.relation == relation]
         precision = _bootstrap_precision(g, planted, reps, seed) if len(g) else None
-        rows.append(_row("precision", facts, precision, verdicts.Estimate(len(planted) / n_pairs), note, relation))
+        chance = verdicts.Estimate(len(planted) / n_pairs)
+        rows.append(_row("precision", facts, precision, chance, note, relation, model))
         control = _spread(own[own.kind == "random"]["drop"], "draws")
-        rows.append(_row("blocking", facts, _drop_estimate(own.loc["planted"], reps, seed), control, note, relation))
+        drop = _drop_estimate(own.loc["planted"], reps, seed)
+        rows.append(_row("blocking", facts, drop, control, note, relation, model))
         other = b[(b.condition == "planted") & ~b.planted_relation]
         rr_b = np.concatenate([np.asarray(x) for x in other.rr_before])
         rr_a = np.concatenate([np.asarray(x) for x in other.rr_after])
         spared = verdicts.bootstrap(lambda i: float(rr_b[i].mean() - rr_a[i].mean()), len(rr_b), reps, seed)
-        rows.append(_row("specific", facts, spared, None, note, relation))
+        rows.append(_row("specific", facts, spared, None, note, relation, model))
         singles = own[own.kind == "single"]["drop"]
         single = _spread(singles, "planted experts") if len(singles) else None
-        rows.append(_row("redundant", facts, _drop_estimate(own.loc["planted"], reps, seed), single, note, relation))
+        rows.append(_row("redundant", facts, drop, single, note, relation, model))
     return verdicts.table(rows)
 
 
-def _row(check: str, facts: dict, kit, control, note: str, relation: str) -> dict:
-    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note)
+def _row(check: str, facts: dict, kit, control, note: str, relation: str, model: str) -> dict:
+    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note, model=model)
     return row | {"claim": f"{row['claim']} ({relation})"}
 
 
@@ -298,4 +300,4 @@ def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int 
     blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
     n_pairs = n_expert_pairs(lm.model)
     return {"plant": plant_table(plant), "precision": precision_table(gains, plant, ks, n_pairs), "blocking": blocking,
-            "blocking_summary": summary(blocking), "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed)}
+            "blocking_summary": summary(blocking), "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed, model=model)}

@@ -71,12 +71,12 @@ def ensure_zoo(names: Sequence[str] | None = None, retrain: bool = False) -> pd.
 
 
 # --- gen 2 ------------------------------------------------------------------------------------------------------
-# Depth-matched MoE / dense pairs at 8 and 16 layers (seeds 0, 1, 2) that differ only in the FFN: the MoE member is
+# Depth-matched MoE / dense pairs at 8 and 16 layers (seeds: SEEDS) that differ only in the FFN: the MoE member is
 # a Mixtral-class model (16 routed experts, top-4, no shared expert) and the dense member a Llama, with the same
 # attention (same class of projections, RoPE theta 1e4, RMSNorm eps 1e-6) and equal active FFN width per token
 # (top_k * expert_width == dense FFN width); a Qwen-MoE-like model with a small gated shared expert and 32 routed
 # experts (top-4) trained with a curriculum; and the planted ground truth. Analyses use this registry (and the
-# cards it reads), never the names. Only the planted organism is shipped trained; `make zoo` trains the rest.
+# cards it reads), never the names. All are shipped trained; `make zoo` retrains what is missing or stale.
 
 _HIDDEN, _HEADS = 64, 4
 _MOE = dict(experts=16, top_k=4, expert_width=16)
@@ -85,7 +85,9 @@ _SAME_ATTENTION = dict(rope_theta=10000.0, rms_norm_eps=1e-6)
 #: training budget per depth (steps of ``batch`` texts); pair members and seeds share it
 BUDGET: dict[int, dict] = {8: dict(max_steps=1000, batch=128, lr=5e-3, warmup=50),
                            16: dict(max_steps=1000, batch=128, lr=5e-3, warmup=100)}
-DEPTHS, SEEDS = (8, 16), (0, 1, 2)
+#: seeds trained per depth: three at 8 layers; at 16 layers two so far (a third, ~17 min on 2 cores, did not fit the
+#: session that trained the zoo: add 2 here and run `make zoo` to train it)
+SEEDS: dict[int, tuple[int, ...]] = {8: (0, 1, 2), 16: (0, 1)}
 CURRICULUM = 200  # steps of general text only before the facts join (the shared-expert model)
 
 
@@ -103,7 +105,7 @@ def _pair(depth: int, seed: int) -> Pair:
     return Pair(depth, seed, f"g2-moe-l{depth}-s{seed}", f"g2-dense-l{depth}-s{seed}")
 
 
-PAIRS: tuple[Pair, ...] = tuple(_pair(d, s) for d in DEPTHS for s in SEEDS)
+PAIRS: tuple[Pair, ...] = tuple(_pair(d, s) for d, seeds in SEEDS.items() for s in seeds)
 SHARED_MOE = "g2-qwen-moe-l8"
 
 
