@@ -152,3 +152,28 @@ def test_retraining_prefix_is_bit_exact(name):
     extras = planted.gen2_extras(planted.GEN2_PLANT, spec.seed) if spec.role == "planted" else None
     assert card["prefix_check"]["steps"] == spec.prefix_steps
     assert gen2.prefix_hash(spec, extras) == card["prefix_check"]["sha256"]
+
+
+def test_ensure_gen2_trains_only_what_is_missing_or_stale(tmp_path, monkeypatch):
+    """Resume: current organisms are read from their cards; a stale or missing one is (re)trained, and only it."""
+    names = [zoo.PAIRS[0].moe, zoo.PAIRS[0].dense, zoo.SHARED_MOE]
+    cards = {n: (paths.ORGANISMS / n / "card.json").read_text() for n in names}
+    for n in names[:2]:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "card.json").write_text(cards[n])
+    stale = tmp_path / names[1] / "card.json"
+    stale.write_text(stale.read_text().replace('"spec_hash": "', '"spec_hash": "stale'))
+    monkeypatch.setattr(paths, "ORGANISMS", tmp_path)
+    trained = []
+
+    def fake_train(name: str) -> dict:
+        trained.append(name)
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "card.json").write_text(cards[name])
+        return {}
+
+    monkeypatch.setattr(zoo, "_train_gen2", fake_train)
+    table = zoo.ensure_gen2(names)
+    assert trained == names[1:] and list(table.organism) == names
+    assert table.heldout_mrr.between(0, 1).all()
+    assert zoo.ensure_gen2(names).equals(table) and trained == names[1:]  # now everything is current
