@@ -27,7 +27,7 @@ def _built(name: str, tokenizer) -> torch.nn.Module:
 
 
 def test_registry_shape():
-    assert {p.depth for p in zoo.PAIRS} == {8, 16} and len(zoo.SEEDS[8]) >= 3 and len(zoo.SEEDS[16]) >= 2
+    assert {p.depth for p in zoo.PAIRS} == {8, 16} and all(len(seeds) >= 3 for seeds in zoo.SEEDS.values())
     assert {(p.depth, p.seed) for p in zoo.PAIRS} == {(d, s) for d, seeds in zoo.SEEDS.items() for s in seeds}
     names = [n for p in zoo.PAIRS for n in (p.moe, p.dense)]
     assert len(set(names)) == 2 * len(zoo.PAIRS) and set(names) < set(zoo.GEN2)
