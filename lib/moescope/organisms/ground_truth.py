@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import arch, data, interventions, metrics, models, verdicts
-from ..attribution import attribute
+from .. import arch, data, interventions, models, verdicts
+from ..attribution import attribute, tasks
+from ..attribution.blocking import all_pairs
 from ..attribution.summaries import expert_ranking
 from . import zoo
 
@@ -52,18 +53,6 @@ def load_plant(name: str, relations: Sequence[str] | None = None) -> Plant:
 def planted_pairs(plant: Plant, relation: str) -> set[tuple[int, int]]:
     """The planted (layer, expert) pairs of ``relation``."""
     return {(layer, e) for layer, experts in plant.get(relation, {}).items() for e in experts}
-
-
-def prompts_of(relations: Sequence[str], n_samples: int | None, template: int = 0) -> pd.DataFrame:
-    """The first ``n_samples`` facts of each relation (stem or paper task name) on prompt template ``template``."""
-    stems = [data.PAPER_TASKS.get(r, r) for r in relations]
-    facts = data.facts_frame(data.load_relations(stems), template)
-    return facts.groupby("relation", sort=False).head(n_samples).reset_index(drop=True) if n_samples else facts
-
-
-def n_expert_pairs(model) -> int:
-    """Routed (layer, expert) pairs of an MoE model (0 for a dense one): the size of the ranking."""
-    return sum(p.is_moe for p in arch.layers(model)) * arch.num_experts(model) if arch.is_moe(model) else 0
 
 
 def expert_gains(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant) -> pd.DataFrame:
@@ -109,12 +98,6 @@ def _bootstrap_precision(gains: pd.DataFrame, planted: set[tuple[int, int]], rep
     return verdicts.bootstrap(statistic, len(matrix), reps, seed)
 
 
-def reciprocal_ranks(lm: models.LoadedModel, facts: pd.DataFrame) -> np.ndarray:
-    """1 / rank of each prompt's gold first token."""
-    scores = metrics.score_prompts(lm.model, lm.tokenizer, list(facts.prompt), list(facts.object))
-    return 1.0 / scores["rank"].to_numpy(dtype=float)
-
-
 def random_experts(plant: Plant, relation: str, n_experts: int, rng: np.random.Generator) -> dict[int, list[int]]:
     """As many random experts as ``relation`` has planted in each of its layers, none of them planted by any relation."""
     taken = {pair for r in plant for pair in planted_pairs(plant, r)}
@@ -148,11 +131,11 @@ def blocking_table(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, dr
     if not plant:
         return pd.DataFrame(rows, columns=BLOCKING_COLUMNS)
     n_experts = arch.num_experts(lm.model)
-    before = reciprocal_ranks(lm, facts)
+    before = tasks.scores(lm, facts)["rr"].to_numpy()
     for relation in plant:
         for condition, blocked in blocking_conditions(plant, relation, n_experts, draws, seed):
             with interventions.block_experts(lm.model, blocked):
-                after = reciprocal_ranks(lm, facts)
+                after = tasks.scores(lm, facts)["rr"].to_numpy()
             for scored, idx in facts.groupby("relation", sort=False).indices.items():
                 rows.append({"blocked_for": relation, "condition": condition,
                              "kind": condition.split()[0], "experts": json.dumps(blocked), "relation": scored,
@@ -295,9 +278,9 @@ def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int 
     torch.manual_seed(seed)
     lm = models.load_model(zoo.require_trained(model), device=device, dtype=dtype)
     plant = load_plant(model, relations)
-    facts = prompts_of(relations, n_samples, template)
+    facts = tasks.facts(relations, n_samples, template)
     gains = expert_gains(lm, facts, plant)
     blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
-    n_pairs = n_expert_pairs(lm.model)
+    n_pairs = len(all_pairs(lm.model))
     return {"plant": plant_table(plant), "precision": precision_table(gains, plant, ks, n_pairs), "blocking": blocking,
             "blocking_summary": summary(blocking), "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed, model=model)}

@@ -35,7 +35,7 @@ DENSE_ORGANISMS = ("llama-like", "qwen2-like", "mistral-like")
 
 
 class NotTrainedError(FileNotFoundError):
-    """A registered organism whose weights are not on disk (most gen-2 organisms ship untrained: train them)."""
+    """A registered organism whose weights are not on disk (train it with the command the message names)."""
 
 
 def train_command(name: str) -> str:
