@@ -16,7 +16,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup zoo desmoe-grid test-gpu benchmark-gpu test-realshape
+.PHONY: reproduce test setup zoo desmoe-grid test-gpu benchmark-gpu test-realshape test-retrain
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -30,8 +30,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml Makefile
 reproduce: setup  ## train/load the organisms, run every notebook, write runs/report.md
 	$(PY) -m moescope reproduce
 
+# Two pytest workers (one per core; a notebook or test module stays on one worker, in order). Idle OpenMP threads
+# sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE: no number changes), else two 2-thread workers slow each other.
 test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
-	$(PY) -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadscope
 
 zoo: setup  ## (re)train the gen-2 organisms that are missing or stale (resumes; --retrain via ZOO_FLAGS=--retrain)
 	$(PY) -m moescope organisms --gen 2 $(ZOO_FLAGS)
@@ -44,6 +46,9 @@ test-gpu: setup  ## one GPU: re-execute every notebook with device=cuda (bf16 wh
 
 benchmark-gpu: setup  ## one GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B shapes, full depth, bf16, 128 prompts -> benchmarks/
 	$(PY) -m moescope benchmark --device cuda
+
+test-retrain: setup  ## CPU: retrain the DES-MoE base and a gen-1 organism in full, compare bit for bit (~2 min)
+	$(PY) -m pytest -m retrain
 
 test-realshape: setup  ## CPU: every published config at real width, 1-2 layers, fp32 and bf16 (hours; up to ~10 GB RAM)
 	$(PY) -m pytest -m realshape tests/attribution/test_realshape.py

@@ -50,12 +50,24 @@ def any_family(request):
     return request.param
 
 
+#: markers of tests that run only when asked for by name (``pytest -m realshape``, ``pytest -m retrain``)
+OPT_IN = {
+    "realshape": "random-weight models at the real width of each published config (minutes and GBs of RAM each)",
+    "retrain": "full-length retraining of a shipped organism, compared bit for bit (a minute or more each)",
+}
+
+
+def pytest_configure(config):
+    for name, what in OPT_IN.items():
+        config.addinivalue_line("markers", f"{name}: {what}; deselected unless asked for with -m {name}")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Real-width tests (marker ``realshape``: minutes and GBs of RAM each) run only when asked for by name:
-    ``pytest -m realshape``. Everywhere else (``make test``, ``-m "not slow"``, ``-m slow``) they are deselected."""
-    if "realshape" in (config.getoption("markexpr") or ""):
-        return
-    chosen = [item for item in items if "realshape" not in item.keywords]
-    if len(chosen) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if "realshape" in item.keywords])
-        items[:] = chosen
+    """Opt-in tests (:data:`OPT_IN`) run only when their marker is named in ``-m``; everywhere else (``make test``,
+    ``-m "not slow"``, ``-m slow``) they are deselected."""
+    asked = config.getoption("markexpr") or ""
+    skip = [name for name in OPT_IN if name not in asked]
+    held = [item for item in items if any(item.get_closest_marker(name) for name in skip)]
+    if held:
+        config.hook.pytest_deselected(items=held)
+        items[:] = [item for item in items if item not in held]

@@ -26,7 +26,7 @@ def test_controls_only_with_a_frontend_and_no_drawing_while_built(monkeypatch):
     drawn = []
     monkeypatch.setattr(explorer, "show", lambda lm, relation, index: drawn.append((lm.name, relation, index)))
     ui = explorer.controls("olmoe-like", ["country_capital", "fruit_inside_color"], "country_capital")
-    (model_w, relation_w, index_w), _, out = ui.children[0].children, ui.children[1], ui.children[2]
+    (_, relation_w, index_w), _, out = ui.children[0].children, ui.children[1], ui.children[2]
     assert drawn == [] and out.outputs == ()
     assert index_w.max == len(data.load_relation("country_capital")) - 1
     relation_w.value = "fruit_inside_color"

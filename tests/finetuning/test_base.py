@@ -1,7 +1,9 @@
-"""The shipped DES-MoE base organism: its layout, its corpus, and bit-identical re-creation."""
+"""The shipped DES-MoE base organism: its layout, its corpus, and bit-identical re-creation (a 20-step training
+prefix in `make test`, the full pre-training with `make test-retrain`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from safetensors.torch import load_file
 from moescope import paths
 from moescope.finetuning import base, domains, experiments, protocol
 from moescope.models import load_model
+from moescope.organisms.training import PREFIX_STEPS
 
 
 def test_base_organism_mirrors_deepseek_v2_lite():
@@ -31,13 +34,31 @@ def test_shipped_corpus_matches_the_generators_for_the_domains():
     assert shipped.domains == fresh
 
 
+def test_retraining_prefix_is_bit_exact():
+    """The first steps of the pre-training give the weights' hash the card recorded at that step of the full run."""
+    card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())
+    assert card["prefix_check"]["steps"] == PREFIX_STEPS
+    assert base.prefix_hash() == card["prefix_check"]["sha256"]
+
+
+def test_a_full_run_records_the_prefix_only_run(tmp_path):
+    """A shortened pre-training (the same code path) records at step 20 what the prefix-only run ends with; a run
+    with another seed does not."""
+    short = base.BaseSpec(steps=PREFIX_STEPS + 3)
+    card = base.train_base(short, folder=tmp_path / "short")
+    assert card["prefix_check"] == {"steps": PREFIX_STEPS, "sha256": base.prefix_hash(short)}
+    assert base.prefix_hash(replace(short, seed=1)) != card["prefix_check"]["sha256"]
+
+
 @pytest.mark.slow
+@pytest.mark.retrain
 def test_retraining_the_base_reproduces_the_shipped_weights_exactly(tmp_path):
     card = base.train_base(folder=tmp_path / base.NAME)
     shipped = load_file(paths.ORGANISMS / base.NAME / "model.safetensors")
     fresh = load_file(tmp_path / base.NAME / "model.safetensors")
     assert shipped.keys() == fresh.keys() and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
-    assert card["final_loss"] == json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())["final_loss"]
+    shipped_card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())
+    assert card["final_loss"] == shipped_card["final_loss"] and card["prefix_check"] == shipped_card["prefix_check"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
 """Bad input through the real command line: one line on stderr naming the problem and what to do, a non-zero exit
-status, never a traceback (unless --debug)."""
+status, never a traceback (unless --debug). Five cases and --debug run in their own interpreter, as a user types
+them; the rest call the same parser and `main` in this process."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -11,6 +14,7 @@ import nbformat
 import pytest
 
 from moescope import paths
+from moescope.kit import cli
 
 CAPITAL = "The capital of Canada is"
 LONG = " ".join(["Canada"] * 100) + " is"
@@ -116,18 +120,46 @@ CASES = [
 ]
 
 
+#: run as a user would, each in its own interpreter: the exit status, and stderr as a whole (no warnings, no log
+#: lines, no traceback), with the hub's offline switch set; the others go through the same parser and `main` in
+#: this process (most of a subprocess' time is importing torch)
+IN_A_PROCESS = {"unknown model", "hub id offline", "missing option", "dense model, MoE-only analysis",
+                "stuck notebook"}
+#: cases whose stderr also has the progress bar and the kernels' log lines: the error is the last line
 RAN_NOTEBOOKS = {"dense model, MoE-only analysis", "stuck notebook"}
+DEBUG = {"debug, unknown model": ["--debug", "attribute", "--model", "no-such-model", "--prompt", CAPITAL, "--out",
+                                  "{root}/o"],
+         "debug after the command": ["attribute", "--model", "olmoe-like", "--relation", "no_such_relation", "--out",
+                                     "{root}/o", "--debug"]}
+
+
+def in_this_process(args: list[str]) -> subprocess.CompletedProcess:
+    """``moescope.kit.cli.main(args)`` here, with stderr captured; argparse's exit becomes the exit status."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(args)
+        except SystemExit as stop:
+            code = stop.code
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
 
 @pytest.fixture(scope="module")
 def outcomes(inputs) -> dict[str, subprocess.CompletedProcess]:
-    """Every case's command run once, three at a time (each is a separate process; most of their time is the
-    interpreter importing torch)."""
-    def run(case):
-        return moescope(*(a.replace("{root}", str(inputs)) for a in case[1]))
-
+    """Every case run once: the subprocess cases three at a time in the background while the others run here."""
+    fill = lambda args: [a.replace("{root}", str(inputs)) for a in args]  # noqa: E731
+    jobs = {c[0]: fill(c[1]) for c in CASES if c[0] in IN_A_PROCESS} | {k: fill(v) for k, v in DEBUG.items()}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip((c[0] for c in CASES), pool.map(run, CASES)))
+        running = {case: pool.submit(moescope, *args) for case, args in jobs.items()}
+        here = {c[0]: in_this_process(fill(c[1])) for c in CASES if c[0] not in IN_A_PROCESS}
+        return here | {case: job.result() for case, job in running.items()}
+
+
+def test_the_split_covers_both_commands():
+    """At least one case of each command runs in its own interpreter, and the named cases exist."""
+    names = {c[0] for c in CASES}
+    assert IN_A_PROCESS <= names and RAN_NOTEBOOKS <= IN_A_PROCESS
+    assert {c[1][0] for c in CASES if c[0] in IN_A_PROCESS} == {"attribute", "run"}
 
 
 @pytest.mark.parametrize("case, args, code, words", CASES, ids=[c[0] for c in CASES])
@@ -136,7 +168,7 @@ def test_bad_input_gets_one_line_and_no_traceback(outcomes, case, args, code, wo
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if case in RAN_NOTEBOOKS:  # stderr also has the progress bar and the kernels' own log lines: the error is last
+    if case in RAN_NOTEBOOKS:
         message = lines[-1]
     else:
         assert len(lines) == 1, result.stderr
@@ -147,11 +179,8 @@ def test_bad_input_gets_one_line_and_no_traceback(outcomes, case, args, code, wo
     assert LONG not in result.stderr and len(message) < 700
 
 
-def test_debug_shows_the_traceback(inputs):
-    result = moescope("--debug", "attribute", "--model", "no-such-model", "--prompt", CAPITAL, "--out",
-                      str(inputs / "o"))
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "ModelNotFoundError: unknown model 'no-such-model'" in result.stderr
-    after = moescope("attribute", "--model", "olmoe-like", "--relation", "no_such_relation", "--out",
-                     str(inputs / "o"), "--debug")
+def test_debug_shows_the_traceback(outcomes):
+    first, after = outcomes["debug, unknown model"], outcomes["debug after the command"]
+    assert first.returncode != 0
+    assert "Traceback" in first.stderr and "ModelNotFoundError: unknown model 'no-such-model'" in first.stderr
     assert "Traceback" in after.stderr and "RelationError" in after.stderr

@@ -3,6 +3,8 @@ the clear error for an organism that is registered but not trained, and, for eve
 against weights, spec and corpus; for one organism of each family, the card's evaluation recomputed and bit-for-bit
 retraining of a training prefix."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -152,6 +154,15 @@ def test_retraining_prefix_is_bit_exact(name):
     extras = planted.gen2_extras(planted.GEN2_PLANT, spec.seed) if spec.role == "planted" else None
     assert card["prefix_check"]["steps"] == spec.prefix_steps
     assert gen2.prefix_hash(spec, extras) == card["prefix_check"]["sha256"]
+
+
+def test_a_full_run_records_the_prefix_only_run(tmp_path):
+    """A shortened training (2 layers, 23 steps, same code path) records at step 20 what the prefix-only run ends
+    with, so the cards' prefix hashes are what `make test` recomputes."""
+    spec = zoo.GEN2_ZOO[zoo.PAIRS[0].moe]
+    short = replace(spec, name="short", shape=replace(spec.shape, layers=2), max_steps=spec.prefix_steps + 3, warmup=5)
+    card = gen2.train_gen2(short, out_dir=tmp_path / "short")
+    assert card["prefix_check"] == {"steps": short.prefix_steps, "sha256": gen2.prefix_hash(short)}
 
 
 def test_ensure_gen2_trains_only_what_is_missing_or_stale(tmp_path, monkeypatch):

@@ -1,4 +1,6 @@
-"""Shipped organisms: accuracy, cards, and bit-exact re-training on this machine class."""
+"""Shipped gen-1 organisms: accuracy, cards, and bit-exact re-training on this machine class: a 20-step training
+prefix of one MoE and one dense organism in `make test` (every card holds its hash), one full retraining with
+`make test-retrain`."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,7 +30,16 @@ def test_organism_shapes_mirror_the_papers_models():
     assert all(layers[n]["moe_layers"] == 0 for n in zoo.DENSE_ORGANISMS)
 
 
+@pytest.mark.parametrize("name", ["olmoe-like", "llama-like"])  # one MoE, one dense; every card has the hash
+def test_retraining_prefix_is_bit_exact(name):
+    """The first steps of training give the weights' hash the card recorded at that step of the full run."""
+    card = zoo.load_card(name)
+    assert card["prefix_check"]["steps"] == training.PREFIX_STEPS
+    assert training.prefix_hash(zoo.ZOO[name]) == card["prefix_check"]["sha256"]
+
+
 @pytest.mark.slow
+@pytest.mark.retrain
 def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     name = "olmoe-like"
     card = training.train_organism(zoo.ZOO[name], out_dir=tmp_path / name)
@@ -37,6 +48,7 @@ def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     assert shipped.keys() == fresh.keys()
     assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
     assert card["training_steps"] == zoo.load_card(name)["training_steps"]
+    assert card["prefix_check"] == zoo.load_card(name)["prefix_check"]
 
 
 def test_organisms_are_distinct_models():

@@ -14,7 +14,7 @@ many cores the machine has (the grid runs several one-thread workers side by sid
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,12 +24,12 @@ from torch import nn
 from .. import arch, configs, numerics, paths
 from ..determinism import EXPERTS_IMPLEMENTATION, TRAIN_THREADS, set_determinism
 from ..models import load_model, load_tokenizer
-from ..organisms.training import save_organism
+from ..organisms.training import PREFIX_STEPS, PrefixCheck, save_organism, state_hash
 from ..vocab import word_tokenizer
 from . import domains
 from .evaluate import Evaluator
 from .methods import Method
-from .train import TrainConfig, train
+from .train import TrainConfig, TrainResult, train
 
 NAME = "desmoe-base"
 CORPUS_FILE = paths.DATA / "desmoe" / "corpus.json"
@@ -112,15 +112,33 @@ def shipped_corpus() -> domains.Corpus:
     return domains.load_corpus(CORPUS_FILE)
 
 
-def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
-    """Pre-train the base organism on the general data and save it (HF format + card.json); returns the card."""
+def _setup(spec: BaseSpec) -> tuple[domains.Corpus, object, nn.Module]:
+    """The shipped corpus, its word tokenizer and the freshly initialised base model (seeded, one thread)."""
     set_determinism(spec.seed, threads=THREADS)
     corpus = shipped_corpus()
     tok = word_tokenizer(corpus.texts())
-    model = configs.build(deepseek_config(spec, len(tok)), attn=ATTENTION)
-    start = time.perf_counter()
-    res = train(model, tok, corpus.general_train, BalancedPretraining(spec.balance),
-                TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed))
+    return corpus, tok, configs.build(deepseek_config(spec, len(tok)), attn=ATTENTION)
+
+
+def _pretrain(spec: BaseSpec, corpus: domains.Corpus, tok, model: nn.Module,
+              on_step: PrefixCheck | None = None) -> TrainResult:
+    return train(model, tok, corpus.general_train, BalancedPretraining(spec.balance),
+                 TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed),
+                 on_step=on_step)
+
+
+def prefix_hash(spec: BaseSpec = BaseSpec()) -> str:
+    """:func:`state_hash` after the first ``PREFIX_STEPS`` steps of :func:`train_base` (same code path)."""
+    corpus, tok, model = _setup(spec)
+    _pretrain(replace(spec, steps=PREFIX_STEPS), corpus, tok, model)
+    return state_hash(model)
+
+
+def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
+    """Pre-train the base organism on the general data and save it (HF format + card.json); returns the card."""
+    corpus, tok, model = _setup(spec)
+    start, prefix = time.perf_counter(), PrefixCheck()
+    res = _pretrain(spec, corpus, tok, model, on_step=prefix)
     seconds = time.perf_counter() - start
     scores = evaluator(tok, corpus, domains.DOMAINS)(model.eval())
     card = {
@@ -132,7 +150,7 @@ def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
         "accuracy": scores["general"]["all"],
         "accuracy_per_relation": {"general facts": scores["general"]["facts"],
                                   "general copy text": scores["general"]["text"]},
-        "base_scores": scores,
+        "base_scores": scores, "prefix_check": prefix.record,
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     save_organism(model, tok, card, folder or paths.ORGANISMS / NAME)

@@ -63,10 +63,12 @@ def _trained_params(part_map: PartMap, freezer: ExpertFreezer | None, experts: t
 
 def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, method: Method,
           config: TrainConfig = TrainConfig(),
-          evaluate: Callable[[nn.Module], dict] | None = None, parallel: Local = LOCAL) -> TrainResult:
+          evaluate: Callable[[nn.Module], dict] | None = None, parallel: Local = LOCAL,
+          on_step: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples`` (prompt, answer, domain) with ``method``.
 
-    ``evaluate(model)`` runs (under the method's hooks) before training, every ``eval_every`` steps and at the end.
+    ``evaluate(model)`` runs (under the method's hooks) before training, every ``eval_every`` steps and at the end;
+    ``on_step(step, model)`` after each (1-based) step's update.
     """
     device = next(model.parameters()).device
     data = examples if isinstance(examples, Encoded) else encode(tokenizer, examples)
@@ -107,6 +109,8 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
                     freezer.restore()
             opt.zero_grad(set_to_none=True)
             method.after_step(step, config.steps, domain, batch)
+            if on_step is not None:
+                on_step(step + 1, model)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result.step_seconds.append(time.perf_counter() - start)

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -109,15 +109,6 @@ def batches(corpus: Corpus, spec: Gen2Spec, lengths: torch.Tensor, bucket: int =
         yield queue.pop()
 
 
-def state_hash(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
 def heldout_scores(model: nn.Module, tokenizer, corpus: Corpus, batch_size: int = 512) -> pd.DataFrame:
     """Every fact on every held-out template with the gold first token's rank (and the fact's rank and count)."""
     frame = corpus.heldout()
@@ -161,25 +152,20 @@ def _build(spec: Gen2Spec, tokenizer) -> nn.Module:
 
 
 def _train(spec: Gen2Spec, model, tokenizer, corpus: Corpus, extras: dict, steps: int | None = None,
-           on_prefix: Callable[[nn.Module], None] | None = None) -> int:
-    def done(m: nn.Module) -> bool:
-        if on_prefix is not None:
-            on_prefix(m)
-        return False
-
+           on_step: Callable[[int, nn.Module], None] | None = None) -> int:
     lengths = torch.tensor([len(ids) for ids in tokenizer(corpus.texts)["input_ids"]])
     order = batches(corpus, spec, lengths)
-    loop = replace(spec, eval_every=spec.prefix_steps)  # `done` (never true) records the prefix hash at that step
-    return training.train_lm(model, tokenizer, corpus.texts, loop, done, batches=islice(order, steps),
-                             lr_scale=lr_scale(spec), trim=True, **extras)
+    return training.train_lm(model, tokenizer, corpus.texts, spec, lambda m: False, batches=islice(order, steps),
+                             lr_scale=lr_scale(spec), trim=True, on_step=on_step, **extras)
 
 
 def prefix_hash(spec: Gen2Spec, extras_for: StepExtras | None = None) -> str:
-    """:func:`state_hash` after the first ``spec.prefix_steps`` steps of ``spec``'s training (same code path)."""
+    """:func:`training.state_hash` after the first ``spec.prefix_steps`` steps of ``spec``'s training (same code
+    path)."""
     corpus, tokenizer = gen2_data(spec.corpus, spec.vocab_size)
     model = _build(spec, tokenizer)
     _train(spec, model, tokenizer, corpus, extras_for(model, corpus) if extras_for else {}, steps=spec.prefix_steps)
-    return state_hash(model)
+    return training.state_hash(model)
 
 
 def train_gen2(spec: Gen2Spec, out_dir: Path | None = None, extras_for: StepExtras | None = None,
@@ -191,14 +177,14 @@ def train_gen2(spec: Gen2Spec, out_dir: Path | None = None, extras_for: StepExtr
     """
     corpus, tokenizer = gen2_data(spec.corpus, spec.vocab_size)
     model = _build(spec, tokenizer)
-    prefix: dict[str, object] = {}
-    record = lambda m: prefix or prefix.update(steps=spec.prefix_steps, sha256=state_hash(m))  # noqa: E731
+    prefix = training.PrefixCheck(spec.prefix_steps)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     steps = _train(spec, model, tokenizer, corpus, extras_for(model, corpus) if extras_for else {},
-                   on_prefix=record)
+                   on_step=prefix)
     seconds = time.perf_counter() - start
     model.eval()
-    card = _card(spec, model, tokenizer, corpus, steps, seconds, (load_before + os.getloadavg()[0]) / 2, prefix)
+    load = (load_before + os.getloadavg()[0]) / 2
+    card = _card(spec, model, tokenizer, corpus, steps, seconds, load, prefix.record)
     card |= card_extra or {}
     card["spec_hash"] = spec_hash(spec, card_extra)
     folder = out_dir or paths.ORGANISMS / spec.name

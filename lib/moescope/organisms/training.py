@@ -1,13 +1,17 @@
 """Training an organism: the corpus, the training loop (with two extension points), its card, saving it.
 
 Each organism is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>`` and
-carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation.
+carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation, and a
+bit-for-bit check of the first ``PREFIX_STEPS`` steps (the weights' hash at that step of the full run), which a
+test can repeat in seconds where the full run takes minutes.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +24,9 @@ from ..determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_det
 from ..hooks import hooked
 from ..results import write_json_atomic
 from ..vocab import word_tokenizer
+
+#: steps of the training prefix whose weights' hash each card records
+PREFIX_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,26 @@ def fact_accuracy(model: nn.Module, tokenizer, facts: pd.DataFrame) -> pd.Series
     return (scores["rank"] == 1).groupby(facts["relation"].values).mean()
 
 
+def state_hash(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class PrefixCheck:
+    """``on_step`` callback recording ``{"steps": n, "sha256": state_hash(model)}`` after step ``n`` of a run."""
+
+    def __init__(self, steps: int = PREFIX_STEPS):
+        self.steps, self.record = steps, {}
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step == self.steps:
+            self.record = {"steps": self.steps, "sha256": state_hash(model)}
+
+
 def shuffled_batches(n: int, spec: OrganismSpec) -> Iterator[torch.Tensor]:
     """``spec.max_steps`` batches of ``spec.batch`` text indices: epochs of seeded random permutations of ``n`` texts."""
     gen = torch.Generator().manual_seed(spec.seed)
@@ -90,6 +117,7 @@ def train_lm(
     batches: Iterable[torch.Tensor] | None = None,
     lr_scale: Callable[[int], float] | None = None,
     trim: bool = False,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> int:
     """AdamW next-token training (loss on every token, + router aux loss for MoE) until ``done`` or the batches end.
 
@@ -97,7 +125,8 @@ def train_lm(
     indices ``rows`` with non-padding mask ``real``, ``step_hooks(rows, real)`` gives hooks active during its
     forward pass and ``extra_loss(output, rows, real)`` is added to the loss. ``batches`` (default
     :func:`shuffled_batches`) gives each step's text indices; ``lr_scale(step)`` multiplies the learning rate of the
-    0-based step; ``trim`` cuts each batch to its longest text (otherwise every batch has the corpus' width).
+    0-based step; ``trim`` cuts each batch to its longest text (otherwise every batch has the corpus' width);
+    ``on_step(step, model)`` runs after each (1-based) step's update.
     """
     ids, labels = _lm_batches(tokenizer, texts)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -121,6 +150,8 @@ def train_lm(
             opt.step()
         if schedule:
             schedule.step()
+        if on_step:
+            on_step(step, model)
         if step % spec.eval_every == 0:
             model.eval()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -141,22 +172,35 @@ def _card(spec: OrganismSpec, model, corpus: Corpus, steps: int, seconds: float,
     }
 
 
-def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: list[data.Relation] | None = None) -> dict:
-    """Train ``spec`` from its seed on the relation facts and save it (HF format + card.json); returns the card."""
+def _setup(spec: OrganismSpec, relations: list[data.Relation] | None) -> tuple[Corpus, object, nn.Module]:
+    """The corpus, its word tokenizer and the freshly initialised model (seeded) of ``spec``."""
     set_determinism(spec.seed)
     corpus = Corpus(relations or data.load_relations())
     tokenizer = word_tokenizer(corpus.texts)
     shape = configs.Shape(**{**asdict(spec.shape), "vocab": len(tokenizer)})
-    model = configs.build(configs.tiny_config(spec.family, shape), attn="eager")
-    start = time.perf_counter()
+    return corpus, tokenizer, configs.build(configs.tiny_config(spec.family, shape), attn="eager")
+
+
+def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: list[data.Relation] | None = None) -> dict:
+    """Train ``spec`` from its seed on the relation facts and save it (HF format + card.json); returns the card."""
+    corpus, tokenizer, model = _setup(spec, relations)
+    start, prefix = time.perf_counter(), PrefixCheck()
     done = lambda m: float(fact_accuracy(m, tokenizer, corpus.facts).mean()) >= spec.target_accuracy  # noqa: E731
-    steps = train_lm(model, tokenizer, corpus.texts, spec, done)
+    steps = train_lm(model, tokenizer, corpus.texts, spec, done, on_step=prefix)
     seconds = time.perf_counter() - start
     model.eval()
     acc = fact_accuracy(model, tokenizer, corpus.facts)
-    card = _card(spec, model, corpus, steps, seconds, acc)
+    card = _card(spec, model, corpus, steps, seconds, acc) | {"prefix_check": prefix.record}
     save_organism(model, tokenizer, card, out_dir or paths.ORGANISMS / spec.name)
     return card
+
+
+def prefix_hash(spec: OrganismSpec, relations: list[data.Relation] | None = None) -> str:
+    """:func:`state_hash` after the first ``PREFIX_STEPS`` steps of :func:`train_organism` (same code path)."""
+    corpus, tokenizer, model = _setup(spec, relations)
+    batches = islice(shuffled_batches(len(corpus.texts), spec), PREFIX_STEPS)
+    train_lm(model, tokenizer, corpus.texts, spec, lambda m: False, batches=batches)
+    return state_hash(model)
 
 
 def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path, readme: str | None = None) -> None:
