@@ -47,7 +47,7 @@ test-gpu: setup  ## one GPU: re-execute every notebook with device=cuda (bf16 wh
 benchmark-gpu: setup  ## one GPU: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B shapes, full depth, bf16, 128 prompts -> benchmarks/
 	$(PY) -m moescope benchmark --device cuda
 
-test-retrain: setup  ## CPU: retrain the DES-MoE base and a gen-1 organism in full, compare bit for bit (~2 min)
+test-retrain: setup  ## CPU: retrain the DES-MoE base, a gen-1 and a gen-2 organism in full, compare bit for bit (~8 min)
 	$(PY) -m pytest -m retrain
 
 test-realshape: setup  ## CPU: every published config at real width, 1-2 layers, fp32 and bf16 (hours; up to ~10 GB RAM)

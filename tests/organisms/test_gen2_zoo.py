@@ -165,6 +165,18 @@ def test_a_full_run_records_the_prefix_only_run(tmp_path):
     assert card["prefix_check"] == {"steps": short.prefix_steps, "sha256": gen2.prefix_hash(short)}
 
 
+@pytest.mark.slow
+@pytest.mark.retrain
+def test_full_retraining_reproduces_the_shipped_weights(tmp_path):
+    """One full-length gen-2 training (the dense 8-layer seed-0 member, 5-7 minutes on 2 cores), bit for bit."""
+    name = zoo.PAIRS[0].dense
+    card = gen2.train_gen2(zoo.GEN2_ZOO[name], out_dir=tmp_path / name)
+    shipped = load_file(paths.ORGANISMS / name / "model.safetensors")
+    fresh = load_file(tmp_path / name / "model.safetensors")
+    assert shipped.keys() == fresh.keys() and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    assert card["prefix_check"] == zoo.load_card(name)["prefix_check"] and card["eval"] == zoo.load_card(name)["eval"]
+
+
 def test_ensure_gen2_trains_only_what_is_missing_or_stale(tmp_path, monkeypatch):
     """Resume: current organisms are read from their cards; a stale or missing one is (re)trained, and only it."""
     names = [zoo.PAIRS[0].moe, zoo.PAIRS[0].dense, zoo.SHARED_MOE]
