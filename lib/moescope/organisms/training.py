@@ -1,4 +1,4 @@
-"""Training an organism: the corpus, the training loop (with two extension points), its card, saving it.
+"""Training an organism: the corpus, the training loop (hooks, an extra loss, a per-step callback), its card, saving.
 
 Each organism is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>`` and
 carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation, and a
