@@ -1,8 +1,11 @@
 """Tiny random-config models of every supported class, built in milliseconds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from moescope import configs
 from moescope.determinism import set_determinism
@@ -29,6 +32,12 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float32, **shape):
     model = configs.build(configs.tiny_config(family, configs.Shape(**shape)), experts=experts).eval()
     _jitter_constants(model)
     return model.to(dtype)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two saved models (folders with ``model.safetensors``) hold the same tensors, bit for bit."""
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 def random_batch(vocab: int = 128, batch: int = 3, seq: int = 7, seed: int = 1):

@@ -6,8 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
-from safetensors.torch import load_file
+from conftest import same_weights
 
 from moescope import paths
 from moescope.finetuning import base, domains, experiments, protocol
@@ -54,9 +53,7 @@ def test_a_full_run_records_the_prefix_only_run(tmp_path):
 @pytest.mark.retrain
 def test_retraining_the_base_reproduces_the_shipped_weights_exactly(tmp_path):
     card = base.train_base(folder=tmp_path / base.NAME)
-    shipped = load_file(paths.ORGANISMS / base.NAME / "model.safetensors")
-    fresh = load_file(tmp_path / base.NAME / "model.safetensors")
-    assert shipped.keys() == fresh.keys() and all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    assert same_weights(paths.ORGANISMS / base.NAME, tmp_path / base.NAME)
     shipped_card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())
     assert card["final_loss"] == shipped_card["final_loss"] and card["prefix_check"] == shipped_card["prefix_check"]
 

@@ -2,8 +2,7 @@
 prefix of one MoE and one dense organism in `make test` (every card holds its hash), one full retraining with
 `make test-retrain`."""
 import pytest
-import torch
-from safetensors.torch import load_file
+from conftest import same_weights
 
 from moescope import data, models, paths
 from moescope.organisms import training, zoo
@@ -43,10 +42,7 @@ def test_retraining_prefix_is_bit_exact(name):
 def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     name = "olmoe-like"
     card = training.train_organism(zoo.ZOO[name], out_dir=tmp_path / name)
-    shipped = load_file(paths.ORGANISMS / name / "model.safetensors")
-    fresh = load_file(tmp_path / name / "model.safetensors")
-    assert shipped.keys() == fresh.keys()
-    assert all(torch.equal(shipped[k], fresh[k]) for k in shipped)
+    assert same_weights(paths.ORGANISMS / name, tmp_path / name)
     assert card["training_steps"] == zoo.load_card(name)["training_steps"]
     assert card["prefix_check"] == zoo.load_card(name)["prefix_check"]
 

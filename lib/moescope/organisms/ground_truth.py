@@ -283,4 +283,5 @@ def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int 
     blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
     n_pairs = len(all_pairs(lm.model))
     return {"plant": plant_table(plant), "precision": precision_table(gains, plant, ks, n_pairs), "blocking": blocking,
-            "blocking_summary": summary(blocking), "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed, model=model)}
+            "blocking_summary": summary(blocking),
+            "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed, model=model)}
