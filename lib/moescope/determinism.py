@@ -17,6 +17,24 @@ DEFAULT_THREADS = 2
 #: Training steps run on one thread: bit-identical on every machine, and two trainings can share a 2-core machine
 #: (with 2 OpenMP threads per process an oversubscribed CPU runs a training step ~8x slower, not 2x).
 TRAIN_THREADS = 1
+#: AdamW kernels. "loop" is torch's default (for-loop) AdamW: its square root is MKL's vector-maths vsSqrt, accurate
+#: to 1 ulp but chosen by MKL per CPU vendor, so the same training gives other weights on Intel than on AMD (the
+#: only kernel of training that does; :mod:`moescope.fingerprint`). "fused" is the same algorithm with the CPU's
+#: correctly rounded square root, identical on every CPU.
+OPTIMIZER_KERNELS = ("loop", "fused")
+#: The kernel of every training loop: "loop" trained every shipped organism, the DES-MoE base and its grid, so
+#: their retraining stays bit for bit on the CPU kind that trained them. Switching to "fused" makes retraining
+#: identical on every CPU and changes every trained weight (retrain with ``make zoo`` and ``make desmoe-grid``).
+OPTIMIZER_KERNEL = "loop"
+
+
+def adamw(params, lr: float, betas: tuple[float, float], weight_decay: float,
+          kernel: str | None = None) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the named kernel (:data:`OPTIMIZER_KERNELS`; default :data:`OPTIMIZER_KERNEL`)."""
+    kernel = kernel or OPTIMIZER_KERNEL
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ValueError(f"unknown AdamW kernel {kernel!r}; known: {', '.join(OPTIMIZER_KERNELS)}")
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=kernel == "fused")
 
 
 def set_determinism(seed: int = 0, threads: int | None = DEFAULT_THREADS) -> None:

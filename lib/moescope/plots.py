@@ -26,12 +26,19 @@ def use_style() -> None:
 
 
 def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES); returns the paths."""
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES), each through a temporary
+    file and a rename (an interrupted write leaves the previous file whole); returns the paths."""
     folder = Path(folder) if folder is not None else paths.FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
     for path in files:
-        fig.savefig(path, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else {"Software": None})
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        try:
+            fig.savefig(tmp, bbox_inches="tight", format=path.suffix[1:],
+                        metadata={"Date": None} if path.suffix == ".svg" else {"Software": None})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return files
 
 

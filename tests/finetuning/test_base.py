@@ -6,12 +6,12 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import same_weights
+from conftest import on_training_kind, same_weights
 
 from moescope import paths
 from moescope.finetuning import base, domains, experiments, protocol
 from moescope.models import load_model
-from moescope.organisms.training import PREFIX_STEPS
+from moescope.organisms.training import PREFIX_STEPS, verify_prefix
 
 
 def test_base_organism_mirrors_deepseek_v2_lite():
@@ -33,11 +33,12 @@ def test_shipped_corpus_matches_the_generators_for_the_domains():
     assert shipped.domains == fresh
 
 
-def test_retraining_prefix_is_bit_exact():
-    """The first steps of the pre-training give the weights' hash the card recorded at that step of the full run."""
+def test_retraining_prefix_matches_the_card():
+    """The first steps of the pre-training give the weights the card recorded at that step of the full run: bit for
+    bit on the CPU kind that trained it, within the card's calibrated tolerance on another."""
     card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())
     assert card["prefix_check"]["steps"] == PREFIX_STEPS
-    assert base.prefix_hash() == card["prefix_check"]["sha256"]
+    verify_prefix(card["prefix_check"], base.prefix_check())
 
 
 def test_a_full_run_records_the_prefix_only_run(tmp_path):
@@ -45,13 +46,16 @@ def test_a_full_run_records_the_prefix_only_run(tmp_path):
     with another seed does not."""
     short = base.BaseSpec(steps=PREFIX_STEPS + 3)
     card = base.train_base(short, folder=tmp_path / "short")
-    assert card["prefix_check"] == {"steps": PREFIX_STEPS, "sha256": base.prefix_hash(short)}
-    assert base.prefix_hash(replace(short, seed=1)) != card["prefix_check"]["sha256"]
+    recorded = card["prefix_check"]
+    assert recorded.pop("tolerance")["rtol"] > 0
+    assert recorded == base.prefix_check(short)
+    assert base.prefix_check(replace(short, seed=1))["sha256"] != recorded["sha256"]
 
 
 @pytest.mark.slow
 @pytest.mark.retrain
 def test_retraining_the_base_reproduces_the_shipped_weights_exactly(tmp_path):
+    on_training_kind(json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text()))
     card = base.train_base(folder=tmp_path / base.NAME)
     assert same_weights(paths.ORGANISMS / base.NAME, tmp_path / base.NAME)
     shipped_card = json.loads((paths.ORGANISMS / base.NAME / "card.json").read_text())

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import same_weights
+from conftest import on_training_kind, same_weights
 from safetensors.torch import load_file
 
 from moescope import arch, models, paths
-from moescope.organisms import gen2, planted, zoo
+from moescope.organisms import gen2, planted, training, zoo
 from moescope.organisms.tokenizer import tokenizer_hash
 
 #: every gen-2 organism is committed with its weights
@@ -146,15 +146,16 @@ def test_card_evaluation_is_recomputed_exactly(name, data):
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)
-def test_retraining_prefix_is_bit_exact(name):
+def test_retraining_prefix_matches_the_card(name):
     """Retrain the first ``prefix_steps`` steps (planting hooks and router loss included for the planted organism)
-    and compare the weights' hash with the one its card recorded at that step of the full run (same code path:
-    corpus, tokenizer, init, batches, curriculum, schedule, kernels). A full-length retraining takes 5-25 minutes per
+    and compare with what its card recorded at that step of the full run (same code path: corpus, tokenizer, init,
+    batches, curriculum, schedule, kernels): bit for bit on the CPU kind that trained it, within the card's
+    calibrated tolerance on another (`training.verify_prefix`). A full-length retraining takes 5-25 minutes per
     organism on 2 cores, more than `make test` can afford; `make zoo ZOO_FLAGS=--retrain` does it."""
     spec, card = zoo.GEN2_ZOO[name], zoo.load_card(name)
     extras = planted.gen2_extras(planted.GEN2_PLANT, spec.seed) if spec.role == "planted" else None
     assert card["prefix_check"]["steps"] == spec.prefix_steps
-    assert gen2.prefix_hash(spec, extras) == card["prefix_check"]["sha256"]
+    training.verify_prefix(card["prefix_check"], gen2.prefix_check(spec, extras))
 
 
 def test_a_full_run_records_the_prefix_only_run(tmp_path):
@@ -163,7 +164,9 @@ def test_a_full_run_records_the_prefix_only_run(tmp_path):
     spec = zoo.GEN2_ZOO[zoo.PAIRS[0].moe]
     short = replace(spec, name="short", shape=replace(spec.shape, layers=2), max_steps=spec.prefix_steps + 3, warmup=5)
     card = gen2.train_gen2(short, out_dir=tmp_path / "short")
-    assert card["prefix_check"] == {"steps": short.prefix_steps, "sha256": gen2.prefix_hash(short)}
+    recorded = card["prefix_check"]
+    assert recorded.pop("tolerance")["rtol"] > 0
+    assert recorded == gen2.prefix_check(short)
 
 
 @pytest.mark.slow
@@ -171,6 +174,7 @@ def test_a_full_run_records_the_prefix_only_run(tmp_path):
 def test_full_retraining_reproduces_the_shipped_weights(tmp_path):
     """One full-length gen-2 training (the dense 8-layer seed-0 member, 5-7 minutes on 2 cores), bit for bit."""
     name = zoo.PAIRS[0].dense
+    on_training_kind(zoo.load_card(name))
     card, shipped = gen2.train_gen2(zoo.GEN2_ZOO[name], out_dir=tmp_path / name), zoo.load_card(name)
     assert same_weights(paths.ORGANISMS / name, tmp_path / name)
     assert card["prefix_check"] == shipped["prefix_check"] and card["eval"] == shipped["eval"]

@@ -2,7 +2,7 @@
 prefix of one MoE and one dense organism in `make test` (every card holds its hash), one full retraining with
 `make test-retrain`."""
 import pytest
-from conftest import same_weights
+from conftest import on_training_kind, same_weights
 
 from moescope import data, models, paths
 from moescope.organisms import training, zoo
@@ -30,17 +30,19 @@ def test_organism_shapes_mirror_the_papers_models():
 
 
 @pytest.mark.parametrize("name", ["olmoe-like", "llama-like"])  # one MoE, one dense; every card has the hash
-def test_retraining_prefix_is_bit_exact(name):
-    """The first steps of training give the weights' hash the card recorded at that step of the full run."""
+def test_retraining_prefix_matches_the_card(name):
+    """The first steps of training give the weights the card recorded at that step of the full run: bit for bit on
+    the CPU kind that trained it, within the card's calibrated tolerance on another (`training.verify_prefix`)."""
     card = zoo.load_card(name)
     assert card["prefix_check"]["steps"] == training.PREFIX_STEPS
-    assert training.prefix_hash(zoo.ZOO[name]) == card["prefix_check"]["sha256"]
+    training.verify_prefix(card["prefix_check"], training.prefix_check(zoo.ZOO[name]))
 
 
 @pytest.mark.slow
 @pytest.mark.retrain
 def test_retraining_reproduces_the_shipped_weights_exactly(tmp_path):
     name = "olmoe-like"
+    on_training_kind(zoo.load_card(name))
     card = training.train_organism(zoo.ZOO[name], out_dir=tmp_path / name)
     assert same_weights(paths.ORGANISMS / name, tmp_path / name)
     assert card["training_steps"] == zoo.load_card(name)["training_steps"]

@@ -24,7 +24,7 @@ from torch import nn
 from .. import arch, configs, numerics, paths
 from ..determinism import EXPERTS_IMPLEMENTATION, TRAIN_THREADS, set_determinism
 from ..models import load_model, load_tokenizer
-from ..organisms.training import PREFIX_STEPS, PrefixCheck, save_organism, state_hash
+from ..organisms.training import CALIBRATION_LR_FACTOR, PREFIX_STEPS, PrefixCheck, calibrate_prefix, save_organism
 from ..vocab import word_tokenizer
 from . import domains
 from .evaluate import Evaluator
@@ -127,20 +127,24 @@ def _pretrain(spec: BaseSpec, corpus: domains.Corpus, tok, model: nn.Module,
                  on_step=on_step)
 
 
-def prefix_hash(spec: BaseSpec = BaseSpec()) -> str:
-    """:func:`state_hash` after the first ``PREFIX_STEPS`` steps of :func:`train_base` (same code path)."""
+def prefix_check(spec: BaseSpec = BaseSpec()) -> dict:
+    """The :class:`PrefixCheck` record of the first ``PREFIX_STEPS`` steps of :func:`train_base` (same code path),
+    for :func:`moescope.organisms.training.verify_prefix` against the card's."""
     corpus, tok, model = _setup(spec)
-    _pretrain(replace(spec, steps=PREFIX_STEPS), corpus, tok, model)
-    return state_hash(model)
+    check = PrefixCheck(model)
+    _pretrain(replace(spec, steps=PREFIX_STEPS), corpus, tok, model, on_step=check)
+    return check.record
 
 
 def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
     """Pre-train the base organism on the general data and save it (HF format + card.json); returns the card."""
     corpus, tok, model = _setup(spec)
-    start, prefix = time.perf_counter(), PrefixCheck()
+    start, prefix = time.perf_counter(), PrefixCheck(model)
     res = _pretrain(spec, corpus, tok, model, on_step=prefix)
     seconds = time.perf_counter() - start
     scores = evaluator(tok, corpus, domains.DOMAINS)(model.eval())
+    tolerance = calibrate_prefix(lambda: prefix_check(spec),
+                                 lambda: prefix_check(replace(spec, lr=spec.lr * CALIBRATION_LR_FACTOR)))
     card = {
         "name": NAME, "mirrors": "deepseek-ai/DeepSeek-V2-Lite (ESFT vanilla)", "family": "deepseek_v2",
         "architecture": arch.describe(model), "spec": asdict(spec), "threads": THREADS,
@@ -150,7 +154,7 @@ def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
         "accuracy": scores["general"]["all"],
         "accuracy_per_relation": {"general facts": scores["general"]["facts"],
                                   "general copy text": scores["general"]["text"]},
-        "base_scores": scores, "prefix_check": prefix.record,
+        "base_scores": scores, "prefix_check": prefix.record | {"tolerance": tolerance},
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     save_organism(model, tok, card, folder or paths.ORGANISMS / NAME)

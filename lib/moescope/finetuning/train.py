@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import arch
-from ..determinism import deterministic_kernels
+from ..determinism import adamw, deterministic_kernels
 from .domains import Example
 from ..hooks import hooked
 from .batches import Encoded, domain_batches, encode
@@ -76,8 +76,8 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
     freezer = ExpertFreezer(model) if arch.is_moe(model) else None
     method.prepare(model, data, config.batch_size)
     net = parallel.wrap(model, method)
-    opt = torch.optim.AdamW(list(model.parameters()) + method.extra_parameters(), lr=config.lr,
-                            betas=config.betas, weight_decay=config.weight_decay)
+    opt = adamw(list(model.parameters()) + method.extra_parameters(), lr=config.lr, betas=config.betas,
+                weight_decay=config.weight_decay)
     extra = {"output_router_logits": True} if config.aux_loss and hasattr(model.config, "router_aux_loss_coef") else {}
     stream = domain_batches(data, config.batch_size, config.seed)
     result = TrainResult()

@@ -146,11 +146,11 @@ def _batch(jobs: list[runner.Job], args: argparse.Namespace, root: Path, figures
 def _run(args: argparse.Namespace) -> int:
     for name in args.models or []:
         models.resolve(name)  # an unknown model fails here, not once per notebook
+    runner.check_run_name(args.run)
     out = _writable(args.out)
     notebooks = runner.find_notebooks(args.notebooks, Path(args.notebook_dir))
     jobs = runner.plan(notebooks, args.models, args.run, _parse_overrides(args.param), out)
-    shared_figures = paths.FIGURES if not args.models else None  # per-model runs keep their own
-    return _batch(jobs, args, out.resolve() / args.run, shared_figures)
+    return _batch(jobs, args, out.resolve() / args.run, None)  # figures stay in each model's folder under --out
 
 
 def _reproduce(args: argparse.Namespace) -> int:

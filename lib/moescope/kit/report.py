@@ -27,6 +27,7 @@ import pandas as pd
 from .. import paths
 from ..results import write_csv_atomic, write_text_atomic
 from ..verdicts import COLUMNS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+from .runner import folder_label
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 README = paths.ROOT / "README.md"
@@ -44,13 +45,13 @@ def metrics_files(run_dir: Path) -> list[Path]:
 
 
 def collect(run_dir: Path) -> pd.DataFrame:
-    """Every claim row of the run, with the notebook and run folder that recorded it."""
+    """Every claim row of the run, with the notebook and the model (as given to the run) that recorded it."""
     frames = []
     for f in metrics_files(run_dir):
         rows = json.loads(f.read_text()).get("claims") or []
         if rows:
             frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
-            frames.append(frame.assign(notebook=f.name.removesuffix(".metrics.json"), folder=f.parent.name))
+            frames.append(frame.assign(notebook=f.name.removesuffix(".metrics.json"), folder=folder_label(f.parent)))
     if not frames:
         return pd.DataFrame(columns=[*COLUMNS, "notebook", "folder"])
     return pd.concat(frames, ignore_index=True)
@@ -58,7 +59,7 @@ def collect(run_dir: Path) -> pd.DataFrame:
 
 def missing_claims(run_dir: Path) -> list[str]:
     """'<folder>/<notebook>' for each notebook of the run that recorded no claim rows."""
-    return [f"{f.parent.name}/{f.name.removesuffix('.metrics.json')}" for f in metrics_files(run_dir)
+    return [f"{folder_label(f.parent)}/{f.name.removesuffix('.metrics.json')}" for f in metrics_files(run_dir)
             if not json.loads(f.read_text()).get("claims")]
 
 
@@ -201,7 +202,7 @@ def write(run_dir: Path, figure_dirs: Sequence[Path] = (paths.FIGURES,)) -> tupl
     figures = {}
     for f in metrics_files(run_dir):
         names = json.loads(f.read_text()).get("figures") or []
-        figures[(f.name.removesuffix(".metrics.json"), f.parent.name)] = _figure_tags(
+        figures[(f.name.removesuffix(".metrics.json"), folder_label(f.parent))] = _figure_tags(
             names, [f.parent / "figures", *map(Path, figure_dirs)])
     status = pd.read_csv(run_dir / "status.csv") if (run_dir / "status.csv").is_file() else None
     md = write_text_atomic(run_dir / "report.md", markdown(rows, missing, run_dir.name, status))

@@ -1,7 +1,7 @@
 """Batch execution of the notebooks with papermill, per model, with resume and timeouts (the report: :mod:`.report`).
 
 A notebook whose ``parameters`` cell defines ``model`` runs once per model; one that defines ``models`` runs
-once with the whole list. Each run writes ``<out>/<model>/<notebook>.ipynb`` (executed copy, written to a
+once with the whole list. Each run writes ``<out>/<run>/<model folder>/<notebook>.ipynb`` (executed copy, written to a
 temporary file and renamed on success), the notebook's ``<stem>.metrics.json`` and its figures; a finished run
 leaves a ``<stem>.done.json`` stamp with its parameters, so an interrupted batch resumes where it stopped.
 
@@ -146,17 +146,57 @@ def check_overrides(overrides: dict, defaults: dict[Path, dict]) -> None:
                                 f"(default {names[name]!r}), got {value!r}")
 
 
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def model_folder(model: str) -> str:
+    """The run folder's name for ``model``, one path component that cannot leave the run folder.
+
+    A local folder (an existing path, an absolute path, or one with ``.``/``..`` parts) becomes its last name plus
+    the first 8 hex digits of the sha256 of its resolved absolute path, so two folders with the same last name do
+    not collide; a hub id ``org/name`` becomes ``org--name`` (the hub cache's convention); an organism name stays
+    as it is. Characters other than letters, digits and ``._-`` become ``_``.
+    """
+    path = Path(model).expanduser()
+    parts = Path(model).parts
+    if path.exists() or path.is_absolute() or any(p in (".", "..") for p in parts) or model.startswith("~"):
+        resolved = str(path.resolve())
+        name = _SAFE.sub("_", path.resolve().name) or "root"
+        return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+    return _SAFE.sub("_", "--".join(parts)).lstrip(".") or "model"
+
+
+def check_run_name(run: str) -> str:
+    """``run``, if it is one plain folder name (letters, digits, ``._-``, not starting with a dot) or ``""`` (the
+    jobs' folders directly under the output folder); else PlanError."""
+    if run.startswith(".") or _SAFE.search(run):
+        raise PlanError(f"run name {run!r} is not a plain folder name (letters, digits, '.', '_', '-'; not starting "
+                        "with '.'); it names the folder under --out")
+    return run
+
+
+def folder_label(folder: Path) -> str:
+    """The model of a run's model folder as the user wrote it (from its jobs' stamps), else the folder's name."""
+    for stamp in sorted(Path(folder).glob("*.done.json")) + sorted(Path(folder).glob("*.failed.json")):
+        model = json.loads(stamp.read_text()).get("params", {}).get("model")
+        if isinstance(model, str):
+            return model
+    return Path(folder).name
+
+
 def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN, overrides: dict | None = None,
          runs_dir: Path = paths.RUNS) -> list[Job]:
     """Jobs for ``notebooks`` x ``models`` (None: each notebook's own default model).
 
-    ``overrides`` go to every notebook that has the parameter; one that no notebook has is an error.
+    Every job writes under ``<runs_dir>/<run>/<model_folder(model)>/``; its label (in the status table and the
+    report) is the model as given. ``overrides`` go to every notebook that has the parameter; one that no notebook
+    has is an error.
     """
     overrides = overrides or {}
     defaults = {nb: notebook_parameters(nb) for nb in notebooks}
     check_overrides(overrides, defaults)
     jobs = []
-    root = Path(runs_dir).resolve() / run
+    root = Path(runs_dir).resolve() / check_run_name(run)
     for nb, names in defaults.items():
         base = {k: v for k, v in overrides.items() if k in names}
         if models and "model" in names:
@@ -166,7 +206,7 @@ def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN
         else:
             targets = [("default", {})]
         for label, extra in targets:
-            folder = root / label
+            folder = root / model_folder(label)
             params = base | extra | {"out_dir": str(folder)}
             jobs.append(Job(nb, params, folder, folder / "figures", label))
     return jobs

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -159,13 +159,15 @@ def _train(spec: Gen2Spec, model, tokenizer, corpus: Corpus, extras: dict, steps
                              lr_scale=lr_scale(spec), trim=True, on_step=on_step, **extras)
 
 
-def prefix_hash(spec: Gen2Spec, extras_for: StepExtras | None = None) -> str:
-    """:func:`training.state_hash` after the first ``spec.prefix_steps`` steps of ``spec``'s training (same code
-    path)."""
+def prefix_check(spec: Gen2Spec, extras_for: StepExtras | None = None) -> dict:
+    """The :class:`training.PrefixCheck` record of the first ``spec.prefix_steps`` steps of ``spec``'s training (same
+    code path), for :func:`training.verify_prefix` against the card's."""
     corpus, tokenizer = gen2_data(spec.corpus, spec.vocab_size)
     model = _build(spec, tokenizer)
-    _train(spec, model, tokenizer, corpus, extras_for(model, corpus) if extras_for else {}, steps=spec.prefix_steps)
-    return training.state_hash(model)
+    check = training.PrefixCheck(model, spec.prefix_steps)
+    _train(spec, model, tokenizer, corpus, extras_for(model, corpus) if extras_for else {}, steps=spec.prefix_steps,
+           on_step=check)
+    return check.record
 
 
 def train_gen2(spec: Gen2Spec, out_dir: Path | None = None, extras_for: StepExtras | None = None,
@@ -177,14 +179,17 @@ def train_gen2(spec: Gen2Spec, out_dir: Path | None = None, extras_for: StepExtr
     """
     corpus, tokenizer = gen2_data(spec.corpus, spec.vocab_size)
     model = _build(spec, tokenizer)
-    prefix = training.PrefixCheck(spec.prefix_steps)
+    prefix = training.PrefixCheck(model, spec.prefix_steps)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     steps = _train(spec, model, tokenizer, corpus, extras_for(model, corpus) if extras_for else {},
                    on_step=prefix)
     seconds = time.perf_counter() - start
     model.eval()
     load = (load_before + os.getloadavg()[0]) / 2
-    card = _card(spec, model, tokenizer, corpus, steps, seconds, load, prefix.record)
+    tolerance = training.calibrate_prefix(
+        lambda: prefix_check(spec, extras_for),
+        lambda: prefix_check(replace(spec, lr=spec.lr * training.CALIBRATION_LR_FACTOR), extras_for))
+    card = _card(spec, model, tokenizer, corpus, steps, seconds, load, prefix.record | {"tolerance": tolerance})
     card |= card_extra or {}
     card["spec_hash"] = spec_hash(spec, card_extra)
     folder = out_dir or paths.ORGANISMS / spec.name

@@ -2,15 +2,19 @@
 
 Each organism is saved in Hugging Face format (config + safetensors + tokenizer) under ``organisms/<name>`` and
 carries a card (``card.json``): architecture, parameter count, data hash, steps, accuracy per relation, and a
-bit-for-bit check of the first ``PREFIX_STEPS`` steps (the weights' hash at that step of the full run), which a
-test can repeat in seconds where the full run takes minutes.
+check of the first ``PREFIX_STEPS`` steps (the weights' hash at that step of the full run, and a sketch of the
+update for other CPU kinds: :func:`verify_prefix`), which a test can repeat in seconds where the full run takes minutes.
 """
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -19,8 +23,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import arch, configs, data, metrics, numerics, paths
-from ..determinism import EXPERTS_IMPLEMENTATION, deterministic_kernels, set_determinism
+from .. import arch, configs, data, fingerprint, metrics, numerics, paths
+from .. import determinism
+from ..determinism import EXPERTS_IMPLEMENTATION, adamw, deterministic_kernels, set_determinism
 from ..hooks import hooked
 from ..results import write_json_atomic
 from ..vocab import word_tokenizer
@@ -84,15 +89,96 @@ def state_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-class PrefixCheck:
-    """``on_step`` callback recording ``{"steps": n, "sha256": state_hash(model)}`` after step ``n`` of a run."""
+#: Gaussian projections of each tensor's update that a card's prefix check records
+SKETCH_DIMS = 4
+#: Random square roots per calibration (:func:`calibrate_prefix`), besides the correctly rounded one
+CALIBRATION_SEEDS = (0, 1, 2)
+#: The real change a calibration measures against: the learning rate times this factor
+CALIBRATION_LR_FACTOR = 1.001
 
-    def __init__(self, steps: int = PREFIX_STEPS):
+
+def _projection(name: str, numel: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    return torch.randn(SKETCH_DIMS, numel, generator=gen, dtype=torch.float64)
+
+
+def update_sketch(initial: Mapping[str, torch.Tensor], final: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Per floating tensor t: ``S_t = R_t (final_t - initial_t)`` in float64, with ``R_t`` a [SKETCH_DIMS, numel]
+    standard-normal matrix seeded by crc32 of t's name. Random projections keep distances, so
+    ``||S - S'|| / ||S'||`` estimates the relative difference of two runs' updates (:func:`sketch_difference`)."""
+    return {name: (_projection(name, t.numel()) @ (final[name].double() - t.double()).flatten()).tolist()
+            for name, t in sorted(initial.items()) if t.is_floating_point()}
+
+
+def sketch_difference(recorded: Mapping[str, list[float]], sketch: Mapping[str, list[float]]) -> tuple[float, str]:
+    """``||S - S_rec|| / ||S_rec||`` over every tensor's projections, and the tensor whose own relative difference
+    is largest."""
+    if set(recorded) != set(sketch):
+        raise ValueError(f"the sketches cover different tensors: {sorted(set(recorded) ^ set(sketch))[:4]}")
+    a = {k: torch.tensor(v, dtype=torch.float64) for k, v in recorded.items()}
+    b = {k: torch.tensor(v, dtype=torch.float64) for k, v in sketch.items()}
+    total = float(torch.cat([b[k] - a[k] for k in a]).norm() / torch.cat(list(a.values())).norm())
+    worst = max(a, key=lambda k: float((b[k] - a[k]).norm() / a[k].norm().clamp_min(1e-300)))
+    return total, worst
+
+
+class PrefixCheck:
+    """``on_step`` callback recording, after step ``steps`` of a run from ``model``'s current weights, the weights'
+    :func:`state_hash`, the AdamW kernel, the CPU kind (:func:`moescope.fingerprint.kind`) and the update's
+    :func:`update_sketch`."""
+
+    def __init__(self, model: nn.Module, steps: int = PREFIX_STEPS):
         self.steps, self.record = steps, {}
+        self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def __call__(self, step: int, model: nn.Module) -> None:
         if step == self.steps:
-            self.record = {"steps": self.steps, "sha256": state_hash(model)}
+            self.record = {"steps": self.steps, "sha256": state_hash(model), "optimizer": determinism.OPTIMIZER_KERNEL,
+                           "kind": fingerprint.kind(), "sketch": update_sketch(self.initial, model.state_dict())}
+
+
+def calibrate_prefix(prefix: Callable[[], dict], changed: Callable[[], dict]) -> dict:
+    """The tolerance of a prefix check on another CPU kind, measured on this one (run with the "loop" kernel).
+
+    ``emulated``: the largest relative update difference (:func:`sketch_difference`) between ``prefix()`` and the
+    same run with another square root, the correctly rounded one (the "fused" kernel) and, for each of
+    ``CALIBRATION_SEEDS``, this machine's moved by one ulp in 20% of the elements (:func:`fingerprint.other_sqrt`);
+    ``real``: the difference a real change of the run makes (``changed()``: the learning rate x
+    ``CALIBRATION_LR_FACTOR``); ``rtol = sqrt(emulated * real)``, their geometric midpoint, so a CPU kind's drift
+    and a changed run are each separated from it by the same factor ``sqrt(real / emulated)``.
+    """
+    reference = prefix()["sketch"]
+    variants = []
+    previous, determinism.OPTIMIZER_KERNEL = determinism.OPTIMIZER_KERNEL, "fused"
+    try:
+        variants.append(prefix()["sketch"])
+    finally:
+        determinism.OPTIMIZER_KERNEL = previous
+    for seed in CALIBRATION_SEEDS:
+        with fingerprint.other_sqrt(seed):
+            variants.append(prefix()["sketch"])
+    emulated = max(sketch_difference(reference, v)[0] for v in variants)
+    real = sketch_difference(reference, changed()["sketch"])[0]
+    return {"emulated": emulated, "real": real, "rtol": math.sqrt(emulated * real),
+            "real_change": f"lr x {CALIBRATION_LR_FACTOR:g}"}
+
+
+def verify_prefix(recorded: Mapping, recomputed: Mapping) -> None:
+    """Assert that a recomputed prefix check matches a card's: bit for bit where the card's kernel is "fused" or its
+    CPU kind is this machine's; otherwise (the "loop" kernel on another CPU kind) the update within the card's
+    calibrated ``tolerance["rtol"]`` (:func:`calibrate_prefix`)."""
+    if recorded["steps"] != recomputed["steps"] or recorded["optimizer"] != recomputed["optimizer"]:
+        raise AssertionError(f"recomputed {recomputed['steps']} steps with {recomputed['optimizer']!r}; the card "
+                             f"recorded {recorded['steps']} with {recorded['optimizer']!r}")
+    if recorded["optimizer"] == "fused" or recorded["kind"] == recomputed["kind"]:
+        assert recomputed["sha256"] == recorded["sha256"], (
+            f"weights after {recorded['steps']} steps differ bit for bit from the card's (recorded on "
+            f"{recorded['kind']}, recomputed on {recomputed['kind']})")
+        return
+    rel, worst = sketch_difference(recorded["sketch"], recomputed["sketch"])
+    rtol = recorded["tolerance"]["rtol"]
+    assert rel <= rtol, (f"the {recorded['steps']}-step update differs from the card's (recorded on "
+                         f"{recorded['kind']}) by a relative {rel:.2e} > {rtol:.2e}; most in {worst}")
 
 
 def shuffled_batches(n: int, spec: OrganismSpec) -> Iterator[torch.Tensor]:
@@ -129,7 +215,7 @@ def train_lm(
     ``on_step(step, model)`` runs after each (1-based) step's update.
     """
     ids, labels = _lm_batches(tokenizer, texts)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    opt = adamw(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale) if lr_scale else None
     moe = arch.is_moe(model)
     bar = tqdm(batches if batches is not None else shuffled_batches(len(ids), spec), total=spec.max_steps,
@@ -184,36 +270,55 @@ def _setup(spec: OrganismSpec, relations: list[data.Relation] | None) -> tuple[C
 def train_organism(spec: OrganismSpec, out_dir: Path | None = None, relations: list[data.Relation] | None = None) -> dict:
     """Train ``spec`` from its seed on the relation facts and save it (HF format + card.json); returns the card."""
     corpus, tokenizer, model = _setup(spec, relations)
-    start, prefix = time.perf_counter(), PrefixCheck()
+    start, prefix = time.perf_counter(), PrefixCheck(model)
     done = lambda m: float(fact_accuracy(m, tokenizer, corpus.facts).mean()) >= spec.target_accuracy  # noqa: E731
     steps = train_lm(model, tokenizer, corpus.texts, spec, done, on_step=prefix)
     seconds = time.perf_counter() - start
     model.eval()
     acc = fact_accuracy(model, tokenizer, corpus.facts)
-    card = _card(spec, model, corpus, steps, seconds, acc) | {"prefix_check": prefix.record}
+    tolerance = calibrate_prefix(lambda: prefix_check(spec, relations),
+                                 lambda: prefix_check(replace(spec, lr=spec.lr * CALIBRATION_LR_FACTOR), relations))
+    card = _card(spec, model, corpus, steps, seconds, acc) | {"prefix_check": prefix.record | {"tolerance": tolerance}}
     save_organism(model, tokenizer, card, out_dir or paths.ORGANISMS / spec.name)
     return card
 
 
-def prefix_hash(spec: OrganismSpec, relations: list[data.Relation] | None = None) -> str:
-    """:func:`state_hash` after the first ``PREFIX_STEPS`` steps of :func:`train_organism` (same code path)."""
+def prefix_check(spec: OrganismSpec, relations: list[data.Relation] | None = None) -> dict:
+    """The :class:`PrefixCheck` record of the first ``PREFIX_STEPS`` steps of :func:`train_organism` (same code
+    path), for :func:`verify_prefix` against the card's."""
     corpus, tokenizer, model = _setup(spec, relations)
+    check = PrefixCheck(model)
     batches = islice(shuffled_batches(len(corpus.texts), spec), PREFIX_STEPS)
-    train_lm(model, tokenizer, corpus.texts, spec, lambda m: False, batches=batches)
-    return state_hash(model)
+    train_lm(model, tokenizer, corpus.texts, spec, lambda m: False, batches=batches, on_step=check)
+    return check.record
 
 
 def save_organism(model: nn.Module, tokenizer, card: dict, folder: Path, readme: str | None = None) -> None:
-    """Write weights, tokenizer and card (card.json + a short README.md, ``readme`` if given) to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    write_json_atomic(folder / "card.json", card)
-    if readme is not None:
-        (folder / "README.md").write_text(readme)
-        return
+    """Write weights, tokenizer and card (card.json + a short README.md, ``readme`` if given) to ``folder``: all into
+    a temporary sibling folder that then replaces ``folder``, so an interrupted save leaves the previous organism
+    whole (weights and card together) or nothing."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "card.json", card)
+        (tmp / "README.md").write_text(readme if readme is not None else _readme(card))
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _readme(card: dict) -> str:
     per_rel = "\n".join(f"| {k} | {v:.3f} |" for k, v in card["accuracy_per_relation"].items())
-    (folder / "README.md").write_text(
+    return (
         f"# {card['name']}\n\nA moescope model organism mirroring `{card['mirrors']}` "
         f"({card['family']}, {card['architecture']['params']:,} parameters), trained by "
         f"`moescope.organisms.train_organism` in {card['training_steps']} steps on data {card['data_hash']}.\n\n"
