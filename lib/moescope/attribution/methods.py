@@ -160,9 +160,10 @@ def _gradient_scores(lm: LoadedModel, enc, trace, pairs, ig_steps: int) -> tuple
 
 
 @torch.no_grad()
-def total_effects(lm: LoadedModel, enc, trace, pairs) -> np.ndarray:
-    """[prompts, pairs]: log p(w) - log p(w | the pair removed from routing at the last position only); 0 for pairs
-    no prompt selects there (blocking them changes nothing)."""
+def total_effects(lm: LoadedModel, enc, pairs) -> np.ndarray:
+    """[prompts, pairs]: log p(w) - log p(w | the pair removed from routing at the last position only), by
+    :func:`moescope.interventions.block_experts` (logit -> -inf: the next-best expert takes the slot, and a router
+    that normalises over all experts reweights the others, so an unselected pair can matter a little too)."""
     n, model = len(enc.input_ids), lm.model
     last = _last_mask(enc.attention_mask).reshape(-1)
     gold = enc.target_ids[:, None]
@@ -172,12 +173,9 @@ def total_effects(lm: LoadedModel, enc, trace, pairs) -> np.ndarray:
         return torch.log_softmax(logits.double(), -1).gather(1, gold).squeeze(1).numpy()
 
     before, out = logprob(), np.zeros((n, len(pairs)))
-    selected = {(l, int(e)) for l, c in enumerate(trace.layers) if c.topk_index is not None
-                for e in c.topk_index.unique().tolist()}
     for col, (layer, expert) in enumerate(pairs):
-        if (layer, expert) in selected:
-            with interventions.block_experts(model, {layer: [expert]}, tokens=last):
-                out[:, col] = before - logprob()
+        with interventions.block_experts(model, {layer: [expert]}, tokens=last):
+            out[:, col] = before - logprob()
     return out
 
 
@@ -206,7 +204,7 @@ def scores(lm: LoadedModel, fr: pd.DataFrame, methods: Sequence[str] = METHODS, 
         gxa, ig = _gradient_scores(lm, enc, trace, pairs, ig_steps)
         out |= {k: v for k, v in (("grad_x_act", gxa), ("integrated_gradients", ig)) if k in methods}
     if "total_effect" in methods:
-        out["total_effect"] = total_effects(lm, enc, trace, pairs)
+        out["total_effect"] = total_effects(lm, enc, pairs)
     if "random" in methods:
         rng = np.random.default_rng(seed)
         out["random"] = np.zeros((n, len(pairs)))
@@ -316,9 +314,9 @@ def method_table(ranks: pd.DataFrame, area: pd.DataFrame) -> pd.DataFrame:
     """The benchmark's table: per relation, method and scope, precision@|plant|, auc, best_rank, spearman_te,
     faithfulness area, the matched random area and the excess."""
     keys = ["relation", "scope", "method"]
-    return ranks.merge(area[area.method != "matched random"], on=keys, how="left")[
+    return ranks.merge(area[area.method != "matched random"], on=keys, how="left").reindex(columns=
         keys + ["planted", "pairs", "chance_precision", "precision", "auc", "best_rank", "spearman_te",
-                "faithfulness", "random_area", "excess"]]
+                "faithfulness", "random_area", "excess"])
 
 
 def plot(curves: pd.DataFrame, scope: str = SCOPES[0], methods: Sequence[str] | None = None):
