@@ -44,7 +44,8 @@ log-probability read change:
                    lse_C(z_c)) with d_c = a_k P[c, k].
 
 With the 'final' lens the layer gains telescope: sum_l (AttnGain_l + FFNGain_l) = log p(w | h_L) - log p(w | h_{-1}
-read at s_L), h_{-1} the embeddings; with 'local' they do not (each difference is read at its own scale).
+read at s_L), h_{-1} the embeddings; so do the 'contrastive' ones (log p_C in place of log p); with 'local' they do
+not (each difference is read at its own scale).
 """
 from __future__ import annotations
 
