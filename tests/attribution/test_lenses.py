@@ -51,10 +51,11 @@ def test_local_lens_matches_reference(family):
             at_mid = lambda x: reference_logprob(model, x, c.resid_mid[0], w)  # noqa: E731
             at_post = lambda x: reference_logprob(model, x, c.resid_post[0], w)  # noqa: E731
             row = attr.layers[(attr.layers.sample_id == i) & (attr.layers.layer == l)].iloc[0]
-            assert row.attn_gain == pytest.approx(at_mid(c.resid_pre[0] + c.attn_out[0]) - at_mid(c.resid_pre[0]), abs=1e-6)
-            assert row.ffn_gain == pytest.approx(at_post(c.resid_mid[0] + c.mlp_out[0]) - at_post(c.resid_mid[0]), abs=1e-6)
+            pre, mid = c.resid_pre[0], c.resid_mid[0]
+            assert row.attn_gain == pytest.approx(at_mid(pre + c.attn_out[0]) - at_mid(pre), abs=1e-6)
+            assert row.ffn_gain == pytest.approx(at_post(mid + c.mlp_out[0]) - at_post(mid), abs=1e-6)
             heads = attr.heads[(attr.heads.sample_id == i) & (attr.heads.layer == l)].sort_values("head")
-            ref = [at_mid(c.resid_pre[0] + c.head_out[0, h]) - at_mid(c.resid_pre[0]) for h in range(c.head_out.shape[1])]
+            ref = [at_mid(pre + c.head_out[0, h]) - at_mid(pre) for h in range(c.head_out.shape[1])]
             assert heads.gain.tolist() == pytest.approx(ref, abs=1e-6)
             u = c.resid_mid[0]
             for e, _, factor, out, coef, w_down, _ in _units(model, parts[l], c):
@@ -129,7 +130,8 @@ def test_contrastive_against_the_gold_alone_is_zero_and_telescopes():
         cands = [tok.convert_tokens_to_ids(o) for o in CANDIDATES[i]]
         lp = lambda x: reference_contrastive(model, x, tr.resid_final[0], w, cands)  # noqa: E731
         rows = attr.layers[attr.layers.sample_id == i]
-        assert (rows.attn_gain + rows.ffn_gain).sum() == pytest.approx(lp(tr.resid_final[0]) - lp(tr.embed[0]), abs=1e-6)
+        expected = lp(tr.resid_final[0]) - lp(tr.embed[0])
+        assert (rows.attn_gain + rows.ffn_gain).sum() == pytest.approx(expected, abs=1e-6)
 
 
 def test_bad_lens_and_missing_candidates():
@@ -147,7 +149,8 @@ def test_layer_zero_apart_reports_both_readings():
     got = summaries.layer_zero_apart(layers).set_index("reading")
     assert list(got.index) == ["all layers", "without layer 0"]
     assert got.loc["all layers", "ffn_gain"] == 3.0 and got.loc["without layer 0", "ffn_gain"] == 1.0
-    assert got.loc["all layers", "per_layer_efficiency"] == 1.0 and got.loc["without layer 0", "per_layer_efficiency"] == 0.5
+    assert got.loc["all layers", "per_layer_efficiency"] == 1.0
+    assert got.loc["without layer 0", "per_layer_efficiency"] == 0.5
     assert got.loc["all layers", "layer0_share"] == pytest.approx(4 / 6)
     assert got.loc["all layers", "share_early"] == pytest.approx(4 / 6)
     # without layer 0, the stages keep the layers' place in the full depth: layer 1 is middle, layer 2 late

@@ -198,7 +198,8 @@ def scores(lm: LoadedModel, fr: pd.DataFrame, methods: Sequence[str] = METHODS, 
         for l, c in enumerate(trace.layers):
             if c.topk_index is not None:
                 _pair_matrix(pairs, n, l, c.topk_index.cpu(), torch.ones(c.topk_index.shape), freq)
-                _pair_matrix(pairs, n, l, c.topk_index.cpu(), (c.expert_scale.unsqueeze(-1) * c.expert_out).norm(dim=-1).cpu(), norm)
+                size = (c.expert_scale.unsqueeze(-1) * c.expert_out).norm(dim=-1).cpu()
+                _pair_matrix(pairs, n, l, c.topk_index.cpu(), size, norm)
         out |= {k: v for k, v in (("gate_frequency", freq), ("gate_x_norm", norm)) if k in methods}
     if {"grad_x_act", "integrated_gradients"} & set(methods):
         gxa, ig = _gradient_scores(lm, enc, trace, pairs, ig_steps)
@@ -274,7 +275,8 @@ def faithfulness(lm: LoadedModel, sc: Scores, plant: Plant, ks: Sequence[int] = 
 
     def add(relation, scope, method, draw, k, r, r0):
         out.append({"relation": relation, "scope": scope, "method": method, "draw": draw, "k": k, "mrr": r.mean(),
-                    "drop": 1 - r.mean() / r0.mean() if r0.mean() else np.nan, "rr": r.tolist(), "rr_before": r0.tolist()})
+                    "drop": 1 - r.mean() / r0.mean() if r0.mean() else np.nan, "rr": r.tolist(),
+                    "rr_before": r0.tolist()})
 
     planted_rows = np.flatnonzero(fr.relation.isin(list(plant)).to_numpy())
     for scope in SCOPES:

@@ -65,8 +65,9 @@ def efficiency(layers: pd.DataFrame) -> dict[str, float]:
 
 def layer_zero_apart(layers: pd.DataFrame) -> pd.DataFrame:
     """:func:`efficiency` twice: over all layers, and over layers 1..L-1 only (per-layer efficiency divides by
-    L - 1; peak position and stages keep each layer's place in the full depth, so without layer 0 'early' holds the rest of the first
-    third). Both rows carry layer 0's mean FFN gain and its share of the summed mean FFN gain (over all layers).
+    L - 1; peak position and stages keep each layer's place in the full depth, so without layer 0 'early' holds the
+    rest of the first third). Both rows carry layer 0's mean FFN gain and its share of the summed mean FFN gain
+    (over all layers).
 
     Columns: reading ('all layers' | 'without layer 0'), layers, ffn_gain, attn_gain, peak_position,
     per_layer_efficiency, share_early/middle/late, layer0_ffn_gain, layer0_share.
@@ -82,7 +83,8 @@ def layer_zero_apart(layers: pd.DataFrame) -> pd.DataFrame:
     stages = rest.assign(stage=[stage_of(l, n) for l in rest["layer"]]).groupby("layer", as_index=False).agg(
         ffn_gain=("ffn_gain", "mean"), stage=("stage", "first"))
     rest_total = stages.ffn_gain.sum()
-    without = {"layers": n - 1, "ffn_gain": ffn, "attn_gain": float(rest.groupby("sample_id")["attn_gain"].sum().mean()),
+    attn = float(rest.groupby("sample_id")["attn_gain"].sum().mean())
+    without = {"layers": n - 1, "ffn_gain": ffn, "attn_gain": attn,
                "peak_position": float(sums["peak_position"].mean()) if len(sums) else np.nan,
                "per_layer_efficiency": ffn / (n - 1) if n > 1 else np.nan,
                **{f"share_{s}": float(stages.loc[stages.stage == s, "ffn_gain"].sum() / rest_total) if rest_total
