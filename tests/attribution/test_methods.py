@@ -161,6 +161,9 @@ def test_faithfulness_curves_and_areas(setup):
         row.faithfulness - row.random_area)
     ranks = methods.ranking_table(sc, plant)
     table = methods.method_table(ranks, area)
+    floor = ranks[(ranks.method == "random") & (ranks.scope == "all layers")].iloc[0]
+    assert floor.auc == pytest.approx(0.5, abs=0.1)
+    assert floor.precision == pytest.approx(floor.chance_precision, abs=0.05)
     assert len(table) == 2 * 2 and table.faithfulness.notna().all()
     rows = methods.claim_rows(sc, curves, plant, reps=50)
     assert {r.split(" (")[0] for r in rows.claim} == {methods.CLAIMS[k].id for k in ("lpi", "lpi_without_layer0",
