@@ -11,6 +11,7 @@ Where each part lives:
 - :mod:`.replicas`     seeds and depth-matched MoE / dense groups (from the organism registry)
 - :mod:`.paper`        the paper's numbers; :mod:`.claims` every claim as data (rule, control, preconditions);
   :mod:`.evidence`     the kit's estimate of each claim, decided; :mod:`.figures` one figure per finding
+- :mod:`.ground_truth` attribution and blocking checked against a planted organism's known experts (nb 45)
 - :mod:`.benchmark`    speed of neuron-level attribution
 """
 from .lpi import Attribution, Readout, attribute, attribute_relations

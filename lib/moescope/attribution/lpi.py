@@ -27,6 +27,25 @@ runs in one fused kernel (:func:`fused_logsumexp`, compiled by torch.compile) or
 
 Weights are read through :func:`moescope.offload.materialized`, so models with offloaded weights work too.
 An expert's output bias (gpt-oss) counts in its ExpertGain but belongs to no neuron.
+
+The lens is a named choice (``lens``, :data:`LENSES`); every gain above keeps its form, only the scale s and the
+log-probability read change:
+
+    'final'        (default: the paper's and its group's code) s = s_L, the final state's scale, for every layer.
+    'local'        each component is read at the scale of the residual it writes into: attention and heads of
+                   layer l at s(u_l) = 1 / sqrt(mean(u_l^2) + eps), the FFN, experts and neurons of layer l at
+                   s(h_l), h_l = resid_post[l]. Then the first term of FFNGain_l is the plain logit lens of h_l
+                   (log p(w | norm(h_l)) through the model's own final norm and head), that of AttnGain_l the lens of
+                   u_l, and the last layer's FFN, expert and neuron scores equal the 'final' ones (h_{L-1} = h_L).
+    'contrastive'  the final scale, and the target read against the relation's other objects C (their first
+                   tokens; C holds the gold w): log p_C(w | x) = z_w(x) - logsumexp_{c in C} z_c(x), z the lens's
+                   logits. A component then gains only by moving the gold above the relation's other answers,
+                   not by moving mass from the rest of the vocabulary. Neurons: Imp = d_w - (lse_C(z_c + d_c) -
+                   lse_C(z_c)) with d_c = a_k P[c, k].
+
+With the 'final' lens the layer gains telescope: sum_l (AttnGain_l + FFNGain_l) = log p(w | h_L) - log p(w | h_{-1}
+read at s_L), h_{-1} the embeddings; so do the 'contrastive' ones (log p_C in place of log p); with 'local' they do
+not (each difference is read at its own scale).
 """
 from __future__ import annotations
 
@@ -42,11 +61,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import arch, data, metrics
-from ..prompts import context_length, encode
+from ..prompts import context_length, encode, object_first_token
 from ..capture import LayerCapture, Trace, capture
 from ..offload import input_device, materialized
 
 TARGETS = ("gold", "top1")
+#: Named lenses (see the module docstring): the paper's frozen final scale, each layer's own scale, the contrastive
+#: target. 'final' is the default everywhere.
+LENSES = ("final", "local", "contrastive")
 KERNELS = ("auto", "fused", "plain")
 #: Work (prompts x neurons x vocabulary entries) of one scoring call from which kernel='auto' uses the fused
 #: kernel; smaller calls take the plain path (compiling costs seconds, once per process).
@@ -224,27 +246,46 @@ class Attribution:
 
 
 class _Scorer:
-    """Scores of one batch (one captured trace) against its targets."""
+    """Scores of one batch (one captured trace) against its targets, through one lens (:data:`LENSES`).
 
-    def __init__(self, readout: Readout, trace: Trace, targets: torch.Tensor):
+    ``candidates`` [B, C] (contrastive lens only): each prompt's candidate token ids, gold in column 0, padded
+    with -1.
+    """
+
+    def __init__(self, readout: Readout, trace: Trace, targets: torch.Tensor, lens: str = "final",
+                 candidates: torch.Tensor | None = None):
         self.r, self.tr, self.w = readout, on_device(trace, readout.device), targets.to(readout.device)
         self.s = readout.scale(self.tr.resid_final)
+        self.lens = lens
+        self.cand = None if candidates is None else candidates.to(readout.device)
 
-    def lp(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(w_b | x[b, ...]) for x [B, ..., H]."""
+    def scale(self, written: torch.Tensor) -> torch.Tensor:
+        """The lens's scale per row: s_L, or (lens 'local') that of ``written``, the residual the component writes
+        into (resid_mid for attention, resid_post for the FFN)."""
+        return self.r.scale(written) if self.lens == "local" else self.s
+
+    def lp(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(w_b | x[b, ...]) for x [B, ..., H] at scale ``s`` [B] (default s_L); contrastive lens: log p_C."""
         extra = x.dim() - 2
-        s = self.s.view(-1, *[1] * extra)
-        return self.r.logprob(x, s, self.w.view(-1, *[1] * extra))
+        s = (self.s if s is None else s).view(-1, *[1] * extra)
+        if self.lens != "contrastive":
+            return self.r.logprob(x, s, self.w.view(-1, *[1] * extra))
+        lp = self.r.log_probs(x, s)
+        cand = self.cand.view(self.cand.shape[0], *[1] * extra, -1).expand(*lp.shape[:-1], -1)
+        z = lp.gather(-1, cand.clamp(min=0)).masked_fill(cand < 0, -torch.inf)
+        return z[..., 0] - torch.logsumexp(z, dim=-1)
 
-    def gain(self, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """log p(w | base + delta) - log p(w | base); delta [B, ..., H] broadcast against base [B, H].
+    def gain(self, base: torch.Tensor, delta: torch.Tensor, written: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(w | base + delta) - log p(w | base); delta [B, ..., H] broadcast against base [B, H], both read at
+        the lens's scale (:meth:`scale` of ``written``, the residual the component writes into).
 
         The sum is taken in the readout's precision: in a bf16 model's own precision its rounding alone moves
         log-probabilities by ~5e-4.
         """
         extra = delta.dim() - 2
+        s = self.s if written is None else self.scale(written)
         base_ = self.up(base.view(base.shape[0], *[1] * extra, base.shape[-1]))
-        return self.lp(base_ + self.up(delta)) - self.lp(base_)
+        return self.lp(base_ + self.up(delta), s) - self.lp(base_, s)
 
     def up(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the readout's precision."""
@@ -267,9 +308,9 @@ def on_device(capture_: Trace | LayerCapture, device: torch.device) -> Trace | L
 def _layer_rows(sc: _Scorer, ids: list[int]) -> tuple[list[dict], list[dict]]:
     layers, heads = [], []
     for l, c in enumerate(sc.tr.layers):
-        attn = sc.gain(c.resid_pre, c.attn_out).tolist()
-        ffn = sc.gain(c.resid_mid, c.mlp_out).tolist()
-        head = sc.gain(c.resid_pre, c.head_out).tolist()
+        attn = sc.gain(c.resid_pre, c.attn_out, c.resid_mid).tolist()
+        ffn = sc.gain(c.resid_mid, c.mlp_out, c.resid_post).tolist()
+        head = sc.gain(c.resid_pre, c.head_out, c.resid_mid).tolist()
         for b, sid in enumerate(ids):
             layers.append({"sample_id": sid, "layer": l, "attn_gain": attn[b], "ffn_gain": ffn[b]})
             heads.extend({"sample_id": sid, "layer": l, "head": h, "gain": g} for h, g in enumerate(head[b]))
@@ -280,12 +321,12 @@ def _expert_rows(sc: _Scorer, ids: list[int]) -> list[dict]:
     rows = []
     for l, c in enumerate(sc.tr.layers):
         if c.topk_index is not None:
-            gains = sc.gain(c.resid_mid, c.expert_scale.unsqueeze(-1) * c.expert_out).tolist()
+            gains = sc.gain(c.resid_mid, c.expert_scale.unsqueeze(-1) * c.expert_out, c.resid_post).tolist()
             for b, sid in enumerate(ids):
                 rows.extend({"sample_id": sid, "layer": l, "expert": int(e), "gate": float(g), "gain": gn}
                             for e, g, gn in zip(c.topk_index[b].tolist(), c.topk_weight[b].tolist(), gains[b]))
         if c.ffn_out is not None:
-            gains = sc.gain(c.resid_mid, sc.up(c.ffn_gate).unsqueeze(-1) * sc.up(c.ffn_out)).tolist()
+            gains = sc.gain(c.resid_mid, sc.up(c.ffn_gate).unsqueeze(-1) * sc.up(c.ffn_out), c.resid_post).tolist()
             rows.extend({"sample_id": sid, "layer": l, "expert": -1, "gate": float(c.ffn_gate[b]), "gain": gains[b]}
                         for b, sid in enumerate(ids))
     return rows
@@ -308,25 +349,45 @@ def _neuron_frame(units: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame({name: torch.cat(col).cpu().numpy() for name, col in zip(NEURON_COLUMNS, zip(*units))})
 
 
+def contrastive_unit_scores(readout: Readout, w_down: torch.Tensor, lp: torch.Tensor, cand: torch.Tensor,
+                            a: torch.Tensor) -> torch.Tensor:
+    """Contrastive Imp [G, I] of every neuron of one expert: d_w - (lse_C(lp_c + d_c) - lse_C(lp_c)) with
+    d[g, c, k] = a[g, k] * P[cand[g, c], k], P = (gamma W_U) W_down; ``cand`` [G, C] has the gold in column 0 and
+    -1 as padding. Only the candidates' rows of P are formed ([G, C, I], never [G, V, I])."""
+    w = readout.weight(readout.dtype)
+    valid = cand >= 0
+    proj = w[cand.clamp(min=0)] @ w_down.to(readout.device, readout.dtype)  # [G, C, I]
+    z = lp.gather(1, cand.clamp(min=0)).masked_fill(~valid, -torch.inf)
+    d = a[:, None, :] * proj
+    lse = torch.logsumexp((z[:, :, None] + d).masked_fill(~valid[:, :, None], -torch.inf), dim=1)
+    return _check_finite(d[:, 0, :] - (lse - torch.logsumexp(z, dim=1)[:, None]), "neuron scores")
+
+
 def _layer_neurons(sc: _Scorer, l: int, c: LayerCapture, parts: arch.LayerParts, ids: torch.Tensor,
                    kernel: str, projection_dtype: torch.dtype | None) -> list[tuple]:
     """Neuron scores of every selected expert and the shared/dense FFN of layer l, one projection per expert."""
     r, out = sc.r, []
-    base_lp = r.log_probs(c.resid_mid, sc.s)
+    s = sc.scale(c.resid_post)
+    base_lp = r.log_probs(c.resid_mid, s)
+
+    def score(w_down, rows, a):
+        if sc.lens == "contrastive":
+            return contrastive_unit_scores(r, w_down, base_lp[rows], sc.cand[rows], a)
+        return unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
+
     with materialized(parts.experts, parts.ffn):
         if c.topk_index is not None:
             for e in c.topk_index.unique().tolist():
                 rows, slots = torch.where(c.topk_index == e)
                 coef = c.expert_coef[rows, slots].to(r.dtype)
-                a = sc.s[rows, None] * c.expert_scale[rows, slots, None].to(r.dtype) * coef
+                a = s[rows, None] * c.expert_scale[rows, slots, None].to(r.dtype) * coef
                 w_down = arch.expert_down(parts, e)
-                score = unit_scores(r, w_down, base_lp[rows], sc.w[rows], a, kernel, projection_dtype)
-                out.append(_neuron_rows(ids[rows.cpu()], l, e, coef, score))
+                out.append(_neuron_rows(ids[rows.cpu()], l, e, coef, score(w_down, rows, a)))
         if c.ffn_out is not None:
             coef = c.ffn_coef.to(r.dtype)
-            a = sc.s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
-            score = unit_scores(r, arch.ffn_down(parts).weight, base_lp, sc.w, a, kernel, projection_dtype)
-            out.append(_neuron_rows(ids, l, -1, coef, score))
+            a = s[:, None] * c.ffn_gate[:, None].to(r.dtype) * coef
+            every = torch.arange(len(coef), device=coef.device)
+            out.append(_neuron_rows(ids, l, -1, coef, score(arch.ffn_down(parts).weight, every, a)))
     return out
 
 
@@ -334,6 +395,17 @@ def _top_neurons(frame: pd.DataFrame, top: int | None) -> pd.DataFrame:
     if top is None:
         return frame
     return frame.sort_values("score", ascending=False, kind="stable").groupby("sample_id").head(top)
+
+
+def candidate_ids(tokenizer, prompts: Sequence[str], targets: Sequence[int],
+                  candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+    """[B, C] first-token ids of each prompt's candidate objects, the target in column 0, distinct, -1 padded."""
+    rows = []
+    for prompt, t, objs in zip(prompts, targets, candidates):
+        ids = [int(t)] + [object_first_token(tokenizer, prompt, o) for o in objs]
+        rows.append(list(dict.fromkeys(ids)))
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows])
 
 
 @torch.no_grad()
@@ -350,6 +422,8 @@ def attribute(
     progress: bool = True,
     kernel: str = "auto",
     projection_dtype: torch.dtype | None = None,
+    lens: str = "final",
+    candidates: Sequence[Sequence[str]] | None = None,
 ) -> Attribution:
     """LPI scores of every layer, head, selected expert and (with ``neurons``) expert neuron, per prompt.
 
@@ -358,6 +432,10 @@ def attribute(
     Scores are computed in ``dtype``; ``kernel`` and ``projection_dtype`` choose how neuron scores are computed
     (:func:`neuron_scores`, :func:`unit_scores`). Prompts in one batch share each expert's vocabulary projection,
     so larger ``batch_size`` is faster per prompt.
+
+    ``lens`` (:data:`LENSES`, formulas in the module docstring): 'final' (the paper's, default), 'local' or
+    'contrastive'; the contrastive lens needs ``candidates``, per prompt the objects the gold is read against (the
+    relation's objects; the gold's own first token is always among them, duplicates of it are dropped).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
@@ -365,6 +443,10 @@ def attribute(
         raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
     if target == "gold" and objects is None:
         raise ValueError("target='gold' needs the objects; pass objects or use target='top1'")
+    if lens not in LENSES:
+        raise ValueError(f"lens must be one of {LENSES}, not {lens!r}")
+    if lens == "contrastive" and candidates is None:
+        raise ValueError("lens='contrastive' needs the candidates: per prompt, the objects to read the gold against")
     enc = encode(tokenizer, prompts, objects, context_length(model))
     readout, parts = Readout(model, dtype), arch.layers(model)
     device = input_device(model)
@@ -376,7 +458,8 @@ def attribute(
         trace = capture(model, enc.input_ids[sl].to(device), enc.attention_mask[sl].to(device))
         gold = enc.target_ids[sl].to(trace.logits.device)
         w = gold if target == "gold" else trace.logits.argmax(-1)
-        sc = _Scorer(readout, trace, w)
+        cand = candidate_ids(tokenizer, prompts[sl], w.tolist(), candidates[sl]) if lens == "contrastive" else None
+        sc = _Scorer(readout, trace, w, lens, cand)
         rank = metrics.ranks(trace.logits, w)
         logp = torch.log_softmax(trace.logits, -1).gather(1, w[:, None]).squeeze(1)
         for b, sid in enumerate(ids):
@@ -408,13 +491,23 @@ def attribute_relations(
 ) -> Attribution:
     """:func:`attribute` over the first ``n_samples`` facts of each relation (prompt template ``template``).
 
-    The samples table gains relation, subject and object columns; sample ids run over all relations.
+    The samples table gains relation, subject and object columns; sample ids run over all relations. With
+    ``lens='contrastive'`` the candidates are, per prompt, the distinct objects of its relation among these facts
+    (:func:`relation_candidates`).
     """
     facts = data.facts_frame(relations, template)
     if n_samples is not None:
         facts = facts.groupby("relation", sort=False).head(n_samples).reset_index(drop=True)
+    if kwargs.get("lens") == "contrastive" and kwargs.get("candidates") is None:
+        kwargs["candidates"] = relation_candidates(facts)
     attr = attribute(model, tokenizer, list(facts.prompt), list(facts.object), **kwargs)
     attr.samples.insert(1, "relation", facts.relation.values)
     attr.samples.insert(2, "subject", facts.subject.values)
     attr.samples.insert(3, "object", facts.object.values)
     return attr
+
+
+def relation_candidates(facts: pd.DataFrame) -> list[list[str]]:
+    """Per prompt (row of a facts table with relation and object columns), the distinct objects of its relation."""
+    objects = {r: list(dict.fromkeys(g.object)) for r, g in facts.groupby("relation", sort=False)}
+    return [objects[r] for r in facts.relation]

@@ -9,6 +9,9 @@ For a relation with samples i and layers l = 0..L-1 (per-sample gains from :mod:
     stage share         = sum_{l in stage} mean_i FFNGain_{i,l} / sum_l mean_i FFNGain_{i,l}
                           with early / middle / late = the first, second and last third of the layers
     expert ranking      = (layer, routed expert) pairs by sum_i ExpertGain_{i,l,j} (0 when not selected)
+
+Every depth and efficiency statistic can be read with layer 0 set apart (:func:`layer_zero_apart`): the first
+layer's FFN reads the raw embeddings, and under the frozen final-norm lens it can carry most of the FFN gain.
 """
 from __future__ import annotations
 
@@ -58,6 +61,36 @@ def efficiency(layers: pd.DataFrame) -> dict[str, float]:
     return {"layers": n, "ffn_gain": float(ffn), "attn_gain": float(sums["attn_gain"].mean()),
             "peak_position": float(sums["peak_position"].mean()), "per_layer_efficiency": float(ffn / n),
             **{f"share_{k}": v for k, v in stage_shares(layers).items()}}
+
+
+def layer_zero_apart(layers: pd.DataFrame) -> pd.DataFrame:
+    """:func:`efficiency` twice: over all layers, and over layers 1..L-1 only (per-layer efficiency divides by
+    L - 1; peak position and stages keep each layer's place in the full depth, so without layer 0 'early' holds the
+    rest of the first third). Both rows carry layer 0's mean FFN gain and its share of the summed mean FFN gain
+    (over all layers).
+
+    Columns: reading ('all layers' | 'without layer 0'), layers, ffn_gain, attn_gain, peak_position,
+    per_layer_efficiency, share_early/middle/late, layer0_ffn_gain, layer0_share.
+    """
+    n = int(layers["layer"].max() + 1)
+    prof = layer_profile(layers)
+    l0 = float(prof.loc[prof.layer == 0, "ffn_gain"].sum())
+    total = float(prof["ffn_gain"].sum())
+    extra = {"layer0_ffn_gain": l0, "layer0_share": l0 / total if total else np.nan}
+    rest = layers[layers["layer"] > 0]
+    sums = per_sample(rest)
+    ffn = float(rest.groupby("sample_id")["ffn_gain"].sum().mean())
+    stages = rest.assign(stage=[stage_of(l, n) for l in rest["layer"]]).groupby("layer", as_index=False).agg(
+        ffn_gain=("ffn_gain", "mean"), stage=("stage", "first"))
+    rest_total = stages.ffn_gain.sum()
+    attn = float(rest.groupby("sample_id")["attn_gain"].sum().mean())
+    without = {"layers": n - 1, "ffn_gain": ffn, "attn_gain": attn,
+               "peak_position": float(sums["peak_position"].mean()) if len(sums) else np.nan,
+               "per_layer_efficiency": ffn / (n - 1) if n > 1 else np.nan,
+               **{f"share_{s}": float(stages.loc[stages.stage == s, "ffn_gain"].sum() / rest_total) if rest_total
+                  else np.nan for s in STAGES}}
+    return pd.DataFrame([{"reading": "all layers", **efficiency(layers), **extra},
+                         {"reading": "without layer 0", **without, **extra}])
 
 
 def expert_ranking(experts: pd.DataFrame) -> pd.DataFrame:

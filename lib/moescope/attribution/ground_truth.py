@@ -1,6 +1,8 @@
 """Attribution and blocking checked against a planted ground truth (notebook 45).
 
 A planted organism's card says which experts were trained on which relation (:mod:`moescope.organisms.planted`).
+The study lives in :mod:`moescope.attribution` (it uses paper 1's attribution); organisms stay one layer under both
+papers.
 For a model with such a card this module computes
 
 - precision@k of LPI expert attribution: |top-k ranked (layer, expert) pairs ∩ planted| / k, where pairs are ranked
@@ -22,10 +24,11 @@ import pandas as pd
 import torch
 
 from .. import arch, data, interventions, models, verdicts
-from ..attribution import attribute, tasks
-from ..attribution.blocking import all_pairs
-from ..attribution.summaries import expert_ranking
-from . import zoo
+from ..organisms import zoo
+from . import tasks
+from .blocking import all_pairs
+from .lpi import attribute
+from .summaries import expert_ranking
 
 CONTROL_DRAWS = 10
 BLOCKING_COLUMNS = ["blocked_for", "condition", "kind", "experts", "relation", "planted_relation", "mrr_before",
@@ -158,25 +161,25 @@ def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
 
 CLAIMS = {
     "precision": verdicts.Claim(
-        "planted: attribution ranks the plant first", PAPER, "organisms.ground_truth",
+        "planted: attribution ranks the plant first", PAPER, "attribution.ground_truth",
         "LPI expert attribution ranks a relation's planted experts above every other (layer, expert) pair",
         "ground truth", "precision@|planted| of the expert ranking (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
     "blocking": verdicts.Claim(
-        "planted: blocking the plant hurts its relation", PAPER, "organisms.ground_truth",
+        "planted: blocking the plant hurts its relation", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts lowers its MRR more than blocking as many random experts of the same "
         "layers", "ground truth", "MRR drop of the relation (bootstrap over prompts)", verdicts.exceeds_control(0.0),
         f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
          verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR"))),
     "specific": verdicts.Claim(
-        "planted: blocking the plant spares unplanted relations", PAPER, "organisms.ground_truth",
+        "planted: blocking the plant spares unplanted relations", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts leaves the unplanted relations' MRR nearly unchanged",
         "ground truth", "mean MRR drop over the unplanted relations' prompts (bootstrap over prompts)",
         verdicts.at_most(0.05), "", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
     "redundant": verdicts.Claim(
-        "planted: a redundant plant survives one expert", PAPER, "organisms.ground_truth",
+        "planted: a redundant plant survives one expert", PAPER, "attribution.ground_truth",
         "each expert of a redundant plant carries the relation alone: blocking one costs less than blocking all",
         "ground truth", "MRR drop when blocking all planted experts (bootstrap over prompts)",
         verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, spread over them)",
