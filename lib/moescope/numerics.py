@@ -13,8 +13,9 @@ a last-bit difference becomes a different model after a few hundred steps. moesc
   reproducible results across systems); training steps use one (see :mod:`moescope.determinism`).
 
 The variables must be in the environment before torch's first kernel call: ``import moescope`` sets them (when not
-set already), and the Makefile, the Jupyter kernel spec and the runner set them too. ``MOESCOPE_NATIVE_NUMERICS=1``
-opts out (faster, but results then depend on the CPU). :func:`problems` says what is not in effect.
+set already), and the Makefile, the Jupyter kernel spec and the runner set them too. ``moescope --numerics native``
+(or ``MOESCOPE_NATIVE_NUMERICS=1``) opts out: faster, but results then depend on the CPU (:data:`CHOICES`).
+:func:`problems` says what is not in effect.
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ PINNED: dict[str, str] = {
     "OMP_DYNAMIC": "FALSE",
 }
 OPT_OUT = "MOESCOPE_NATIVE_NUMERICS"
+#: the two numerics a user chooses between (``moescope --numerics``), and what each costs
+CHOICES: dict[str, str] = {
+    "pinned": "results identical on every CPU of this machine class (Intel AVX-512 and AMD), the kit's default and "
+              "what its organisms and committed notebook outputs are checked against; matrix products take MKL's "
+              "COMPATIBLE branch, about 3x slower on these CPUs",
+    "native": "the CPU's fastest kernels (about 3x faster CPU analyses of large models); results then differ between "
+              "CPU kinds in the last bits, and retrained weights differ",
+}
 _MKL_CBWR_BRANCH, _MKL_CBWR_COMPATIBLE = 1, 3  # mkl.h: MKL_CBWR_BRANCH, MKL_CBWR_COMPATIBLE
 
 
@@ -48,6 +57,20 @@ def pin() -> None:
         os.environ.setdefault(key, value)
     if "torch" in sys.modules and os.environ["MKL_CBWR"] == PINNED["MKL_CBWR"]:
         _mkl_call("mkl_serv_cbwr_set", _MKL_CBWR_COMPATIBLE)
+
+
+def current() -> str:
+    """The numerics this process asked for: "native" when opted out (``MOESCOPE_NATIVE_NUMERICS=1``), else
+    "pinned" (:func:`problems` says whether the pinned settings are also in effect)."""
+    return "native" if os.environ.get(OPT_OUT) == "1" else "pinned"
+
+
+def environment(choice: str, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (an environment) changed so that a new process starts with ``choice``'s numerics."""
+    if choice not in CHOICES:
+        raise ValueError(f"unknown numerics {choice!r}; choose {' or '.join(CHOICES)}")
+    env = {k: v for k, v in base.items() if k not in PINNED and k != OPT_OUT}
+    return env | ({OPT_OUT: "1"} if choice == "native" else dict(PINNED))
 
 
 def _mkl_call(function: str, arg: int) -> int | None:
@@ -87,5 +110,6 @@ def describe() -> dict[str, str]:
     """The settings in effect, for cards and reports."""
     import torch
 
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_branch": str(_mkl_branch()),
+    return {"numerics": current(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl_branch": str(_mkl_branch()),
             "threads": str(torch.get_num_threads()), **{k: os.environ.get(k, "") for k in PINNED}}

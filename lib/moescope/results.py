@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import pandas as pd
 
+from . import numerics
+
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
@@ -57,8 +59,9 @@ def write_csv_atomic(path: Path | str, frame: pd.DataFrame) -> Path:
 
 
 def record(name: str, metrics: dict[str, Any], out_dir: Path | str) -> Path:
-    """Save a notebook's key numbers as ``<out_dir>/<name>.metrics.json``."""
-    return write_json_atomic(Path(out_dir) / f"{name}.metrics.json", metrics)
+    """Save a notebook's key numbers as ``<out_dir>/<name>.metrics.json``, with the numerics that produced them
+    (``"numerics"``: pinned or native, :func:`moescope.numerics.current`)."""
+    return write_json_atomic(Path(out_dir) / f"{name}.metrics.json", {"numerics": numerics.current(), **metrics})
 
 
 def load(name: str, out_dir: Path | str) -> dict[str, Any]:

@@ -50,3 +50,14 @@ def test_makefile_exports_the_same_settings():
                          capture_output=True, text=True, check=True)
     seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     assert {k: seen.get(k) for k in numerics.PINNED} == numerics.PINNED
+
+
+def test_the_command_line_choice_starts_the_command_with_native_numerics():
+    """`moescope --numerics native CMD` runs CMD in a process without the pinned settings (they must be in place
+    before torch's first kernel), and says so; the choice is part of `--help`."""
+    out = subprocess.run([sys.executable, "-m", "moescope", "--numerics", "native", "numerics"], env=_clean_env(),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("numerics: native") and "not pinned: " in out and "MKL code branch" in out
+    helptext = subprocess.run([sys.executable, "-m", "moescope", "--help"], env=_clean_env(), capture_output=True,
+                              text=True, check=True).stdout
+    assert all(choice in helptext for choice in numerics.CHOICES) and "3x slower" in helptext

@@ -1,4 +1,4 @@
-"""Command line: ``python -m moescope {organisms,attribute,benchmark,run,reproduce,desmoe-grid} ...``.
+"""Command line: ``python -m moescope [--numerics pinned|native] {organisms,attribute,benchmark,run,reproduce,desmoe-grid,numerics} ...``.
 
 Every error is one line on stderr that names the problem and what to do, with exit status 2 for bad input and
 1 when notebooks of a batch failed or the kit itself broke; ``--debug`` shows the traceback instead.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import arch, data, models, paths, prompts
+from .. import arch, data, models, numerics, paths, prompts
 from ..models import available_organisms
 from ..organisms import zoo
 from ..results import write_csv_atomic
@@ -199,6 +201,18 @@ def _desmoe_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numerics(args: argparse.Namespace) -> int:
+    from .. import fingerprint
+
+    print(f"numerics: {numerics.current()} ({numerics.CHOICES[numerics.current()]})")
+    for key, value in numerics.describe().items():
+        print(f"  {key} = {value}")
+    problems = numerics.problems()
+    print("not pinned: " + "; ".join(problems) if problems else "all pinned settings in effect")
+    print(f"this machine computes like: {fingerprint.kind()} (recorded kinds: {', '.join(fingerprint.recorded())})")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -234,8 +248,12 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="moescope", description=__doc__)
+    parser = _Parser(prog="moescope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="numerics:\n" + "\n".join(f"  {k}: {v}" for k, v in numerics.CHOICES.items()))
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--numerics", choices=list(numerics.CHOICES), default=numerics.current(),
+                        help="pinned (default): the same results on every CPU kind; native: the CPU's fastest "
+                             "kernels, about 3x faster, results differ across CPU kinds (see below)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("organisms", help="train (if missing) and list the model organisms")
     p.add_argument("--gen", type=int, choices=[1, 2], default=1, help="generation: 1 (small zoo) or 2 (deep zoo)")
@@ -287,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduced", action="store_true", help="the reduced grid (one rate, N in {2, 6}, two seeds)")
     p.add_argument("--steps", type=int, default=60, help="with --reduced: steps per run")
     p.set_defaults(func=_desmoe_grid)
+    p = sub.add_parser("numerics", help="the CPU numerics in effect and the CPU kind this machine computes like")
+    p.set_defaults(func=_numerics)
     p = sub.add_parser("reproduce", help="reproduce every finding of both papers on the organisms")
     _batch_options(p)
     p.set_defaults(func=_reproduce)
@@ -311,8 +331,18 @@ def error_message(err: BaseException) -> tuple[str, int]:
                      "and report it"), FAILED
 
 
+def _in_other_numerics(choice: str, argv: list[str]) -> int:
+    """Run the same command in a new process that starts with ``choice``'s numerics (they must be set before torch
+    runs its first kernel); its exit status."""
+    env = numerics.environment(choice, dict(os.environ))
+    return subprocess.run([sys.executable, "-m", "moescope", *argv], env=env, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.numerics != numerics.current():
+        return _in_other_numerics(args.numerics, argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
