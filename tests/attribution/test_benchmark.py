@@ -45,3 +45,4 @@ def test_bf16_projection_is_exact_to_1e4():
     row = realshape.check(model, tok, realshape.random_prompts(3, 6, model.config.vocab_size),
                           projection_dtype=torch.bfloat16, kernel="fused")
     assert row["tolerance"] == 1e-4 and row["max_abs_err"] <= 1e-4 < row["max_abs_score"]
+

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from test_runner import write_notebook
 
@@ -128,17 +129,44 @@ def test_an_organism_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["card.json"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["attribute", "--model", "olmoe-like", "--prompt", "The capital of Canada is", "--no-neurons"],
-    ["benchmark", "--models", "olmoe-like", "--prompts", "2"],
-], ids=["attribute", "benchmark"])
-def test_writing_commands_write_only_into_out(argv, tmp_path, monkeypatch):
-    """attribute and benchmark write their files (atomically: no temporary file is left) into --out and nowhere
-    else: not the working directory, not next to --out."""
+def _only_into(out: Path, tmp_path: Path, work: Path) -> list[str]:
+    """The names written into ``out``, after checking nothing went into ``work`` or beside ``out``'s parent."""
+    assert not any(work.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["deep", "work"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written and not [n for n in written if "tmp" in n]  # atomic writes leave no temporary file
+    return written
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "deep" / "out"
     work.mkdir()
     monkeypatch.chdir(work)
+    return tmp_path, work, out
+
+
+def test_attribute_writes_only_into_out(places):
+    tmp_path, work, out = places
+    argv = ["attribute", "--model", "olmoe-like", "--prompt", "The capital of Canada is", "--no-neurons"]
     assert cli.main([*argv, "--out", str(out)]) == 0
-    assert not any(work.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["deep", "work"]
-    written = sorted(p.name for p in out.iterdir())
-    assert written and not [n for n in written if "tmp" in n]
+    assert "samples.csv" in _only_into(out, tmp_path, work)
+
+
+def test_benchmark_writes_both_numerics_only_into_out(places):
+    """`moescope benchmark` on a CPU: one call, two processes (pinned and native numerics), each kit time against
+    the floor at native rates, their ratio on both rows (speed itself is measured, not asserted); files only in
+    --out."""
+    tmp_path, work, out = places
+    argv = ["benchmark", "--models", "olmoe-like", "--prompts", "4", "--batch-size", "4", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert _only_into(out, tmp_path, work) == ["attribution_cpu.json", "bench_attribution_cpu.png",
+                                               "bench_attribution_cpu.svg"]
+    table = pd.DataFrame(json.loads((out / "attribution_cpu.json").read_text()))
+    assert list(table.numerics) == ["pinned", "native"] and table.model.nunique() == 1
+    native = table[table.numerics == "native"].iloc[0]
+    assert native.native_floor_ms_per_prompt == native.floor_ms_per_prompt
+    assert table.ratio_to_native_floor.tolist() == pytest.approx(
+        (table.kit_ms_per_prompt / native.floor_ms_per_prompt).tolist())
+    assert table.pinned_over_native.tolist() == pytest.approx(
+        [table.kit_ms_per_prompt.iloc[0] / native.kit_ms_per_prompt] * 2)
+    assert (table.max_abs_err <= 1e-5).all()

@@ -9,6 +9,12 @@
              at the exp rate of a fused, cache-resident exp-sum kernel.   ratio = kit / floor
     single_prompt_floor : the same without sharing projections across prompts (2 N H V flops per prompt)
 
+On a CPU the suite runs twice, in two processes started with each numerics (:data:`moescope.numerics.CHOICES`):
+pinned (the kit's default: identical on every CPU kind) and native (the CPU's fastest kernels).
+:func:`both_numerics` puts them side by side, each kit time against the floor at the *native* rates (the
+machine's physical limit), with ``pinned_over_native`` = kit time pinned / kit time native: the price of
+identical results.
+
 Exactness: a sample of neuron scores (the largest and random ones) against a float64 reference computed directly
 from the model's weights (:func:`moescope.attribution.realshape.reference_neuron_scores`).
 
@@ -20,8 +26,10 @@ cut to ``layers``). One command per device (see :func:`suite`):
 """
 from __future__ import annotations
 
+import json
 import os
-import platform
+import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -191,7 +199,9 @@ def run(model: nn.Module, tokenizer, prompts: list[str], batch_size: int, label:
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    from ..fingerprint import cpu_name
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def real_model(model_id: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, layers: int | None = None):
@@ -235,21 +245,61 @@ def suite(device: str = "cpu", batch_size: int | None = None, models: list[str] 
 
 
 def plot(table: pd.DataFrame):
-    """ms per prompt (log scale): per-neuron loop, the kit, and the floor, per model."""
+    """ms per prompt (log scale) per model: the per-neuron loop, the kit, and the floor; where the table has both
+    numerics (:func:`both_numerics`), the kit pinned and native beside the floor at native rates."""
     import matplotlib.pyplot as plt
 
     from ..plots import PALETTE
 
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    x = range(len(table))
-    ax.bar([i - 0.27 for i in x], table.loop_ms_per_prompt, 0.27, label="per-neuron loop", color=PALETTE["paper"])
-    ax.bar(list(x), table.kit_ms_per_prompt, 0.27, label="moescope", color=PALETTE["moe"])
-    ax.bar([i + 0.27 for i in x], table.floor_ms_per_prompt, 0.27, label="floor (matmul + exp)", color="0.6")
-    for i, r in zip(x, table.itertuples()):
-        ax.annotate(f"{r.ratio_to_floor:.2f}x floor", (i, r.kit_ms_per_prompt), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), [f"{m} ({l}L)" for m, l in zip(table.model, table.layers)], rotation=15, fontsize=8)
+    both = "native_floor_ms_per_prompt" in table
+    models = list(dict.fromkeys(table.model))
+    by = {(r.model, r.numerics): r for r in table.itertuples()}
+    first = {m: by.get((m, "native")) or next(r for r in table.itertuples() if r.model == m) for m in models}
+    bars = [("per-neuron loop", PALETTE["routed"], lambda m: first[m].loop_ms_per_prompt)]
+    if both:
+        bars += [("moescope, pinned numerics", PALETTE["moe"], lambda m: by[(m, "pinned")].kit_ms_per_prompt),
+                 ("moescope, native numerics", PALETTE["dense"], lambda m: by[(m, "native")].kit_ms_per_prompt),
+                 ("floor at native rates (matmul + exp)", "0.6", lambda m: first[m].native_floor_ms_per_prompt)]
+    else:
+        bars += [("moescope", PALETTE["moe"], lambda m: first[m].kit_ms_per_prompt),
+                 ("floor (matmul + exp)", "0.6", lambda m: first[m].floor_ms_per_prompt)]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for j, (label, color, value) in enumerate(bars):
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(models))]
+        ax.bar(xs, [value(m) for m in models], width, label=label, color=color)
+    for i, m in enumerate(models):
+        note = (f"pinned {by[(m, 'pinned')].pinned_over_native:.1f}x native" if both
+                else f"{first[m].ratio_to_floor:.2f}x floor")
+        ax.annotate(note, (i, ax.get_ylim()[1]), ha="center", va="top", fontsize=8)
+    ax.set_xticks(range(len(models)), [f"{m} ({first[m].layers}L)" for m in models], rotation=15, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("ms per prompt (all neurons)")
-    ax.set_title(f"Neuron-level LPI attribution on {table.device.iloc[0]}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Neuron-level LPI attribution on {table.device.iloc[0]}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     return fig
+
+
+def _suite_in(choice: str, **options) -> pd.DataFrame:
+    """:func:`suite` in a new process started with ``choice``'s numerics (they must precede torch's first kernel)."""
+    code = ("import json, sys; from moescope.attribution import benchmark; "
+            "print(benchmark.suite(**json.loads(sys.argv[1])).to_json(orient='records'))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True,
+                         env=numerics.environment(choice, dict(os.environ)))
+    if out.returncode != 0:
+        raise RuntimeError(f"the {choice} benchmark process failed: {out.stderr.strip().splitlines()[-1:]}")
+    return pd.DataFrame(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def both_numerics(**options) -> pd.DataFrame:
+    """The CPU suite under pinned and under native numerics, one row per model and numerics, with
+    ``native_floor_ms_per_prompt`` (the floor at the native matmul and exp rates), ``ratio_to_native_floor`` =
+    kit / native floor, and ``pinned_over_native`` = kit pinned / kit native (on both rows of a model)."""
+    sides = {choice: _suite_in(choice, **options) for choice in numerics.CHOICES}
+    native = sides["native"].set_index("model")
+    table = pd.concat(list(sides.values()), ignore_index=True)
+    table["native_floor_ms_per_prompt"] = table.model.map(native.floor_ms_per_prompt)
+    table["ratio_to_native_floor"] = table.kit_ms_per_prompt / table.native_floor_ms_per_prompt
+    pinned = sides["pinned"].set_index("model").kit_ms_per_prompt
+    table["pinned_over_native"] = table.model.map(pinned / native.kit_ms_per_prompt)
+    return table

@@ -177,11 +177,17 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..results import write_json_atomic
 
     out = _writable(args.out)
-    table = benchmark.suite(_check_device(args.device), args.batch_size, args.models, args.layers, args.dtype,
-                            args.prompts)
+    options = {"device": _check_device(args.device), "batch_size": args.batch_size, "models": args.models,
+               "layers": args.layers, "dtype": args.dtype, "n_prompts": args.prompts}
+    # on a CPU both numerics, each in its own process; a GPU's numerics do not depend on these settings
+    table = benchmark.both_numerics(**options) if args.device == "cpu" else benchmark.suite(**options)
     write_json_atomic(out / f"attribution_{args.device}.json", table)
     plots.save_fig(benchmark.plot(table), f"bench_attribution_{args.device}", out)
     print(table.to_string(index=False))
+    if "pinned_over_native" in table:
+        print(table[["model", "numerics", "kit_ms_per_prompt", "native_floor_ms_per_prompt", "ratio_to_native_floor",
+                     "pinned_over_native"]].to_string(index=False))
+        print("\n".join(f"{k}: {v}" for k, v in numerics.CHOICES.items()))
     return 0
 
 
@@ -279,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--out", required=True, help="output folder for the CSV files")
     p.set_defaults(func=_attribute)
-    p = sub.add_parser("benchmark", help="time neuron-level attribution against the per-neuron loop and the floor")
+    p = sub.add_parser("benchmark", help="time neuron-level attribution against the per-neuron loop and the floor "
+                       "(on a CPU under pinned and native numerics, against the floor at native rates)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="*", help="organisms or ids of configs.REAL_CONFIGS (default: per device)")
     p.add_argument("--layers", type=_positive, help="cut real configs to N layers (default: 1 on CPU, all on GPU)")
