@@ -26,7 +26,7 @@ No free text decides a verdict. Intervals come from :mod:`moescope.statistics`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,29 +184,39 @@ class Precondition:
     text: str
     check: Callable[[Mapping[str, Any]], str | None]
     null_only: bool = False
+    keys: tuple[str, ...] = ()  #: the facts it reads (checked against the paper's fact type: :func:`check_facts`)
 
     def gate(self) -> Precondition:
         """This precondition as a baseline gate (``null_only``)."""
-        return Precondition(self.text, self.check, True)
+        return Precondition(self.text, self.check, True, self.keys)
 
 
 def minimum(key: str, least: float, what: str) -> Precondition:
     """facts[key] >= least."""
     return Precondition(f"{what} >= {least:g}",
                         lambda f: None if f.get(key) is not None and f[key] >= least
-                        else f"{what} is {_show(f.get(key))}, needs at least {least:g}")
+                        else f"{what} is {_show(f.get(key))}, needs at least {least:g}", keys=(key,))
 
 
 def maximum(key: str, most: float, what: str) -> Precondition:
     """facts[key] <= most."""
     return Precondition(f"{what} <= {most:g}",
                         lambda f: None if f.get(key) is not None and f[key] <= most
-                        else f"{what} is {_show(f.get(key))}, needs at most {most:g}")
+                        else f"{what} is {_show(f.get(key))}, needs at most {most:g}", keys=(key,))
 
 
 def flag(key: str, what: str) -> Precondition:
     """facts[key] is true."""
-    return Precondition(what, lambda f: None if f.get(key) else f"the model lacks {what}")
+    return Precondition(what, lambda f: None if f.get(key) else f"the model lacks {what}", keys=(key,))
+
+
+def check_facts(claims: Iterable[Claim], facts_type: type) -> None:
+    """Raise ValueError if a precondition of ``claims`` reads a fact that ``facts_type`` (a TypedDict: the one
+    definition of a paper's facts) does not declare, so a misspelt key fails at import, not as '... is unknown'."""
+    known = set(facts_type.__annotations__)
+    bad = sorted({f"{c.id}: {k}" for c in claims for p in c.preconditions for k in p.keys if k not in known})
+    if bad:
+        raise ValueError(f"preconditions read facts that {facts_type.__name__} does not declare: {', '.join(bad)}")
 
 
 def _show(value: Any) -> str:

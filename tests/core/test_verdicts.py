@@ -156,3 +156,14 @@ def test_batched_bootstrap_equals_the_loop():
     loop = v.bootstrap(lambda i: float(x[i].mean()), 40, reps=200)
     batched = v.bootstrap(lambda i: x[i].mean(-1), 40, reps=200, batched=True)
     assert (loop.value, loop.low, loop.high) == pytest.approx((batched.value, batched.low, batched.high))
+
+
+def test_preconditions_are_checked_against_the_papers_fact_type():
+    from typing import TypedDict
+
+    Facts = TypedDict("Facts", {"layers": int, "shared_expert": bool}, total=False)
+    v.check_facts([CLAIM], Facts)
+    typo = v.Claim("t", "P", "T", "s", "1", "x", v.at_least(1), preconditions=(v.minimum("layrs", 8, "depth"),))
+    with pytest.raises(ValueError, match="t: layrs"):
+        v.check_facts([typo], Facts)
+    assert v.minimum("layers", 8, "depth").gate().keys == ("layers",)

@@ -10,16 +10,13 @@ test the effect minus the same intervention on random units, paired over the sam
 Baseline gates (the baseline MRR's ceiling, the floor gap of Table 2, the inhibition drop that forcing must
 undo) are ``null_only``: they turn only an inconclusive result into not testable, never a decided one.
 
-Facts read by the preconditions (computed by :mod:`.tasks` and :mod:`.evidence` from the model and data):
-model, layers, moe, shared_expert, softmax_router, pairs, checkpoint (the paper model this checkpoint is, if
-any), n_prompts, baseline_mrr, families, matched_groups, ablation_gap, inhibition_drop, fraction (share of
-(layer, expert) pairs blocked), share_k (k carried over from the paper's share), contrast (a deeper MoE with a
-shared expert and a shallower one without in the same run).
+Facts read by the preconditions: :class:`Facts` (computed by :mod:`.tasks` and :mod:`.evidence` from the model and
+data); every precondition's key is checked against it when the registry is built.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -30,6 +27,28 @@ PAPER = "attribution (ACL 2025)"
 TOLERANCE, FLOOR = 0.25, 0.05
 MIN_LAYERS, MAX_BASELINE, MAX_BLOCKED, MIN_PROMPTS = 8, 0.95, 0.05, 20
 MIN_GAP, MIN_DROP = 0.1, 0.05
+
+
+class Facts(TypedDict, total=False):
+    """What the preconditions read, one definition (keys not listed here fail the registry at import)."""
+
+    model: str                #: the model's name
+    layers: int               #: decoder layers
+    moe: bool                 #: routed experts
+    shared_expert: bool       #: a shared expert
+    softmax_router: bool      #: a softmax router (integrated gradients are implemented for those)
+    pairs: int                #: (layer, expert) pairs
+    checkpoint: str | None    #: the paper model this checkpoint is, if any
+    n_prompts: int            #: prompts scored
+    baseline_mrr: float       #: MRR before any intervention
+    families: int             #: task families among the prompts
+    matched_groups: int       #: depth-matched MoE/dense groups
+    paired_groups: int        #: one-to-one depth-matched MoE/dense pairs
+    ablation_gap: float       #: MRR lost when the shared and routed experts are both removed
+    inhibition_drop: float    #: MRR drop when the key heads are inhibited
+    fraction: float           #: share of (layer, expert) pairs blocked
+    share_k: int              #: k carried over from the paper's top-10 share
+    contrast: bool            #: a deeper MoE with a shared expert and a shallower one without in the same run
 
 
 def band(target: float) -> float:
@@ -58,7 +77,8 @@ FEW_BLOCKED = v.maximum("fraction", MAX_BLOCKED, "share of (layer, expert) pairs
 SHARE_K = v.minimum("share_k", 1, "number of pairs in the paper's top-10 share of this model's pairs")
 CONTRAST = v.flag("contrast", "a contrast in the run: a deeper MoE with a shared expert and a shallower one without")
 NO_SHARED = v.Precondition("an MoE without a shared expert (OLMoE's architecture)",
-                           lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None)
+                           lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None,
+                           keys=("shared_expert",))
 
 
 def checkpoint(name: str) -> v.Precondition:
@@ -66,7 +86,7 @@ def checkpoint(name: str) -> v.Precondition:
     hf_id = paper.MODELS[name][0]
     return v.Precondition(f"the paper's checkpoint {hf_id}", lambda f: None if f.get("checkpoint") == name else
                           f"{f.get('model')} is not the paper's checkpoint {hf_id} (absolute values are "
-                          "comparable only on the same checkpoint)")
+                          "comparable only on the same checkpoint)", keys=("checkpoint", "model"))
 
 
 def _claim(id: str, where: str, statement: str, paper_value: str, statistic: str, rule: v.Rule, control: str = "",
@@ -280,6 +300,7 @@ def _method_claims() -> list[v.Claim]:
 REGISTRY: dict[str, v.Claim] = {c.id: c for c in (*_table1_claims(), *_advantage_claims(), *_depth_claims(),
                                                   *_table2_claims(), *_table5_claims(), *_coordination_claims(),
                                                   *_roles_claims(), *_method_claims())}
+v.check_facts(REGISTRY.values(), Facts)
 
 
 def get(claim_id: str) -> v.Claim:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -31,6 +31,15 @@ TOLERANCE = 0.01
 #: "x% less forgetting" is tested as a reduction of at least this share
 REDUCTION = 0.5
 
+
+#: What the preconditions read, one definition (keys not listed fail the registry at import); computed by
+#: :func:`facts` (per-method scores for every method of the grid).
+Facts = TypedDict("Facts", {
+    "name": str, "moe": bool, "routed_experts": int, "shared_expert": bool, "seeds": int, "n_span": int,
+    "sequences": int, "base_general": float, "fft_forgetting_min": float, "fft_drop": float, "law_and_code": bool,
+    "matched_reached": bool,
+    **{f"{m}_{what}": float for m in (*BASELINES, "desmoe") for what in ("test", "forgetting", "val")},
+}, total=False)
 
 SEEDS = v.minimum("seeds", 2, "seeds per method (needed for an interval)")
 MOE = v.flag("moe", "routed experts")
@@ -160,6 +169,7 @@ SEQUENTIAL = (
 )
 
 REGISTRY: tuple[Claim, ...] = PREMISE + TABLE + FORGETTING + CONVERGENCE + ABLATIONS + SEQUENTIAL
+v.check_facts(REGISTRY, Facts)
 
 
 # ---------------------------------------------------------------- facts (preconditions) from the model and data

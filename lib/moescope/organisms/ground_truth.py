@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,9 @@ def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
     return verdicts.Estimate(float(v.mean()), *statistics.percentiles(v), len(v), over)
 
 
+#: What the checks' preconditions read (one definition, checked against every precondition at import)
+Facts = TypedDict("Facts", {"planted": bool, "baseline_mrr": float, "planted_experts": int}, total=False)
+
 CLAIMS = {
     "precision": verdicts.Claim(
         "planted: attribution ranks the plant first", PAPER, "organisms.ground_truth",
@@ -184,6 +188,9 @@ CLAIMS = {
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
          verdicts.minimum("planted_experts", 2, "planted experts of the relation")), role="self-check"),
 }
+
+
+verdicts.check_facts(CLAIMS.values(), Facts)
 
 
 def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pairs: int, reps: int = 1000,
