@@ -17,30 +17,39 @@ BASE = {"model": "m", "layers": 24, "moe": True, "softmax_router": True, "n_prom
 def facts_meeting(claim: v.Claim) -> dict:
     """Facts meeting every precondition of ``claim`` (a shared expert or not; the checkpoint it needs)."""
     for shared, checkpoint in itertools.product((True, False), (None, *paper.MODELS)):
-        facts = BASE | {"shared_expert": shared, "checkpoint": checkpoint, "interval_width": 0.0}
+        facts = BASE | {"shared_expert": shared, "checkpoint": checkpoint}
         if not claim.unmet(facts):
             return facts
     raise AssertionError(f"{claim.id} is testable on no model")
 
 
-def examples(rule: v.Rule) -> tuple[tuple, tuple]:
-    """((kit, control) that the rule must call reproduced, (kit, control) it must not), read off the rule text."""
-    def est(x, half=1e-4):
-        return v.Estimate(x, x - half, x + half)
+def est(x, half=1e-4):
+    return v.Estimate(x, x - half, x + half)
 
-    m = re.match(r"kit interval overlaps ([-\d.e]+) \+/- ([\d.e]+)", rule.text)
-    if m:
-        target, tol = float(m[1]), float(m[2])
-        control_low = est(target - 10)  # a control far below, for the rules that also need to beat one
-        return (est(target), control_low), (est(target + 3 * tol + 1), control_low)
-    m = re.match(r"kit interval (>|>=|<=) ([-\d.e]+)", rule.text)
-    if m:
-        op, t = m[1], float(m[2])
-        good, bad = (t + 0.05, t - 0.5) if op in (">", ">=") else (t - 0.05 if t > 0.05 else t / 2, t + 0.5)
+
+def _points(rule: v.Rule) -> tuple[float, float]:
+    """(a value inside the rule's region, one well outside it)."""
+    a, b = rule.low, rule.high
+    if math.isfinite(a) and math.isfinite(b):
+        return (a + b) / 2, b + (b - a) + 1
+    if math.isfinite(a):
+        return a + 0.05, a - 0.5
+    return (b / 2 if 0 < b <= 0.05 else b - 0.05), b + 0.5
+
+
+def examples(rule: v.Rule) -> tuple[tuple, tuple]:
+    """((kit, control) that the rule must call reproduced, (kit, control) it must call not reproduced), read off
+    the rule's regions (a size part on the kit, a control part on kit - control)."""
+    parts = rule.parts or (rule,)
+    size = [p for p in parts if not p.versus_control]
+    versus = [p for p in parts if p.versus_control]
+    good, bad = _points(size[0]) if size else (0.5, 0.5)
+    if not versus:
         return (est(good), None), (est(bad), None)
-    if rule.text.startswith("kit interval above the control"):
-        return (est(0.5), est(0.1)), (est(0.1), est(0.1, 0.05))
-    raise AssertionError(f"no example for rule {rule.text!r}")
+    diff_good, diff_bad = _points(versus[0])
+    if size:
+        return (est(good), est(good - diff_good)), (est(bad), est(bad - diff_good))
+    return (est(good), est(good - diff_good)), (est(good), est(good - diff_bad))
 
 
 @pytest.mark.parametrize("claim_id", sorted(claims.REGISTRY))
@@ -50,6 +59,8 @@ def test_every_rule_decides_both_ways(claim_id):
     (kit, control), (bad_kit, bad_control) = examples(claim.rule)
     assert v.decide(claim, facts, kit, control)["verdict"] == "reproduced"
     assert v.decide(claim, facts, bad_kit, bad_control)["verdict"] == "not reproduced"
+    wide = v.Estimate(kit.value, kit.value - 1e3, kit.value + 1e3)  # overlaps everything: decides nothing
+    assert v.decide(claim, facts, wide, control)["verdict"] == "inconclusive"
 
 
 @pytest.mark.parametrize("claim_id", sorted(claims.REGISTRY))
@@ -62,9 +73,14 @@ def test_causal_size_claims_must_also_beat_their_control():
     for cid in ("HE.r", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.ig_share"):
         claim = claims.get(cid)
         facts = facts_meeting(claim)
-        target = claim.rule.text.split("overlaps ")[1].split(" ")[0]
-        kit = v.Estimate(float(target), float(target) - 0.01, float(target) + 0.01)
-        assert v.decide(claim, facts, kit, v.Estimate(float(target), 0.0, 1.0))["verdict"] == "not reproduced"
+        band = claim.rule.parts[0]
+        target = (band.low + band.high) / 2
+        kit = v.Estimate(target, target - 0.01, target + 0.01)
+        assert v.decide(claim, facts, kit, est(target + 0.1))["verdict"] == "not reproduced"
+        assert v.decide(claim, facts, kit, v.Estimate(target, 0.0, 1.0))["verdict"] == "inconclusive"
+        # the paired difference decides where the two marginal intervals overlap
+        assert v.decide(claim, facts, kit, v.Estimate(target - 0.1, 0.0, 1.0),
+                        diff=v.Estimate(0.1, 0.05, 0.15))["verdict"] == "reproduced"
 
 
 def test_paper_values_come_from_the_papers_tables():
@@ -90,21 +106,32 @@ def test_preconditions_give_computed_reasons():
     assert row["verdict"] == "not testable: depth (layers) is 3, needs at least 8"
     row = claims.decide("T5.OLMoE.country_capital.top10", BASE | {"baseline_mrr": 1.0, "fraction": 0.42},
                         v.Estimate(0.0, 0.0, 0.0), v.Estimate(0.0))
-    assert row["verdict"] == ("not testable: baseline MRR is 1, needs at most 0.95; share of (layer, expert) pairs "
-                              "blocked is 0.42, needs at most 0.05")
+    assert row["verdict"] == "not testable: share of (layer, expert) pairs blocked is 0.42, needs at most 0.05"
+    # the ceiling is a gate: it hides a null result, not a detected effect or a clear miss
+    at_ceiling = BASE | {"baseline_mrr": 1.0, "shared_expert": False}
+    row = claims.decide("T5.attributed_vs_random.reroute.country_capital", at_ceiling, v.Estimate(0.99, 0.98, 1.0),
+                        v.Estimate(0.0, -0.01, 0.01), diff=v.Estimate(0.99, 0.97, 1.0))
+    assert row["verdict"] == "reproduced" and "baseline MRR is 1" in row["note"]
+    row = claims.decide("T5.OLMoE.country_capital.top10", at_ceiling, v.Estimate(0.0, -0.01, 0.01), v.Estimate(0.0))
+    assert row["verdict"] == "not reproduced"
+    row = claims.decide("T5.OLMoE.country_capital.top10", at_ceiling, v.Estimate(0.5, 0.0, 1.0), v.Estimate(0.0))
+    assert row["verdict"] == "not testable: baseline MRR is 1, needs at most 0.95"
     row = claims.decide("T1.OLMoE.mrr", BASE | {"checkpoint": None, "model": "olmoe-like"}, v.Estimate(1.0))
     assert row["verdict"].startswith("not testable: olmoe-like is not the paper's checkpoint allenai/OLMoE-1B-7B-0924")
     row = claims.decide("T5.olmoe76.falls_to", BASE | {"shared_expert": True}, v.Estimate(0.24))
     assert row["verdict"] == "not testable: the model has a shared expert, unlike OLMoE"
 
 
-def test_a_size_claim_needs_an_interval_narrow_enough_to_miss_the_paper():
+def test_a_wide_interval_is_inconclusive_only_where_it_overlaps_the_band():
     facts = BASE | {"shared_expert": True}
-    wide = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, -0.5, 1.1), v.Estimate(0.0, -0.01, 0.01))
-    assert wide["verdict"] == ("not testable: the 95% interval is 1.6 wide, needs at most 0.145 to compare with the "
-                               "paper (more prompts or seeds)")
-    narrow = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, 0.25, 0.35), v.Estimate(0.0, -0.01, 0.01))
+    ctl = v.Estimate(0.0, -0.01, 0.01)
+    wide = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, -0.5, 1.1), ctl)
+    assert wide["verdict"] == "inconclusive" and "half-width below" in wide["note"]
+    narrow = claims.decide("HE.inhibit_mrr", facts, v.Estimate(0.3, 0.25, 0.35), ctl)
     assert narrow["verdict"] == "reproduced"
+    # depth.stage.early on the 8-layer seeds: 0.81 [0.52, 1.10] against 0.061 +/- 0.05 has already failed
+    miss = claims.decide("depth.stage.early", facts, v.Estimate(0.809, 0.518, 1.1))
+    assert miss["verdict"] == "not reproduced"
 
 
 def test_missing_estimate_is_not_testable_with_a_reason():

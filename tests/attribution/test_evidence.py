@@ -111,7 +111,8 @@ def test_depth_stage_claims_both_ways():
     rows = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES)))
     assert all(rows[f"depth.stage.{s}"]["verdict"] == "reproduced" for s in ("early", "middle", "late"))
     assert rows["depth.late_amplification"]["verdict"] == "reproduced"
-    assert rows["depth.peak"]["verdict"] == "reproduced"  # the densest layers are the late ones (20-24 of 24)
+    # the densest layers are the late ones, 20-24 of 24: a peak at 0.92 on the band's upper edge (0.84 +/- 0.08)
+    assert rows["depth.peak"]["verdict"] == "inconclusive" and "half-width below" in rows["depth.peak"]["note"]
     flipped = by_claim(evidence.depth_rows(depth_of({"early": 0.6, "middle": 0.3, "late": 0.1})))
     assert flipped["depth.stage.early"]["verdict"] == flipped["depth.late_amplification"]["verdict"] == "not reproduced"
     assert flipped["depth.peak"]["verdict"] == "not reproduced"  # the densest layers are now 14-19
@@ -148,11 +149,12 @@ def test_table2_recovered_share_against_the_neither_floor():
 
 
 # ------------------------------------------------------------------------------------------------ Table 5
-def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws: int = 3) -> Blocking:
+def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws: int = 3, seed: int = 0) -> Blocking:
     frames = []
+    rng = np.random.default_rng(seed)
     for task in paper.TABLE5.task.unique():
         def rr(p):
-            return np.where(RNG.uniform(size=n) < p, 0.5, 0.5 * 1e-3)
+            return np.where(rng.uniform(size=n) < p, 0.5, 0.5 * 1e-3)
         frames.append(pd.DataFrame({"task": task, "sample_id": range(n), "method": "none", "k": 0,
                                     "selection": "original", "draw": 0, "n_blocked": 0, "rr": np.full(n, 0.5)}))
         for method in ("reroute", "mask", "zero"):
@@ -181,7 +183,12 @@ def test_table5_attributed_against_random_and_the_76_readings():
     assert "T5.Qwen1.5-MoE.country_capital.top10" not in rows  # compared with the paper model of its architecture
     assert rows["T5.OLMoE.country_capital.share"]["note"] == "k = 10 of 1000 pairs"
     null = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25)]))
-    assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "not reproduced"
+    assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "inconclusive"  # no effect either way
+    worse = by_claim(evidence.table5_model_rows([blocking_of(0.0, 0.25)]))
+    assert worse["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "not reproduced"
+    row = rows["T5.attributed_vs_random.reroute.country_capital"]  # decided on the paired difference
+    assert row["diff"] == pytest.approx(row["kit"] - row["control_value"]) and "paired" in row["note"]
+    assert row["diff_low"] >= row["kit_low"] - row["control_high"]
 
 
 def test_table5_contrast_needs_both_kinds_of_moe():
@@ -250,7 +257,7 @@ def test_batched_statistics_give_intervals_around_their_values():
 def test_several_seeds_give_an_interval_over_seeds():
     rows = by_claim(evidence.table2_rows([ablation_of(PAPERLIKE), ablation_of(PAPERLIKE), ablation_of(PAPERLIKE)]))
     r = rows["T2.shared_top1"]
-    assert (r["over"], r["n"], r["model"]) == ("seeds", 3, "m (+2 seeds)")
+    assert (r["over"], r["n"], r["model"]) == ("seeds x prompts", 3, "m (+2 seeds)")  # the hierarchical bootstrap
     assert r["kit_low"] < r["kit"] < r["kit_high"]
     seeds = evidence.coordination_rows([coordination_of(0.68, 0.9), coordination_of(0.68, 0.9)])
-    assert by_claim(seeds)["HE.r"]["over"] == "seeds" and by_claim(seeds)["HE.p"]["note"] == "largest p over the seeds"
+    assert by_claim(seeds)["HE.r"]["over"] == "seeds x prompts" and by_claim(seeds)["HE.p"]["note"] == "largest p over the seeds"

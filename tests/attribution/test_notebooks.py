@@ -2,7 +2,7 @@
 
 Every notebook runs, with tiny parameters, on random-weight models saved to a temporary folder (an MoE with a
 shared expert, and a dense model of the same depth): each must record claim rows, and each row's verdict must
-be one of the three forms. One kernel runs them all (a kernel start costs more than a tiny notebook).
+be one of the four forms. One kernel runs them all (a kernel start costs more than a tiny notebook).
 """
 from __future__ import annotations
 

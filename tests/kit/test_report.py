@@ -35,12 +35,15 @@ def test_report_groups_both_papers_and_keeps_every_verdict(run_dir):
     md_path, html_path = report.write(run_dir)
     md = md_path.read_text()
     assert md.index("## attribution (ACL 2025)") < md.index("## DES-MoE (EMNLP 2025)")
-    assert "| attribution (ACL 2025) | 1 | 1 | 1 |" in md and "| DES-MoE (EMNLP 2025) | 1 | 0 | 0 |" in md
-    assert "| X.1 | Table 9 | m2 | 0.43 | 0.1 [0, 0.2] | random experts: 0.1 [0, 0.2] |" in md
+    # by claim: X.1 is reproduced on m1, inconclusive on m2 (not testable on m3): one claim that differs by model
+    assert "| paper | kind | claims | reproduced | not reproduced | inconclusive | not testable | differs by model | rows |" in md
+    assert "| attribution (ACL 2025) | claims | 1 | 0 | 0 | 0 | 0 | 1 | 3 |" in md
+    assert "| DES-MoE (EMNLP 2025) | claims | 1 | 1 | 0 | 0 | 0 | 0 | 1 |" in md
+    assert "| X.1 | Table 9 | m2 | 0.43 | 0.1 [0, 0.2] | random experts: 0.1 [0, 0.2]; kit - control: 0 [-0.2, 0.2] |" in md
     assert "not testable: depth (layers) is 3, needs at least 8" in md and "0.59 [0.5, 0.7] (3 seeds)" in md
     assert "recorded no claim rows:** `default/99_empty`" in md
     page = html_path.read_text()
-    assert page.count('class="not-reproduced"') == 1 and "data:image/png;base64," in page and "DES-MoE" in page
+    assert page.count('class="inconclusive"') == 1 and "data:image/png;base64," in page and "DES-MoE" in page
     rows = pd.read_csv(run_dir / "claims.csv")
     assert len(rows) == 4 and set(rows.notebook) == {"40_blocking", "62_forgetting"}
 
@@ -60,11 +63,26 @@ def test_readme_table_is_written_between_the_markers(run_dir, tmp_path):
     assert text.startswith("# kit\n\nintro\n\n") and text.endswith("\n\nafter\n") and "old table" not in text
     block = report.readme_block(readme)
     assert block == report.readme_section(report.read_claims(run_dir), "default")
-    assert "| X.1 | m2 | 0.43 | 0.1 [0, 0.2] | not reproduced |" in block  # rows against the paper are shown
+    assert "| X.1 | m2 | 0.43 | 0.1 [0, 0.2] | inconclusive |" in block  # every testable row is shown
     assert "<summary>1 rows not testable" in block
     (tmp_path / "bad.md").write_text("no markers")
     with pytest.raises(report.ReportError, match="markers"):
         report.update_readme(run_dir, tmp_path / "bad.md")
+
+
+def test_tallies_count_claims_and_keep_controls_and_self_checks_apart():
+    check = v.Claim("S.1", "P", "method", "identity", "exact", "error", v.at_most(1e-3), role="self-check")
+    control = v.Claim("C.1", "P", "control", "beats random", "-", "drop", v.exceeds_control(), "random", role="control")
+    claim = v.Claim("A.1", "P", "T", "a claim", "0", "x", v.above(0.0))
+    rows = pd.DataFrame([v.decide(check, {}, v.Estimate(0.0), model=m) for m in ("a", "b")] +
+                        [v.decide(control, {}, v.Estimate(0.5, 0.4, 0.6), v.Estimate(0.0), model=m) for m in "ab"] +
+                        [v.decide(claim, {}, v.Estimate(-1.0, -1.5, -0.5), model="a")])
+    c = report.counts(rows).set_index("kind")
+    assert c.loc["claims", "claims"] == 1 and c.loc["claims", "not reproduced"] == 1
+    assert c.loc["method self-checks", "reproduced"] == 1 and c.loc["method self-checks", "rows"] == 2
+    assert c.loc["controls", "claims"] == 1
+    assert report.claim_outcome(pd.Series(["reproduced", "not testable: x"])) == "reproduced"
+    assert report.claim_outcome(pd.Series(["not testable: x"])) == "not testable"
 
 
 def test_interval_formatting():

@@ -2,20 +2,21 @@
 computes, the decision rule fixed before running, the control, and the preconditions a model and its prompts must
 meet for the claim to be testable. :mod:`.evidence` computes the statistics and decides.
 
-Rules that compare a size with the paper's use one tolerance for every claim (:func:`close`): the kit's 95%
-interval must overlap paper +/- max(0.05, 25% of |paper|). Direction claims need the whole interval on the
-paper's side of 0; causal claims also need the effect above the same intervention on random units.
+Rules that compare a size with the paper's use one tolerance for every claim (:func:`close`): the band paper
++/- max(0.05, 25% of |paper|); the four outcomes of :mod:`moescope.verdicts` follow from where the kit's 95%
+interval lies against it (inside, disjoint, straddling). Direction claims test the side of 0; causal claims also
+test the effect minus the same intervention on random units, paired over the same prompts.
 
-Facts read by the preconditions (computed by :mod:`.tasks` and :mod:`.evidence` from the model and data):
-model, layers, moe, shared_expert, softmax_router, pairs, checkpoint (the paper model this checkpoint is, if
-any), n_prompts, baseline_mrr, families, matched_groups, ablation_gap, inhibition_drop, fraction (share of
-(layer, expert) pairs blocked), share_k (k carried over from the paper's share), contrast (a deeper MoE with a
-shared expert and a shallower one without in the same run).
+Baseline gates (the baseline MRR's ceiling, the floor gap of Table 2, the inhibition drop that forcing must
+undo) are ``null_only``: they turn only an inconclusive result into not testable, never a decided one.
+
+Facts read by the preconditions: :class:`Facts` (computed by :mod:`.tasks` and :mod:`.evidence` from the model and
+data); every precondition's key is checked against it when the registry is built.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -28,23 +29,36 @@ MIN_LAYERS, MAX_BASELINE, MAX_BLOCKED, MIN_PROMPTS = 8, 0.95, 0.05, 20
 MIN_GAP, MIN_DROP = 0.1, 0.05
 
 
+class Facts(TypedDict, total=False):
+    """What the preconditions read, one definition (keys not listed here fail the registry at import)."""
+
+    model: str                #: the model's name
+    layers: int               #: decoder layers
+    moe: bool                 #: routed experts
+    shared_expert: bool       #: a shared expert
+    softmax_router: bool      #: a softmax router (integrated gradients are implemented for those)
+    pairs: int                #: (layer, expert) pairs
+    checkpoint: str | None    #: the paper model this checkpoint is, if any
+    n_prompts: int            #: prompts scored
+    baseline_mrr: float       #: MRR before any intervention
+    families: int             #: task families among the prompts
+    matched_groups: int       #: depth-matched MoE/dense groups
+    paired_groups: int        #: one-to-one depth-matched MoE/dense pairs
+    ablation_gap: float       #: MRR lost when the shared and routed experts are both removed
+    inhibition_drop: float    #: MRR drop when the key heads are inhibited
+    fraction: float           #: share of (layer, expert) pairs blocked
+    share_k: int              #: k carried over from the paper's top-10 share
+    contrast: bool            #: a deeper MoE with a shared expert and a shallower one without in the same run
+
+
 def band(target: float) -> float:
     """Half-width of the tolerance band around a paper value: max(FLOOR, TOLERANCE * |target|)."""
     return max(FLOOR, TOLERANCE * abs(target))
 
 
 def close(target: float) -> v.Rule:
-    """The kit's interval overlaps target +/- :func:`band` (target)."""
+    """The statistic lies in target +/- :func:`band` (target)."""
     return v.within(target, band(target))
-
-
-def precise(half_width: float) -> v.Precondition:
-    """A size comparison is a test only if the interval could miss the band: width <= 2 x its half-width
-    (``interval_width`` is filled in from the estimate by :func:`decide`)."""
-    most = 2 * half_width
-    return v.Precondition(f"95% interval at most {most:g} wide", lambda f: None if f.get("interval_width") is None
-                          or f["interval_width"] <= most else f"the 95% interval is {f['interval_width']:.3g} wide, "
-                          f"needs at most {most:g} to compare with the paper (more prompts or seeds)")
 
 
 # ---------------------------------------------------------------------------------------------------- preconditions
@@ -52,18 +66,19 @@ MOE = v.flag("moe", "routed experts")
 SHARED = v.flag("shared_expert", "a shared expert")
 SOFTMAX = v.flag("softmax_router", "a softmax router (integrated gradients are implemented for those)")
 DEEP = v.minimum("layers", MIN_LAYERS, "depth (layers)")
-OFF_CEILING = v.maximum("baseline_mrr", MAX_BASELINE, "baseline MRR")
+OFF_CEILING = v.maximum("baseline_mrr", MAX_BASELINE, "baseline MRR").gate()
 PROMPTS = v.minimum("n_prompts", MIN_PROMPTS, "number of prompts")
 FAMILIES = v.minimum("families", 2, "number of task families")
 MATCHED = v.minimum("matched_groups", 1, "number of depth-matched MoE/dense groups")
 PAIRED = v.minimum("paired_groups", 1, "number of one-to-one depth-matched MoE/dense pairs")
-FLOOR_GAP = v.minimum("ablation_gap", MIN_GAP, "MRR lost when the shared and routed experts are both removed")
-INHIBITS = v.minimum("inhibition_drop", MIN_DROP, "MRR drop when the key heads are inhibited")
+FLOOR_GAP = v.minimum("ablation_gap", MIN_GAP, "MRR lost when the shared and routed experts are both removed").gate()
+INHIBITS = v.minimum("inhibition_drop", MIN_DROP, "MRR drop when the key heads are inhibited").gate()
 FEW_BLOCKED = v.maximum("fraction", MAX_BLOCKED, "share of (layer, expert) pairs blocked")
 SHARE_K = v.minimum("share_k", 1, "number of pairs in the paper's top-10 share of this model's pairs")
 CONTRAST = v.flag("contrast", "a contrast in the run: a deeper MoE with a shared expert and a shallower one without")
 NO_SHARED = v.Precondition("an MoE without a shared expert (OLMoE's architecture)",
-                           lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None)
+                           lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None,
+                           keys=("shared_expert",))
 
 
 def checkpoint(name: str) -> v.Precondition:
@@ -71,15 +86,13 @@ def checkpoint(name: str) -> v.Precondition:
     hf_id = paper.MODELS[name][0]
     return v.Precondition(f"the paper's checkpoint {hf_id}", lambda f: None if f.get("checkpoint") == name else
                           f"{f.get('model')} is not the paper's checkpoint {hf_id} (absolute values are "
-                          "comparable only on the same checkpoint)")
+                          "comparable only on the same checkpoint)", keys=("checkpoint", "model"))
 
 
 def _claim(id: str, where: str, statement: str, paper_value: str, statistic: str, rule: v.Rule, control: str = "",
-           preconditions: tuple[v.Precondition, ...] = (), size: float | None = None) -> v.Claim:
-    """A claim of this paper; ``size``: the paper value its rule's band is centred on (adds :func:`precise`)."""
-    if size is not None:
-        preconditions = (*preconditions, precise(band(size)))
-    return v.Claim(id, PAPER, where, statement, paper_value, statistic, rule, control, preconditions)
+           preconditions: tuple[v.Precondition, ...] = (), role: str = "claim") -> v.Claim:
+    """A claim of this paper (``role``: claim, control or self-check)."""
+    return v.Claim(id, PAPER, where, statement, paper_value, statistic, rule, control, preconditions, role)
 
 
 # ---------------------------------------------------------------------------------------------------- Table 1
@@ -87,12 +100,12 @@ def _table1_claims() -> list[v.Claim]:
     out = []
     for r in paper.TABLE1.to_dict("records"):
         eff = r["per_layer_efficiency"]
-        for col, label, rule, half in (("hit@10", "HIT@10", v.within(r["hit@10"], 0.1), 0.1),
-                                       ("mrr", "MRR", v.within(r["mrr"], 0.1), 0.1),
-                                       ("per_layer_efficiency", "per-layer efficiency", close(eff), band(eff))):
+        for col, label, rule in (("hit@10", "HIT@10", v.within(r["hit@10"], 0.1)),
+                                 ("mrr", "MRR", v.within(r["mrr"], 0.1)),
+                                 ("per_layer_efficiency", "per-layer efficiency", close(eff))):
             statistic = "mean_i sum_l FFNGain_{i,l} / L" if col == "per_layer_efficiency" else f"{label} of the prompts"
             out.append(_claim(f"T1.{r['model']}.{col}", "Table 1", f"{r['model']}: {label} = {r[col]:g}", f"{r[col]:g}",
-                              statistic, rule, "", (checkpoint(r["model"]), precise(half))))
+                              statistic, rule, "", (checkpoint(r["model"]),)))
     return out
 
 
@@ -118,7 +131,7 @@ def _advantage_claims() -> list[v.Claim]:
         out.append(_claim(cid, "Table 1 / abstract", statement, f"{value:+.0%}",
                           f"{reading} - 1 within each depth-matched group, mean over groups", close(value),
                           "a dense model of the same depth (advantage 0)",
-                          (MATCHED, PAIRED) if "paired" in reading else (MATCHED,), size=value))
+                          (MATCHED, PAIRED) if "paired" in reading else (MATCHED,)))
     return out
 
 
@@ -128,8 +141,7 @@ def _depth_claims() -> list[v.Claim]:
                   f"the {s} stage (layers {b} of 24) holds {paper.STAGE_SHARES[s]:.1%} of the FFN gain",
                   f"{paper.STAGE_SHARES[s]:.3f}", "sum_i sum_{l in stage} FFNGain_{i,l} / sum_i sum_l FFNGain_{i,l} "
                   "(boundaries 13/24, 19/24 of the depth)", close(paper.STAGE_SHARES[s]),
-                  "the same share on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP),
-                  size=paper.STAGE_SHARES[s])
+                  "the same share on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP))
            for s, b in (("early", "1-13"), ("middle", "14-19"), ("late", "20-24"))]
     late_minus_early = paper.STAGE_SHARES["late"] - paper.STAGE_SHARES["early"]
     out.append(_claim("depth.late_amplification", "Sec. 4 / abstract",
@@ -190,18 +202,19 @@ def _table5_claims() -> list[v.Claim]:
                               f"{model}, {task}: blocking the top-{k} attributed experts lowers MRR by {drop:.1%}",
                               f"{drop:.3f} (MRR {r['orig']:.2f} -> {r[f'block{k}']:.2f})",
                               f"1 - MRR(top-{k} re-routed) / MRR (same prompts)", close(round(drop, 3)), RANDOM_K,
-                              (MOE, OFF_CEILING, FEW_BLOCKED), size=round(drop, 3)))
+                              (MOE, OFF_CEILING, FEW_BLOCKED)))
         share, drop10 = paper.blocked_fraction(model), r["drop@10"]
         out.append(_claim(table5_id(model, task, "share"), "Table 5 (as a share of pairs)",
                           f"{model}, {task}: blocking the paper's top-10 share of pairs ({share:.2%}) lowers MRR "
                           f"by {drop10:.1%}", f"{drop10:.3f}", "1 - MRR(top round(share x pairs) re-routed) / MRR",
-                          close(round(drop10, 3)), RANDOM_K, (MOE, OFF_CEILING, SHARE_K), size=round(drop10, 3)))
+                          close(round(drop10, 3)), RANDOM_K, (MOE, OFF_CEILING, SHARE_K)))
     for method in ("reroute", "mask", "zero"):
         for task in paper.TABLE5.task.unique():
             out.append(_claim(f"T5.attributed_vs_random.{method}.{task}", "Table 5 (control)",
                               f"{task}: blocking the top-10 attributed experts ({method}) lowers MRR more than "
                               "blocking 10 random experts", "attributed experts matter (implicit in Table 5)",
-                              f"1 - MRR(top-10 {method}) / MRR", v.exceeds_control(), RANDOM_K, (MOE, OFF_CEILING)))
+                              f"1 - MRR(top-10 {method}) / MRR", v.exceeds_control(), RANDOM_K, (MOE, OFF_CEILING),
+                              role="control"))
     out.append(_claim("T5.core_vs_tolerant", "Sec. 5 / abstract",
                       "core-sensitive tasks (geography) lose more MRR than distributed-tolerant tasks (object "
                       "attributes) when their top experts are blocked",
@@ -217,7 +230,7 @@ def _table5_claims() -> list[v.Claim]:
     for cid, (reading, value) in zip(("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"), paper.OLMOE_76_READINGS.items()):
         out.append(_claim(cid, "abstract (OLMoE '76%')", f"OLMoE country_capital: {reading}", f"{value:.2f}",
                           "1 - MRR(top-10 re-routed) / MRR on country_capital", close(value), RANDOM_K,
-                          (MOE, NO_SHARED, OFF_CEILING, FEW_BLOCKED), size=value))
+                          (MOE, NO_SHARED, OFF_CEILING, FEW_BLOCKED)))
     return out
 
 
@@ -232,24 +245,22 @@ def _coordination_claims() -> list[v.Claim]:
     return [
         _claim("HE.r", where, "head and expert attribution correlate (r = 0.68)", f"{r:.2f}",
                "Pearson r across prompts within each MoE layer of sum_h max(HeadGain,0) vs sum_j ExpertGain, mean "
-               "over layers", v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS), r),
+               "over layers", v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS)),
         _claim("HE.r_lagged", where, "the correlation is temporal: heads at layer l vs experts at the next MoE layer",
                f"{r:.2f}", "as HE.r with the expert gain of the next MoE layer",
-               v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS), r),
+               v.all_of(close(r), v.exceeds_control()), SHUFFLED, (MOE, PROMPTS)),
         _claim("HE.p", where, "the correlation is significant (p < 0.001)", f"< {C['head_expert_p_max']:g}",
                "permutation p-value of HE.r (2000 within-layer shuffles of the prompts)",
                v.at_most(C["head_expert_p_max"]), SHUFFLED, (MOE, PROMPTS)),
         _claim("HE.inhibit_gate", where, "inhibiting the key heads lowers the top-k gate probability by 54%",
                f"{C['inhibit_gate_drop']:.2f}", "1 - mean top-k gate (inhibited) / mean top-k gate (clean), at the "
-               "clean top-k experts", v.all_of(close(C["inhibit_gate_drop"]), v.exceeds_control()), RANDOM_HEADS, (MOE,),
-               C["inhibit_gate_drop"]),
+               "clean top-k experts", v.all_of(close(C["inhibit_gate_drop"]), v.exceeds_control()), RANDOM_HEADS, (MOE,)),
         _claim("HE.inhibit_mrr", where, "inhibiting the key heads lowers MRR by 29%", f"{C['inhibit_mrr_drop']:.2f}",
                "1 - MRR(inhibited) / MRR", v.all_of(close(C["inhibit_mrr_drop"]), v.exceeds_control()), RANDOM_HEADS,
-               (MOE, OFF_CEILING), C["inhibit_mrr_drop"]),
+               (MOE, OFF_CEILING)),
         _claim("HE.forcing", where, "forcing the correct experts recovers 85% of the MRR", f"{C['force_recovery']:.2f}",
                "(MRR_forced - MRR_inhibited) / (MRR - MRR_inhibited)", close(C["force_recovery"]),
-               "restoring the whole clean routing (mediation; shown, not used by the rule)", (MOE, INHIBITS),
-               C["force_recovery"]),
+               "restoring the whole clean routing (mediation; shown, not used by the rule)", (MOE, INHIBITS)),
         _claim("HE.mediation", where, "the heads act through routing: restoring the clean routing undoes most of "
                "the inhibition's MRR drop", "implied (forcing recovers 85%)",
                "(MRR_inhibited+clean routing - MRR_inhibited) / (MRR - MRR_inhibited)", v.at_least(0.5),
@@ -257,11 +268,10 @@ def _coordination_claims() -> list[v.Claim]:
         _claim("HE.ig_share", where, "28% of the expert-activation attribution traces to specific heads",
                f"{C['ig_head_share']:.2f}", "IG of the clean top-1 expert's centred router logit: key heads' share "
                "of sum|IG| + |f(0)|, mean over prompts and MoE layers",
-               v.all_of(close(C["ig_head_share"]), v.exceeds_control()), RANDOM_HEADS, (MOE, SOFTMAX),
-               C["ig_head_share"]),
+               v.all_of(close(C["ig_head_share"]), v.exceeds_control()), RANDOM_HEADS, (MOE, SOFTMAX)),
         _claim("HE.ig_share_all", where, "28% of the expert-activation attribution traces to heads (all heads)",
                f"{C['ig_head_share']:.2f}", "as HE.ig_share over all heads", close(C["ig_head_share"]), "",
-               (MOE, SOFTMAX), C["ig_head_share"]),
+               (MOE, SOFTMAX)),
     ]
 
 
@@ -283,12 +293,14 @@ def _method_claims() -> list[v.Claim]:
     return [_claim("LPI.telescoping", "Sec. 3 (method)",
                    "layer gains decompose the log-probability: sum_l (AttnGain_l + FFNGain_l) = log p(w|h_L) - "
                    "log p(w|h_0) with the final norm's scale frozen", "exact identity",
-                   "max over prompts of |sum of layer gains - (log p(w|h_L) - log p(w|h_0))|", v.at_most(1e-3))]
+                   "max over prompts of |sum of layer gains - (log p(w|h_L) - log p(w|h_0))|", v.at_most(1e-3),
+                   role="self-check")]
 
 
 REGISTRY: dict[str, v.Claim] = {c.id: c for c in (*_table1_claims(), *_advantage_claims(), *_depth_claims(),
                                                   *_table2_claims(), *_table5_claims(), *_coordination_claims(),
                                                   *_roles_claims(), *_method_claims())}
+v.check_facts(REGISTRY.values(), Facts)
 
 
 def get(claim_id: str) -> v.Claim:
@@ -306,8 +318,7 @@ def table() -> pd.DataFrame:
 
 
 def decide(claim_id: str, facts: Mapping[str, Any], kit: v.Estimate | None, control: v.Estimate | None = None,
-           note: str = "", model: str = "") -> dict[str, Any]:
-    """:func:`moescope.verdicts.decide` for a registered claim, with the estimate's interval width added to the
-    facts (for :func:`precise`)."""
-    width = kit.bounds()[1] - kit.bounds()[0] if kit is not None and kit.finite else None
-    return v.decide(get(claim_id), {**facts, "interval_width": width}, kit, control, note, model)
+           note: str = "", model: str = "", diff: v.Estimate | None = None) -> dict[str, Any]:
+    """:func:`moescope.verdicts.decide` for a registered claim (``diff``: kit - control paired over the same
+    prompts and seeds)."""
+    return v.decide(get(claim_id), facts, kit, control, note, model, diff)

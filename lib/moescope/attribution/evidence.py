@@ -1,9 +1,11 @@
 """The kit's estimate of every claim of :mod:`.claims`, from the findings' results, decided by the registry's rule.
 
-Intervals: a percentile bootstrap over prompts (paired: every condition of a statistic is resampled on the same
-prompts), or, when a model was trained from several seeds, a Student-t interval over the per-seed values.
-Each function returns report rows (:func:`moescope.verdicts.decide`); a model that cannot test a claim gets the
-claim's row with ``not testable: <the unmet precondition>``.
+Intervals (:mod:`moescope.statistics`): a percentile bootstrap over prompts (paired: every condition of a
+statistic is resampled on the same prompts), and, when a model was trained from several seeds, the hierarchical
+bootstrap (seeds, then prompts within each seed). A claim with a control measured on the same prompts (and seeds)
+is decided on kit - control with its paired interval. Each function returns report rows
+(:func:`moescope.verdicts.decide`); a model that cannot test a claim gets the claim's row with
+``not testable: <the unmet precondition>``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import verdicts as v
+from .. import statistics, verdicts as v
 from . import ablation, claims, coordination, paper, replicas, summaries
 from .blocking import Blocking
 from .coordination import Coordination
@@ -22,7 +24,7 @@ from .depth import DepthProfile, gain_matrix
 from .efficiency import Efficiency, group_readings
 from .neurons import NeuronRoles
 
-REPS = 1000
+REPS = statistics.REPS
 PERMUTATIONS = 2000
 Row = dict[str, Any]
 
@@ -33,7 +35,7 @@ def boot(statistic: Callable[[np.ndarray], np.ndarray], n: int) -> v.Estimate:
 
     Statistics are batched: they take prompt indices [..., n] and reduce the last axis (all resamples at once).
     """
-    return v.bootstrap(statistic, n, reps=REPS, seed=0, batched=True)
+    return statistics.bootstrap(statistic, n, reps=REPS, seed=statistics.SEED, batched=True)
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,16 +46,23 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def mean_of(values: np.ndarray) -> v.Estimate:
     """The mean of per-prompt ``values`` with its bootstrap interval."""
-    values = np.asarray(values, dtype=float)
-    return boot(lambda idx: values[idx].mean(-1), len(values))
+    return statistics.mean_of(values, REPS, statistics.SEED)
 
 
 def combine(estimates: Sequence[v.Estimate | None]) -> v.Estimate | None:
-    """One seed: its estimate. Several: mean and t-interval over the seeds' values (NaN if any is undefined)."""
+    """One seed: its estimate. Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
+    each seed's prompt resamples; a t interval over the seeds' values for estimates that are not bootstraps; NaN
+    if any is undefined). Two combinations of the same seeds resample the same seeds, so their draws pair."""
     if len(estimates) == 1 or any(e is None for e in estimates):
         return estimates[0] if len(estimates) == 1 else None
-    values = [e.value for e in estimates]
-    return v.over_seeds(values) if all(map(math.isfinite, values)) else v.Estimate(math.nan, n=len(values), over="seeds")
+    return statistics.hierarchical(estimates, REPS, statistics.SEED)
+
+
+def paired(kit: v.Estimate | None, control: v.Estimate | None) -> v.Estimate | None:
+    """kit - control with the paired interval (both bootstraps over the same prompts and seeds)."""
+    if kit is None or control is None or not (kit.finite and control.finite):
+        return None
+    return statistics.difference(kit, control, paired=True)
 
 
 def label(names: Sequence[str]) -> str:
@@ -275,33 +284,36 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         return merged_facts([r.facts for r in results], baseline_mrr=mrr, fraction=frac)
 
     def drops(task, method, k):
+        """(kit, random control, kit - control paired over the same prompts and seeds)."""
         if not moe:
-            return None, None
+            return None, None, None
         pairs = [_drop(r, task, method, k) for r in results]
-        return combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
+        kit, ctl = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
+        return kit, ctl, paired(kit, ctl)
 
     def ran(k):
         return "" if not moe or (k in set(results[0].ranks.k)) else f"top-{k} was not blocked in this run"
 
     for task in _tasks(results):
         for k in (1, 5, 10):
-            kit, ctl = drops(task, "reroute", k)
-            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, ran(k), label(names)))
+            kit, ctl, diff = drops(task, "reroute", k)
+            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, ran(k), label(names),
+                                      diff))
         share_k = min(r.paper_ks.get(pm, 0) for r in results) if moe else 0
-        kit, ctl = drops(task, "reroute", share_k) if share_k else (None, None)
+        kit, ctl, diff = drops(task, "reroute", share_k) if share_k else (None, None, None)
         rows.append(claims.decide(claims.table5_id(pm, task, "share"), facts_for(task, share_k) | {"share_k": share_k},
-                                  kit, ctl, f"k = {share_k} of {f0['pairs']} pairs", label(names)))
+                                  kit, ctl, f"k = {share_k} of {f0['pairs']} pairs", label(names), diff))
         for method in ("reroute", "mask", "zero"):
-            kit, ctl = drops(task, method, 10)
+            kit, ctl, diff = drops(task, method, 10)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
-                                      ran(10), label(names)))
+                                      ran(10), label(names), diff))
     rows.append(_core_vs_tolerant(results, names, moe))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"
-        kit, ctl = drops(task, "reroute", 10) if task in _tasks(results) else (None, None)
+        kit, ctl, diff = drops(task, "reroute", 10) if task in _tasks(results) else (None, None, None)
         f = facts_for(task, 10) if task in _tasks(results) else merged_facts([r.facts for r in results])
         rows.append(claims.decide(cid, f, kit, ctl, "on country_capital, the task the abstract's number belongs to",
-                                  label(names)))
+                                  label(names), diff))
     return rows
 
 
@@ -313,12 +325,7 @@ def _family_drop(b: Blocking, family_tasks: Sequence[str]) -> Callable[[dict[str
 
 def stratified(statistic: Callable[[dict[str, np.ndarray]], float], sizes: Mapping[str, int]) -> v.Estimate:
     """Percentile bootstrap resampling prompts within each task (``sizes``: prompts per task)."""
-    rng = np.random.default_rng(0)
-    value = float(np.asarray(statistic({t: np.arange(n) for t, n in sizes.items()})))
-    draws = np.asarray(statistic({t: rng.integers(0, n, (REPS, n)) for t, n in sizes.items()}), dtype=float)
-    draws = draws[np.isfinite(draws)]
-    lo, hi = (np.quantile(draws, [0.025, 0.975]) if len(draws) else (math.nan, math.nan))
-    return v.Estimate(float(value), float(lo), float(hi), int(sum(sizes.values())), "prompts")
+    return statistics.stratified(statistic, sizes, REPS, statistics.SEED)
 
 
 def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) -> Row:
@@ -379,9 +386,9 @@ def _r_estimates(co: Coordination, y: str) -> tuple[v.Estimate, v.Estimate, floa
     null = null[np.isfinite(null)]
     if not len(null):
         return kit, v.Estimate(math.nan), math.nan
-    lo, hi = np.quantile(null, [0.025, 0.975])
+    lo, hi = statistics.percentiles(null)
     p = (1 + (null >= kit.value).sum()) / (1 + len(null)) if math.isfinite(kit.value) else math.nan
-    return kit, v.Estimate(float(null.mean()), float(lo), float(hi), len(null), "permutations"), float(p)
+    return kit, v.Estimate(float(null.mean()), lo, hi, len(null), "permutations"), float(p)
 
 
 def _random_drop(co: Coordination, rr: bool) -> v.Estimate:
@@ -432,8 +439,12 @@ def coordination_rows(results: Sequence[Coordination]) -> list[Row]:
             note["HE.ig_share"] = note["HE.ig_share_all"] = f"IG completeness error at most {err:.2g}"
     ids = ["HE.r", "HE.r_lagged", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.mediation",
            "HE.ig_share", "HE.ig_share_all"]
-    return [claims.decide(cid, facts, *est.get(cid, (None, None)), note=note.get(cid, ""), model=label(names))
-            for cid in ids]
+    return [claims.decide(cid, facts, *est.get(cid, (None, None)), note=note.get(cid, ""), model=label(names),
+                          diff=paired(*est[cid]) if cid in PAIRED_CONTROLS and cid in est else None) for cid in ids]
+
+
+#: head-expert claims whose control is measured on the same prompts (random heads, the mediated routing)
+PAIRED_CONTROLS = ("HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.ig_share")
 
 
 def within_layer_table(co: Coordination) -> pd.DataFrame:
@@ -500,7 +511,7 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
     if paper_model not in paper.TABLE1.model.values:
         return []
     ranks = sc["rank"].to_numpy()
-    return [claims.decide(f"T1.{paper_model}.hit@10", facts, boot(lambda i: float((ranks[i] <= 10).mean()), len(ranks)),
+    return [claims.decide(f"T1.{paper_model}.hit@10", facts, boot(lambda i: (ranks[i] <= 10).mean(-1), len(ranks)),
                           model=facts["model"]),
-            claims.decide(f"T1.{paper_model}.mrr", facts, boot(lambda i: float((1 / ranks[i]).mean()), len(ranks)),
+            claims.decide(f"T1.{paper_model}.mrr", facts, boot(lambda i: (1 / ranks[i]).mean(-1), len(ranks)),
                           model=facts["model"])]

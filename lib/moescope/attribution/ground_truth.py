@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .. import arch, data, interventions, models, verdicts
+from .. import arch, data, interventions, models, statistics, verdicts
 from ..organisms import zoo
 from . import tasks
 from .blocking import all_pairs
@@ -154,10 +155,13 @@ def _drop_estimate(row: pd.Series, reps: int, seed: int) -> verdicts.Estimate:
 
 
 def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
-    """Mean of ``values`` with the 2.5-97.5% quantiles of the values as interval."""
+    """Mean of ``values`` with the central 95% of the values (:func:`moescope.statistics.percentiles`) as interval."""
     v = np.asarray(values, dtype=float)
-    return verdicts.Estimate(float(v.mean()), float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975)), len(v), over)
+    return verdicts.Estimate(float(v.mean()), *statistics.percentiles(v), len(v), over)
 
+
+#: What the checks' preconditions read (one definition, checked against every precondition at import)
+Facts = TypedDict("Facts", {"planted": bool, "baseline_mrr": float, "planted_experts": int}, total=False)
 
 CLAIMS = {
     "precision": verdicts.Claim(
@@ -165,27 +169,31 @@ CLAIMS = {
         "LPI expert attribution ranks a relation's planted experts above every other (layer, expert) pair",
         "ground truth", "precision@|planted| of the expert ranking (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
+        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),), role="self-check"),
     "blocking": verdicts.Claim(
         "planted: blocking the plant hurts its relation", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts lowers its MRR more than blocking as many random experts of the same "
         "layers", "ground truth", "MRR drop of the relation (bootstrap over prompts)", verdicts.exceeds_control(0.0),
         f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
-         verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR"))),
+         verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR").gate()), role="self-check"),
     "specific": verdicts.Claim(
         "planted: blocking the plant spares unplanted relations", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts leaves the unplanted relations' MRR nearly unchanged",
         "ground truth", "mean MRR drop over the unplanted relations' prompts (bootstrap over prompts)",
-        verdicts.at_most(0.05), "", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),)),
+        verdicts.at_most(0.05), "", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),),
+        role="self-check"),
     "redundant": verdicts.Claim(
         "planted: a redundant plant survives one expert", PAPER, "attribution.ground_truth",
         "each expert of a redundant plant carries the relation alone: blocking one costs less than blocking all",
         "ground truth", "MRR drop when blocking all planted experts (bootstrap over prompts)",
         verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, spread over them)",
         (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
-         verdicts.minimum("planted_experts", 2, "planted experts of the relation"))),
+         verdicts.minimum("planted_experts", 2, "planted experts of the relation")), role="self-check"),
 }
+
+
+verdicts.check_facts(CLAIMS.values(), Facts)
 
 
 def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pairs: int, reps: int = 1000,

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from .. import arch
-from ..verdicts import Estimate, over_seeds
+from ..statistics import Estimate, percentiles
+from ..verdicts import over_seeds
 from . import esft
 from .base import Base
 from .batches import encode
@@ -78,8 +79,8 @@ def experts_needed_share(prem: Premise, p: float = TOKEN_P, reps: int = 200, see
     draws = [share({d: t[rng.integers(0, len(t), len(t))] for d, t in prem.token.items()}) for _ in range(reps)]
     null = [share({d: _uniform_routing(t, rng) for d, t in prem.token.items()}) for _ in range(reps)]
     n = sum(len(t) for t in prem.token.values())
-    kit = Estimate(value, *np.quantile(draws, [0.025, 0.975]), n, "sequences")
-    control = Estimate(float(np.mean(null)), *np.quantile(null, [0.025, 0.975]), reps, "random re-routings")
+    kit = Estimate(value, *percentiles(draws), n, "sequences")
+    control = Estimate(float(np.mean(null)), *percentiles(null), reps, "random re-routings")
     return kit, control
 
 
@@ -107,8 +108,8 @@ def domain_overlap(prem: Premise, p: float = TOKEN_P, reps: int = 200, seed: int
         order = rng.permutation(len(pooled))
         cuts = np.cumsum([0] + sizes)
         null.append(_mean_overlap({d: pooled[order[cuts[i]:cuts[i + 1]]] for i, d in enumerate(names)}, p))
-    kit = Estimate(value, *np.quantile(draws, [0.025, 0.975]), len(pooled), "sequences")
-    control = Estimate(float(np.mean(null)), *np.quantile(null, [0.025, 0.975]), reps, "label shuffles")
+    kit = Estimate(value, *percentiles(draws), len(pooled), "sequences")
+    control = Estimate(float(np.mean(null)), *percentiles(null), reps, "label shuffles")
     return kit, control
 
 
@@ -217,6 +218,18 @@ def reduction_slope(grid: Grid, method: str = "desmoe", reference: str = "fft", 
     d_m, d_r = per_seed_drop(grid, method, lo, hi), per_seed_drop(grid, reference, lo, hi)
     values = [forgetting_reduction(d_m[s], d_r[s], least) for s in d_m.index.intersection(d_r.index)]
     return _guarded(values)
+
+
+def reduction_margin(grid: Grid, share: float = 0.5, method: str = "desmoe", reference: str = "fft") -> Estimate:
+    """The slope reading as a margin defined on every seed: share x drop_reference - drop_method (N_min -> N_max),
+    per seed, over seeds. It is >= 0 exactly when 1 - drop_method / drop_reference >= share on a seed where the
+    reference drops, and < 0 whenever the method drops more than ``share`` of the reference's drop (whatever the
+    reference did), so no guard on a small reference drop is needed."""
+    ns = sorted(grid.chosen().n_domains.unique())
+    lo, hi = int(ns[0]), int(ns[-1])
+    d_m, d_r = per_seed_drop(grid, method, lo, hi), per_seed_drop(grid, reference, lo, hi)
+    seeds = d_m.index.intersection(d_r.index)
+    return _guarded([float(share * d_r[s] - d_m[s]) for s in seeds])
 
 
 def _guarded(values: list[float]) -> Estimate:

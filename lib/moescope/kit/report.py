@@ -5,7 +5,7 @@ a row is :func:`moescope.verdicts.decide`'s (paper, where, claim, model, stateme
 value and interval, control, rule, verdict, note). :func:`write` collects them from ``runs/<run>/**`` and writes
 
     runs/<run>/claims.csv   every row (the data the two documents and the README table are made from)
-    runs/<run>/report.md    per paper: the verdict counts, then every row; notebooks that recorded no rows
+    runs/<run>/report.md    the tallies by claim, then per paper every row; notebooks that recorded no rows
     runs/<run>/report.html  the same with each notebook's figures inline
 
 :func:`update_readme` writes the README's claim table (between ``<!-- claims:start -->`` and
@@ -26,12 +26,16 @@ import pandas as pd
 
 from .. import paths
 from ..results import write_csv_atomic, write_text_atomic
-from ..verdicts import COLUMNS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
+from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, kind
 from .runner import folder_label
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 README = paths.ROOT / "README.md"
-KINDS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)
+KINDS = OUTCOMES
+#: a claim whose testable rows (models) reach different outcomes
+MIXED = "differs by model"
+#: how the tallies name each role of a claim row (verdicts.ROLES)
+ROLE_NAMES = {"claim": "claims", "control": "controls", "self-check": "method self-checks"}
 
 
 class ReportError(ValueError):
@@ -63,16 +67,29 @@ def missing_claims(run_dir: Path) -> list[str]:
             if not json.loads(f.read_text()).get("claims")]
 
 
-def kind(verdict: str) -> str:
-    """reproduced / not reproduced / not testable (the reason dropped)."""
-    return NOT_TESTABLE if str(verdict).startswith(NOT_TESTABLE) else str(verdict)
+def claim_outcome(verdicts: pd.Series) -> str:
+    """One claim's outcome over its rows (one per model): not testable when no row is testable, else the outcome
+    its testable rows share, else :data:`MIXED`."""
+    tested = {kind(x) for x in verdicts} - {NOT_TESTABLE}
+    if not tested:
+        return NOT_TESTABLE
+    return tested.pop() if len(tested) == 1 else MIXED
 
 
 def counts(rows: pd.DataFrame) -> pd.DataFrame:
-    """Number of rows of each verdict kind per paper (papers in order of first appearance)."""
-    k = rows.assign(kind=rows.verdict.map(kind))
-    table = pd.crosstab(pd.Categorical(k.paper, categories=list(dict.fromkeys(k.paper))), k.kind)
-    return table.reindex(columns=list(KINDS), fill_value=0).rename_axis("paper").rename_axis(None, axis=1)
+    """Claims (not rows) of each outcome per paper and role (papers in order of first appearance; the papers'
+    claims, then their control families, then method self-checks), with the number of rows they come from."""
+    r = rows.assign(role=rows.get("role", pd.Series("claim", index=rows.index)).replace("", "claim").fillna("claim"))
+    out = []
+    for paper in dict.fromkeys(r.paper):
+        for role, name in ROLE_NAMES.items():
+            g = r[(r.paper == paper) & (r.role == role)]
+            if not len(g):
+                continue
+            per_claim = g.groupby("claim", sort=False).verdict.apply(claim_outcome)
+            out.append({"paper": paper, "kind": name, "claims": len(per_claim),
+                        **{k: int((per_claim == k).sum()) for k in (*KINDS, MIXED)}, "rows": len(g)})
+    return pd.DataFrame(out, columns=["paper", "kind", "claims", *KINDS, MIXED, "rows"])
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -96,6 +113,13 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ") if text is not None and text == text else ""
 
 
+def _control(r) -> str:
+    """'control: value [interval]', then 'kit - control: value [interval]' when the row has the difference."""
+    text = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+    diff = interval(getattr(r, "diff", math.nan), getattr(r, "diff_low", math.nan), getattr(r, "diff_high", math.nan))
+    return f"{text}; kit - control: {diff}" if text and diff else text
+
+
 def markdown_table(rows: pd.DataFrame, compact: bool = False) -> list[str]:
     """Rows as a Markdown table (``compact``: the README's columns)."""
     if compact:
@@ -107,7 +131,7 @@ def markdown_table(rows: pd.DataFrame, compact: bool = False) -> list[str]:
         kit = interval(r.kit, r.kit_low, r.kit_high, r.n, r.over)
         cells = [r.claim, r.model, r.paper_value, kit, r.verdict]
         if not compact:
-            control = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+            control = _control(r)
             cells = [r.claim, r.where, r.model, r.paper_value, kit, control, r.rule, r.verdict, r.note]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
@@ -115,8 +139,19 @@ def markdown_table(rows: pd.DataFrame, compact: bool = False) -> list[str]:
 
 def _count_lines(rows: pd.DataFrame) -> list[str]:
     c = counts(rows)
-    lines = ["| paper | " + " | ".join(KINDS) + " |", "|---|---|---|---|"]
-    return lines + [f"| {p} | " + " | ".join(str(int(c.loc[p, k])) for k in KINDS) + " |" for p in c.index]
+    head = list(c.columns)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in c.itertuples(index=False)]
+
+
+OUTCOME_TEXT = ("Counts are of claims, not rows: a claim tested on several models counts once, under the outcome its "
+                "testable rows share (or 'differs by model'); control families (attributed vs random units, one per "
+                "task and method) and method self-checks (the telescoping identity, the planted ground truth) are "
+                "counted apart from the papers' claims. A verdict is `reproduced` (the 95% interval inside the "
+                "paper's band, or on the claimed side of the threshold), `not reproduced` (disjoint from the band, or "
+                "wholly on the wrong side), `inconclusive` (it straddles; the note gives the half-width that would "
+                "decide it) or `not testable: <the unmet precondition>`; a baseline gate (a ceiling) turns only an "
+                "inconclusive result into not testable.")
 
 
 def _status_lines(status: pd.DataFrame | None) -> list[str]:
@@ -133,8 +168,8 @@ def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.Da
     per paper."""
     lines = [f"# moescope: paper vs kit ({run})", "",
              "Every kit value is computed by the executed notebook that recorded it; paper values come from the "
-             "papers' tables (`moescope.attribution.paper`, `moescope.finetuning`). A verdict is `reproduced` or "
-             "`not reproduced` by the rule fixed in advance, or `not testable: <the unmet precondition>`.", ""]
+             "papers' tables (`moescope.attribution.paper`, `moescope.finetuning`); rules are fixed in advance.",
+             "", OUTCOME_TEXT, ""]
     lines += _count_lines(rows) + [""]
     if missing:
         lines += ["**Notebooks that recorded no claim rows:** " + ", ".join(f"`{m}`" for m in missing), ""]
@@ -159,7 +194,8 @@ def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
 
 CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse;
 font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
-.reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.not-testable{background:#f0f0f0}
+.reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.inconclusive{background:#fdf5dc}
+.not-testable{background:#f0f0f0}
 img{max-width:100%}figure{margin:.5em 0}"""
 
 
@@ -167,7 +203,7 @@ def _html_rows(rows: pd.DataFrame) -> str:
     head = ["claim", "where", "model", "paper", "kit [95% interval]", "control", "rule", "verdict", "note"]
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in rows.itertuples():
-        control = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+        control = _control(r)
         cells = [r.claim, r.where, r.model, r.paper_value, interval(r.kit, r.kit_low, r.kit_high, r.n, r.over),
                  control, r.rule, r.verdict, r.note]
         css = kind(r.verdict).replace(" ", "-")
@@ -180,7 +216,7 @@ def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: d
     c = counts(rows)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>moescope: {html.escape(run)}</title>"
              f"<style>{CSS}</style></head><body><h1>moescope: paper vs kit ({html.escape(run)})</h1>",
-             c.to_html(), ""]
+             c.to_html(index=False), f"<p>{html.escape(OUTCOME_TEXT)}</p>"]
     if missing:
         parts.append("<p><b>Notebooks that recorded no claim rows:</b> " + html.escape(", ".join(missing)) + "</p>")
     for paper_name, g in rows.groupby("paper", sort=False):
@@ -212,10 +248,10 @@ def write(run_dir: Path, figure_dirs: Sequence[Path] = (paths.FIGURES,)) -> tupl
 
 # ---------------------------------------------------------------------------------------------------- README
 def readme_section(rows: pd.DataFrame, run: str) -> str:
-    """The README's claim table: the verdict counts, then per paper every reproduced and not reproduced row and
-    the not testable rows with their reasons (collapsed)."""
+    """The README's claim table: the tallies by claim, then per paper every testable row (reproduced, not
+    reproduced, inconclusive) and the not testable rows with their reasons (collapsed)."""
     lines = [f"Generated from `runs/{run}/claims.csv` by `python -m moescope.kit.report readme --run {run}`; "
-             "do not edit by hand.", "", *_count_lines(rows)]
+             "do not edit by hand.", "", OUTCOME_TEXT, "", *_count_lines(rows)]
     for paper_name, g in rows.groupby("paper", sort=False):
         decided, untestable = g[g.verdict.map(kind) != NOT_TESTABLE], g[g.verdict.map(kind) == NOT_TESTABLE]
         lines += ["", f"**{paper_name}**", ""]
@@ -251,7 +287,8 @@ def read_claims(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / "claims.csv"
     if not path.is_file():
         raise ReportError(f"{path} does not exist: write the run's report first")
-    numeric = {"kit", "kit_low", "kit_high", "n", "control_value", "control_low", "control_high"}
+    numeric = {"kit", "kit_low", "kit_high", "n", "control_value", "control_low", "control_high", "diff", "diff_low",
+               "diff_high"}
     text = {c: str for c in [*COLUMNS, "notebook", "folder"] if c not in numeric}
     return pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in numeric})
 

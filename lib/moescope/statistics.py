@@ -1,0 +1,180 @@
+"""Intervals for both papers, in one place: one confidence level, one percentile bootstrap, t intervals, paired
+differences and a hierarchical (seeds, then prompts) bootstrap.
+
+Every interval of the kit is an :class:`Estimate`: a value with its ``LEVEL`` interval [low, high] over ``n``
+prompts, sequences or seeds (``over``). Bootstrap estimates also keep their resampled values (``draws``, not
+serialised) so that estimates of several seeds can be combined by :func:`hierarchical` without recomputing them.
+
+Contracts:
+
+- :func:`bootstrap` ``(statistic, n)``: value = statistic(all n indices); interval = the ``TAILS`` percentiles of
+  statistic over ``reps`` resamples of the indices with replacement (seeded). ``batched``: the statistic takes an
+  index matrix [reps, n] and returns one value per row; the resamples are the same as unbatched. A batched
+  statistic that does not return one value per row is an error (it would give every resample the same value).
+- :func:`t_interval` ``(values)``: mean +/- t(1 - alpha/2, n - 1) * sd / sqrt(n).
+- :func:`paired` ``(kit, control)``: the bootstrap of mean(kit - control) over items measured on both.
+- :func:`hierarchical` ``(estimates)``: mean over seeds; interval from resampling seeds with replacement, then one
+  prompt resample within each drawn seed (each seed's own bootstrap draws).
+- :func:`stratified` ``(statistic, sizes)``: the bootstrap resampling items within each stratum.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+#: the confidence level of every interval of the kit
+LEVEL = 0.95
+#: the percentiles of a two-sided LEVEL interval
+TAILS = ((1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2)
+#: bootstrap resamples and seed used unless a caller says otherwise
+REPS, SEED = 1000, 0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its interval [low, high] over ``n`` prompts or seeds (``over``); ``draws``: the bootstrap
+    resamples it came from (empty when it is not a bootstrap)."""
+
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+    n: int = 0
+    over: str = ""
+    draws: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.value)
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high), or (value, value) when no interval was computed."""
+        if not self.has_interval:
+            return self.value, self.value
+        return self.low, self.high
+
+    def half_width(self) -> float:
+        """Half the interval's width (0 without an interval)."""
+        low, high = self.bounds()
+        return (high - low) / 2
+
+    def negated(self) -> Estimate:
+        """-self: value and interval negated (the interval's ends swap)."""
+        return Estimate(-self.value, -self.high, -self.low, self.n, self.over, -self.draws)
+
+    def relabel(self, over: str) -> Estimate:
+        return Estimate(self.value, self.low, self.high, self.n, over, self.draws)
+
+
+def percentiles(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The two-sided ``level`` percentile interval of the finite ``draws`` (NaN, NaN when there are none)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def from_draws(value: float, draws: np.ndarray, n: int, over: str, level: float = LEVEL) -> Estimate:
+    """An estimate with the percentile interval of ``draws``."""
+    draws = np.asarray(draws, dtype=float)
+    return Estimate(float(value), *percentiles(draws, level), n, over, draws)
+
+
+def bootstrap(statistic: Callable[[np.ndarray], float], n: int, reps: int = REPS, seed: int = SEED,
+              level: float = LEVEL, batched: bool = False, over: str = "prompts") -> Estimate:
+    """Percentile bootstrap over ``n`` items (see the module docstring). Paired statistics (a drop computed from
+    before and after on the same prompts) resample prompts jointly. Resamples where it is undefined are dropped."""
+    if n < 1:
+        raise ValueError("bootstrap needs at least one item")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (reps, n))
+    if batched:
+        value = np.asarray(statistic(np.arange(n)[None]), dtype=float).reshape(-1)
+        draws = np.asarray(statistic(idx), dtype=float)
+        if value.shape != (1,) or draws.shape != (reps,):
+            raise ValueError(f"a batched statistic must return one value per row of its index matrix; it returned "
+                             f"shape {draws.shape} for {reps} rows (a scalar statistic needs batched=False)")
+        value = value[0]
+    else:
+        value = float(statistic(np.arange(n)))
+        draws = np.array([statistic(row) for row in idx], dtype=float)
+    if not np.isfinite(draws).any():
+        return Estimate(float(value), n=n, over=over)
+    return from_draws(value, draws, n, over, level)  # undefined resamples stay (NaN) so draws align across calls
+
+
+def mean_of(values: Sequence[float], reps: int = REPS, seed: int = SEED) -> Estimate:
+    """The mean of per-item ``values`` with its bootstrap interval."""
+    arr = np.asarray(values, dtype=float)
+    return bootstrap(lambda idx: arr[idx].mean(-1), len(arr), reps, seed, batched=True)
+
+
+def paired(kit: Sequence[float], control: Sequence[float], reps: int = REPS, seed: int = SEED) -> Estimate:
+    """mean(kit - control) over items measured under both (the same prompts), with its bootstrap interval."""
+    a, b = np.asarray(kit, dtype=float), np.asarray(control, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"a paired difference needs the same items in both: {a.shape} vs {b.shape}")
+    return mean_of(a - b, reps, seed)
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL, over: str = "seeds") -> Estimate:
+    """Mean of ``values`` with a Student-t interval (no interval for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return Estimate(mean, n=len(arr), over=over)
+    half = float(stats.t.ppf((1 + level) / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+    return Estimate(mean, mean - half, mean + half, len(arr), over)
+
+
+def difference(kit: Estimate, control: Estimate, paired: bool = False) -> Estimate:
+    """kit - control. ``paired``: both are bootstraps of the same resamples (the same prompts, the same seeds and
+    the same bootstrap seed), so the draws subtract; otherwise the unpaired, conservative interval
+    [kit.low - control.high, kit.high - control.low]."""
+    value = kit.value - control.value
+    if paired and len(kit.draws) and len(kit.draws) == len(control.draws):
+        return from_draws(value, kit.draws - control.draws, kit.n, kit.over)
+    (kl, kh), (cl, ch) = kit.bounds(), control.bounds()
+    return Estimate(value, kl - ch, kh - cl, kit.n, f"{kit.over} (unpaired)".strip())
+
+
+def hierarchical(estimates: Sequence[Estimate], reps: int = REPS, seed: int = SEED,
+                 level: float = LEVEL) -> Estimate:
+    """Several seeds' bootstrap estimates combined: the mean of their values, with the two-stage bootstrap interval
+    (resample seeds with replacement, then for each drawn seed one of its own prompt resamples). Estimates without
+    draws fall back to :func:`t_interval` of their values."""
+    values = np.array([e.value for e in estimates], dtype=float)
+    value = float(values.mean())
+    k = len(estimates)
+    if not all(map(math.isfinite, values)):
+        return Estimate(math.nan, n=k, over="seeds")
+    if not all(len(e.draws) for e in estimates):
+        return t_interval(values)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, k, (reps, k))
+    picks = rng.integers(0, 1 << 62, (reps, k))
+    draws = np.empty((reps, k))
+    for s, e in enumerate(estimates):
+        take = seeds == s
+        draws[take] = e.draws[picks[take] % len(e.draws)]
+    return from_draws(value, draws.mean(-1), k, "seeds x prompts", level)
+
+
+def stratified(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], sizes: Mapping[str, int],
+               reps: int = REPS, seed: int = SEED, level: float = LEVEL) -> Estimate:
+    """Percentile bootstrap resampling items within each stratum (``sizes``: items per stratum); ``statistic``
+    takes {stratum: index array [..., n]} and reduces the last axis."""
+    rng = np.random.default_rng(seed)
+    value = float(np.asarray(statistic({t: np.arange(n) for t, n in sizes.items()})))
+    draws = np.asarray(statistic({t: rng.integers(0, n, (reps, n)) for t, n in sizes.items()}), dtype=float)
+    return from_draws(value, draws, int(sum(sizes.values())), "prompts", level)
