@@ -268,12 +268,14 @@ def plot(table: pd.DataFrame):
     for j, (label, color, value) in enumerate(bars):
         xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(models))]
         ax.bar(xs, [value(m) for m in models], width, label=label, color=color)
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 30)  # room above the bars for the notes
     for i, m in enumerate(models):
         note = (f"pinned {by[(m, 'pinned')].pinned_over_native:.1f}x native" if both
                 else f"{first[m].ratio_to_floor:.2f}x floor")
-        ax.annotate(note, (i, ax.get_ylim()[1]), ha="center", va="top", fontsize=8)
+        ax.annotate(note, (i, high * 25), ha="center", va="top", fontsize=8)
     ax.set_xticks(range(len(models)), [f"{m} ({first[m].layers}L)" for m in models], rotation=15, fontsize=8)
-    ax.set_yscale("log")
     ax.set_ylabel("ms per prompt (all neurons)")
     ax.set_title(f"Neuron-level LPI attribution on {table.device.iloc[0]}", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
