@@ -104,6 +104,7 @@ def test_committed_notebook_is_clean_and_thin(path):
             assert not ABSOLUTE.search(text), f"absolute path in an output: {ABSOLUTE.search(text)[0]!r}"
             assert not re.search(r"\d+it/s|it \[\d|Loading widget", text), "progress bar in an output"
         assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.get("outputs", []))
+    assert not ABSOLUTE.search(json.dumps(nb.metadata)), "absolute path in the notebook's metadata"
     source = "\n".join(c.source for c in code)
     assert re.search(r"results\.record\([^)]*\"claims\": rows", source, re.S), "records its claim rows"
     for word in ("qwen-moe-like", "olmoe-like", "llama-like", "mixtral-like", "qwen2-like", "mistral-like"):
