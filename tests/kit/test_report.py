@@ -1,7 +1,9 @@
 """One report for both papers (moescope.kit.report) and the README's claim table generated from it."""
 import json
 import math
+import re
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -108,3 +110,14 @@ def test_compare_puts_two_runs_side_by_side(run_dir, tmp_path):
     assert "m3: 0.9 -> not testable: depth (layers) is 3" in table.loc["X.1", "gen1"]
     assert table.loc["X.1", "gen2"] == "deep: 0.6 [0.5, 0.7] -> reproduced"
     assert pd.isna(table.loc["D.1", "gen2"])
+
+
+@pytest.mark.parametrize("path", sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_every_saved_figure_is_recorded_for_the_report(path):
+    """A committed notebook lists in its `results.record(..., {"figures": [...]})` every figure it saves, so that
+    report.html shows the figures of both papers."""
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    saved = set(re.findall(r'save_fig\(.*?"(\w+)"\)', source))
+    listed = re.search(r'"figures": \[([^\]]*)\]', source)
+    recorded = set(re.findall(r'"(\w+)"', listed.group(1))) if listed else set()
+    assert saved and saved <= recorded, f"figures saved but not recorded: {sorted(saved - recorded)}"
