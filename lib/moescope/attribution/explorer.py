@@ -35,26 +35,68 @@ def views(lm: LoadedModel, relation: str, index: int, top: int = 10,
     return row, prompt_views(lm, row.prompt, row.object, top)
 
 
+SHARED = "S"
+
+
+def _expert_label(expert: int) -> str:
+    """``S`` for the shared expert or dense FFN (expert -1 in the tables), else the expert's index."""
+    return SHARED if expert < 0 else str(expert)
+
+
+def readable(v: dict[str, pd.DataFrame], tokenizer) -> dict[str, pd.DataFrame]:
+    """The views as a reader sees them: the target token decoded (no tokenizer space marker such as ``Ġ``), the
+    expert -1 written ``S`` (shared expert / dense FFN, as in the figure), the one-prompt ``sample_id`` dropped."""
+    out = {}
+    for name, table in v.items():
+        t = table.drop(columns=["sample_id"], errors="ignore")
+        if "expert" in t:
+            t = t.assign(expert=t.expert.map(_expert_label))
+        if "target" in t:
+            t = t.assign(target=[tokenizer.convert_tokens_to_string([tok]).strip() for tok in t.target])
+        out[name] = t
+    return out
+
+
 def draw(row: pd.Series, v: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Layer gains, the head-gain heat map and the expert gains of one prompt."""
+    """Layer gains, the head-gain heat map and the expert-gain heat map (layer x expert, ``S`` = shared expert or
+    dense FFN) of one prompt, in nats of log-probability increase."""
+    from matplotlib.ticker import MaxNLocator
+
     s = v["samples"].iloc[0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1.1, 1, 1.3]}, layout="constrained")
     lay = v["layers"]
     axes[0].bar(lay.layer - 0.2, lay.attn_gain, 0.4, label="attention", color=PALETTE["dense"])
     axes[0].bar(lay.layer + 0.2, lay.ffn_gain, 0.4, label="FFN / MoE", color=PALETTE["moe"])
     axes[0].set(xlabel="layer", ylabel="LPI (nats)", title=f"{row.prompt!r} -> {row.object} (rank {s['rank']})")
-    axes[0].legend()
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     heat = v["heads"].pivot(index="layer", columns="head", values="gain")
-    m = abs(heat.values).max()
-    im = axes[1].imshow(heat.values, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto")
+    m = abs(heat.values).max() or 1.0
+    im = axes[1].imshow(heat.values, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto",
+                        extent=(-0.5, heat.shape[1] - 0.5, heat.index.max() + 0.5, heat.index.min() - 0.5))
     axes[1].set(xlabel="head", ylabel="layer", title="head gains")
-    fig.colorbar(im, ax=axes[1])
-    ex = v["experts"].assign(label=lambda d: d.layer.astype(str) + ":" + d.expert.map(lambda e: "S" if e < 0 else str(e)))
-    axes[2].bar(ex.label, ex.gain, color=[PALETTE["shared"] if e < 0 else PALETTE["routed"] for e in ex.expert])
-    axes[2].set(xlabel="layer:expert (S = shared / dense FFN)", title="expert gains")
-    axes[2].tick_params(axis="x", rotation=90)
+    fig.colorbar(im, ax=axes[1], label="LPI (nats)")
+    ex = v["experts"]
+    columns = sorted(set(ex.expert), key=lambda e: (e < 0, e))
+    grid = ex.pivot_table(index="layer", columns="expert", values="gain", aggfunc="sum").reindex(
+        index=range(int(lay.layer.min()), int(lay.layer.max()) + 1), columns=columns)
+    m = float(abs(grid).max().max()) or 1.0
+    im = axes[2].imshow(grid.values, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto")
+    axes[2].set_xticks(range(len(columns)), [_expert_label(e) for e in columns], fontsize=7)
+    axes[2].set_yticks(range(len(grid.index)), [str(i) for i in grid.index], fontsize=7)
+    axes[2].set(xlabel=f"expert ({SHARED} = shared expert / dense FFN; blank: not routed)", ylabel="layer",
+                title="expert gains")
+    fig.colorbar(im, ax=axes[2], label="LPI (nats)")
+    for axis in (axes[1].xaxis, axes[1].yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
+
+def _png(fig: plt.Figure) -> bytes:
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return png.getvalue()
 
 
 def show(lm: LoadedModel, relation: str, index: int, top: int = 10) -> dict[str, pd.DataFrame]:
@@ -62,40 +104,54 @@ def show(lm: LoadedModel, relation: str, index: int, top: int = 10) -> dict[str,
     from IPython.display import Image, display
 
     row, v = views(lm, relation, index, top)
-    fig = draw(row, v)
-    png = io.BytesIO()
-    fig.savefig(png, format="png", bbox_inches="tight")
-    plt.close(fig)
-    display(Image(png.getvalue()))
-    display(v["neurons"].round(3))
+    display(Image(_png(draw(row, v))))
+    display(readable(v, lm.tokenizer)["neurons"].round(3))
     return v
 
 
+def prompt_options(relation: str) -> list[tuple[str, int]]:
+    """(``prompt -> object``, index) for every fact of ``relation``, the prompt dropdown's options."""
+    facts = tasks.facts([relation])
+    return [(f"{p} -> {o}", i) for i, (p, o) in enumerate(zip(facts.prompt, facts.object))]
+
+
 def controls(model: str, relations: Sequence[str], relation: str, sample: int = 0, device: str = "cpu",
-             dtype: str | None = None):
-    """Dropdowns for model (the given one and the saved organisms) and relation, and a prompt slider, that redraw
-    the views on change; None without a live front end."""
+             dtype: str | None = None, lm: LoadedModel | None = None):
+    """Dropdowns for model (the given one and the saved organisms), relation and prompt (shown as text) that redraw
+    the views on change, with the default selection (``lm``, loaded if not given) drawn in place from the start;
+    None without a live front end. Nothing is displayed while the cell runs: the first view is put into the
+    output area as data (``Output.append_display_data``), so no client has to stand in for an Output widget."""
     if not has_frontend():
         return None
     import ipywidgets as widgets
-    from IPython.display import clear_output
+    from IPython.display import Image, clear_output
 
-    cache: dict[str, LoadedModel] = {}
+    cache: dict[str, LoadedModel] = {model: lm or tasks.loaded(model, device, dtype)}
+    wide = widgets.Layout(width="auto")
     model_w = widgets.Dropdown(options=list(dict.fromkeys([model, *available_organisms()])), value=model,
-                               description="model")
-    relation_w = widgets.Dropdown(options=list(relations), value=relation, description="relation")
-    index_w = widgets.IntSlider(value=sample, min=0, max=len(tasks.facts([relation])) - 1, description="prompt")
+                               description="model", layout=wide)
+    relation_w = widgets.Dropdown(options=list(relations), value=relation, description="relation", layout=wide)
+    index_w = widgets.Dropdown(options=prompt_options(relation), value=sample, description="prompt",
+                               layout=widgets.Layout(width="95%"))
     out = widgets.Output()
+    row, v = views(cache[model], relation, sample)
+    out.append_display_data(Image(_png(draw(row, v))))
+    out.append_display_data(readable(v, cache[model].tokenizer)["neurons"].round(3))
 
     def redraw(_change) -> None:
-        index_w.max = len(tasks.facts([relation_w.value])) - 1
         if model_w.value not in cache:
             cache[model_w.value] = tasks.loaded(model_w.value, device, dtype)
         with out:
             clear_output(wait=True)
             show(cache[model_w.value], relation_w.value, index_w.value)
 
-    for w in (model_w, relation_w, index_w):
-        w.observe(redraw, names="value")
-    note = widgets.HTML("Change a control to redraw; the default selection is drawn below.")
-    return widgets.VBox([widgets.HBox([model_w, relation_w, index_w]), note, out])
+    def new_relation(change) -> None:
+        index_w.unobserve(redraw, names="value")
+        index_w.options, index_w.value = prompt_options(change["new"]), 0
+        index_w.observe(redraw, names="value")
+        redraw(change)
+
+    model_w.observe(redraw, names="value")
+    relation_w.observe(new_relation, names="value")
+    index_w.observe(redraw, names="value")
+    return widgets.VBox([widgets.HBox([model_w, relation_w]), index_w, out])

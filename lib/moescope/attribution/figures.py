@@ -34,14 +34,26 @@ def efficiency(eff: Efficiency) -> plt.Figure:
 
 
 def depth_profile(dp: DepthProfile) -> plt.Figure:
-    """Mean FFN gain by relative depth for each model, with the paper's stage boundaries dashed."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    for name, g in dp.profile.groupby("model", sort=False):
-        ax.plot(g.depth, g.ffn_gain, marker="o", label=name)
+    """Mean FFN gain by relative depth per design (the seeds of a design, ``<name>-s<seed>``, drawn as their mean
+    with a band from the lowest to the highest seed), with the paper's stage boundaries dashed."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
+    prof = dp.profile.assign(design=dp.profile.model.str.replace(r"-s\d+$", "", regex=True))
+    for design, g in prof.groupby("design", sort=False):
+        by = g.groupby("depth").ffn_gain
+        mean, low, high = by.mean(), by.min(), by.max()
+        seeds = g.model.nunique()
+        color = PALETTE["shared"] if "qwen" in design else PALETTE["dense"] if "dense" in design else PALETTE["moe"]
+        style = "--" if "l16" in design else "-"
+        ax.plot(mean.index, mean.values, ls=style, marker="o", ms=3, color=color,
+                label=f"{design} ({seeds} seed{'s' if seeds > 1 else ''})")
+        if seeds > 1:
+            ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.15, lw=0)
     for b in paper.STAGE_BOUNDS:
-        ax.axvline(b, color=PALETTE["paper"], ls="--", lw=0.8)
-    ax.set(xlabel="relative depth (l+1)/L", ylabel="mean FFN gain (nats)", title="FFN gain by depth (dashed: paper stages)")
-    ax.legend(fontsize=8)
+        ax.axvline(b, color=PALETTE["paper"], ls=":", lw=0.9)
+    ax.set(xlabel="relative depth (l+1)/L", ylabel="mean FFN gain (nats)",
+           title="FFN gain by depth (dotted: the paper's stage boundaries; band: lowest to highest seed)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
