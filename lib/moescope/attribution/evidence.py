@@ -50,11 +50,15 @@ def mean_of(values: np.ndarray) -> v.Estimate:
 
 
 def combine(estimates: Sequence[v.Estimate | None]) -> v.Estimate | None:
-    """One seed: its estimate. Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
+    """One seed: its estimate, marked as resting on one model (:func:`moescope.statistics.one_model`, when it has an
+    interval). Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
     each seed's prompt resamples; a t interval over the seeds' values for estimates that are not bootstraps; NaN
     if any is undefined). Two combinations of the same seeds resample the same seeds, so their draws pair."""
-    if len(estimates) == 1 or any(e is None for e in estimates):
-        return estimates[0] if len(estimates) == 1 else None
+    if len(estimates) == 1:
+        return statistics.one_model(estimates[0]) if estimates[0] is not None and estimates[0].has_interval \
+            else estimates[0]
+    if any(e is None for e in estimates):
+        return None
     return statistics.hierarchical(estimates, REPS, statistics.SEED)
 
 
@@ -141,26 +145,55 @@ def _group_note(eff: Efficiency) -> str:
     return f"depth-matched groups: {groups}" + (f"; not matched: {rest}" if rest else "")
 
 
+def _group_estimate(eff: Efficiency, group, reading: str, n: int, seed: int) -> v.Estimate:
+    """One depth-matched group's reading, bootstrap over its prompts (the MoE and dense models resampled on the same
+    prompts); ``seed``: the bootstrap's seed."""
+    return statistics.bootstrap(lambda idx: np.asarray(group_readings(eff, group, idx).get(reading, np.nan)), n,
+                                reps=REPS, seed=seed, batched=True)
+
+
 def advantage_rows(eff: Efficiency) -> list[Row]:
-    """The MoE-over-dense efficiency advantage, each reading, on the depth-matched groups only."""
-    facts = {"model": "all", "matched_groups": len(eff.groups),
-             "paired_groups": sum(g.pair is not None for g in eff.groups)}
+    """The MoE-over-dense efficiency advantage, each reading, on the depth-matched groups only: per depth (its seeds,
+    hierarchical bootstrap: seeds, then prompts) and, when the run has several depths, pooled over them. Depths are
+    strata, not replicates: the pooled row is the mean of the per-depth estimates with each depth resampled on its
+    own (:func:`moescope.statistics.over_strata`), so its interval does not count the spread between depths as
+    sampling error. Every row is the same claim under the same rule (the report tallies it once, over its rows);
+    with one depth the pooled row is that depth's row."""
     n = int(eff.samples.groupby("model").size().min()) if len(eff.samples) else 0
     readings = {"T1.advantage.direction": "mean MoE / mean dense"} | {k: r for k, (r, *_) in claims.ADVANTAGE.items()}
     rows = []
     for cid, reading in readings.items():
         groups = [g for g in eff.groups if g.pair is not None or "paired" not in reading]
-        if not groups:
+        depths = sorted({g.depth for g in groups})
+        by_depth = []
+        for i, depth in enumerate(depths):
+            at = [g for g in groups if g.depth == depth]
+            ests = [_group_estimate(eff, g, reading, n, statistics.SEED) for g in at]
+            est = (statistics.one_model(ests[0]) if len(ests) == 1 else
+                   statistics.hierarchical(ests, REPS, statistics.SEED + i))  # own seed: depths resampled apart
+            by_depth.append((depth, at, est))
+        if len(by_depth) > 1:
+            for depth, at, est in by_depth:
+                rows.append(_advantage_row(cid, [g for g in eff.groups if g.depth == depth],
+                                           est.relabel(f"{est.over} ({depth}-layer pairs)"),
+                                           f"{depth} layers: {label([g.moe[0] for g in at])} vs "
+                                           f"{label([g.dense[0] for g in at])}", eff))
+        if not by_depth:
             kit = None
-        elif len(groups) == 1:
-            kit = boot(lambda idx: np.asarray(group_readings(eff, groups[0], idx).get(reading, np.nan)), n)
+        elif len(by_depth) == 1:
+            kit = by_depth[0][2]
         else:
-            values = [group_readings(eff, g).get(reading, math.nan) for g in groups]
-            kit = v.over_seeds(values) if all(map(math.isfinite, values)) else v.Estimate(math.nan)
-            kit = v.Estimate(kit.value, kit.low, kit.high, kit.n, "depth-matched groups")
-        rows.append(claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff),
-                                  model=", ".join(eff.table.model)))
+            kit = statistics.over_strata([e for *_, e in by_depth], f"depths ({', '.join(map(str, depths))} layers) "
+                                         "x seeds x prompts")
+        rows.append(_advantage_row(cid, eff.groups, kit, ("pooled over depths: " if len(by_depth) > 1 else "")
+                                   + ", ".join(eff.table.model), eff))
     return rows
+
+
+def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: str, eff: Efficiency) -> Row:
+    """One advantage row over the depth-matched ``groups`` of its scope (one depth, or all); ``model`` names it."""
+    facts = {"model": "all", "matched_groups": len(groups), "paired_groups": sum(g.pair is not None for g in groups)}
+    return claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff), model=model)
 
 
 # ---------------------------------------------------------------------------------------------------- depth
@@ -511,7 +544,7 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
     if paper_model not in paper.TABLE1.model.values:
         return []
     ranks = sc["rank"].to_numpy()
-    return [claims.decide(f"T1.{paper_model}.hit@10", facts, boot(lambda i: (ranks[i] <= 10).mean(-1), len(ranks)),
-                          model=facts["model"]),
-            claims.decide(f"T1.{paper_model}.mrr", facts, boot(lambda i: (1 / ranks[i]).mean(-1), len(ranks)),
+    return [claims.decide(f"T1.{paper_model}.hit@10", facts, combine([boot(lambda i: (ranks[i] <= 10).mean(-1),
+                                                                            len(ranks))]), model=facts["model"]),
+            claims.decide(f"T1.{paper_model}.mrr", facts, combine([boot(lambda i: (1 / ranks[i]).mean(-1), len(ranks))]),
                           model=facts["model"])]
