@@ -227,7 +227,8 @@ def test_table5_attributed_against_random_and_the_76_readings():
     assert rows["T5.olmoe76.falls_to"]["verdict"] == "reproduced"
     assert rows["T5.olmoe76.drop_of"]["verdict"] == "not reproduced"
     assert "T5.Qwen1.5-MoE.country_capital.top10" not in rows  # compared with the paper model of its architecture
-    assert rows["T5.OLMoE.country_capital.share"]["note"].startswith("k = 10 of 1000 pairs; one model: ")
+    share = rows["T5.OLMoE.country_capital.share"]
+    assert share["note"].startswith("k = 10 of 1000 pairs; absolute MRR drop 0.1") and "one model: " in share["note"]
     null = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25)]))
     assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "inconclusive"  # no effect either way
     worse = by_claim(evidence.table5_model_rows([blocking_of(0.0, 0.25)]))
@@ -235,6 +236,27 @@ def test_table5_attributed_against_random_and_the_76_readings():
     row = rows["T5.attributed_vs_random.reroute.country_capital"]  # decided on the paired difference
     assert row["diff"] == pytest.approx(row["kit"] - row["control_value"]) and "paired" in row["note"]
     assert row["diff_low"] >= row["kit_low"] - row["control_high"]
+
+
+def test_table5_at_a_low_baseline_controls_are_absolute_mrr_differences():
+    """A low baseline (MRR 0.05) that random blocking raises to 0.3: the ratio drops reach -5 and their difference 6,
+    past anything possible; the control is decided on MRR differences, bounded by [-1, 1]."""
+    b = blocking_of(0.25, 0.0, n=200)
+    r = b.ranks
+    orig = r.selection == "original"
+    r.loc[orig, "rr"] = np.where(r.loc[orig, "sample_id"] % 20 == 0, 1.0, 0.0)  # MRR 0.05
+    r.loc[r.selection == "attributed", "rr"] = 0.0
+    r.loc[r.selection == "random", "rr"] = 0.3
+    b.facts["task_mrr"] = {t: 0.05 for t in b.facts["task_mrr"]}
+    rows = by_claim(evidence.table5_model_rows([b]))
+    ctl = rows["T5.attributed_vs_random.reroute.country_capital"]
+    assert ctl["kit"] == pytest.approx(0.05) and ctl["control_value"] == pytest.approx(-0.25)
+    assert ctl["diff"] == pytest.approx(0.3) and -1 <= ctl["diff_low"] <= ctl["diff_high"] <= 1
+    assert ctl["verdict"] == "reproduced" and "absolute (same prompts)" in ctl["statistic"]
+    size = rows["T5.OLMoE.country_capital.top10"]
+    assert size["kit"] == pytest.approx(1.0) and size["control_value"] == pytest.approx(-5.0)  # relative: the paper's
+    assert np.isnan(size["diff"]) and "absolute MRR drop 0.05 [" in size["note"] and "minus random 0.3 [" in size["note"]
+    assert "decided on this relative drop" in size["statistic"]
 
 
 def test_table5_contrast_needs_both_kinds_of_moe():

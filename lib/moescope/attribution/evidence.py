@@ -92,6 +92,12 @@ def ratio_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], 
     return lambda idx: 1 - _div(after[idx].mean(-1), before[idx].mean(-1))
 
 
+def absolute_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """idx -> mean(before[idx]) - mean(after[idx]): the MRR lost, in MRR units (bounded by the baseline MRR, so
+    its interval cannot run past what is possible at a low baseline, unlike a ratio to it)."""
+    return lambda idx: before[idx].mean(-1) - after[idx].mean(-1)
+
+
 def recovered(low: np.ndarray, high: np.ndarray, mid: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> (mean mid - mean low) / (mean high - mean low): how much of the way from low to high mid gets."""
     return lambda idx: _div(mid[idx].mean(-1) - low[idx].mean(-1), high[idx].mean(-1) - low[idx].mean(-1))
@@ -278,14 +284,17 @@ def _rr(b: Blocking, task: str, selection: str, method: str = "reroute", k: int 
     return b.rr[(task, "original", "none", 0) if selection == "original" else (task, selection, method, k)]
 
 
-def _drop(b: Blocking, task: str, method: str, k: int) -> tuple[v.Estimate | None, v.Estimate | None]:
-    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run)."""
+def _drop(b: Blocking, task: str, method: str, k: int, absolute: bool = False
+          ) -> tuple[v.Estimate | None, v.Estimate | None]:
+    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run);
+    relative (1 - MRR_blocked / MRR), or ``absolute`` (MRR - MRR_blocked)."""
     if (task, "attributed", method, k) not in b.rr:
         return None, None
+    drop = absolute_drop if absolute else ratio_drop
     base = _rr(b, task, "original")[0]
     att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, "random", method, k)
-    ctl = lambda idx: np.mean([ratio_drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
-    return boot(ratio_drop(base, att), len(base)), boot(ctl, len(base))
+    ctl = lambda idx: np.mean([drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
+    return boot(drop(base, att), len(base)), boot(ctl, len(base))
 
 
 def _fraction(b: Blocking, task: str, k: int) -> float:
@@ -316,38 +325,53 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         frac = float(np.mean([_fraction(r, task, k) for r in results])) if moe and k else math.nan
         return merged_facts([r.facts for r in results], baseline_mrr=mrr, fraction=frac)
 
-    def drops(task, method, k):
-        """(kit, random control, kit - control paired over the same prompts and seeds)."""
+    def drops(task, method, k, absolute=False):
+        """(kit, random control, kit - control paired over the same prompts and seeds), relative or absolute."""
         if not moe:
             return None, None, None
-        pairs = [_drop(r, task, method, k) for r in results]
+        pairs = [_drop(r, task, method, k, absolute) for r in results]
         kit, ctl = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
         return kit, ctl, paired(kit, ctl)
+
+    def size(task, k, note):
+        """A size row's (kit, random control, note): the relative drop the paper reports is decided; beside it, the
+        absolute MRR drop and its paired difference to random (bounded where a ratio to a low baseline is not)."""
+        kit, ctl, _ = drops(task, "reroute", k)
+        a, _, d = drops(task, "reroute", k, absolute=True)
+        return kit, ctl, "; ".join(x for x in (note, _absolute_note(a, d)) if x)
 
     def ran(k):
         return "" if not moe or (k in set(results[0].ranks.k)) else f"top-{k} was not blocked in this run"
 
     for task in _tasks(results):
         for k in (1, 5, 10):
-            kit, ctl, diff = drops(task, "reroute", k)
-            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, ran(k), label(names),
-                                      diff))
+            kit, ctl, note = size(task, k, ran(k))
+            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, note, label(names)))
         share_k = min(r.paper_ks.get(pm, 0) for r in results) if moe else 0
-        kit, ctl, diff = drops(task, "reroute", share_k) if share_k else (None, None, None)
+        kit, ctl, note = size(task, share_k, f"k = {share_k} of {f0['pairs']} pairs") if share_k else \
+            (None, None, f"k = {share_k} of {f0['pairs']} pairs")
         rows.append(claims.decide(claims.table5_id(pm, task, "share"), facts_for(task, share_k) | {"share_k": share_k},
-                                  kit, ctl, f"k = {share_k} of {f0['pairs']} pairs", label(names), diff))
+                                  kit, ctl, note, label(names)))
         for method in ("reroute", "mask", "zero"):
-            kit, ctl, diff = drops(task, method, 10)
+            kit, ctl, diff = drops(task, method, 10, absolute=True)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
                                       ran(10), label(names), diff))
     rows.append(_core_vs_tolerant(results, names, moe))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"
-        kit, ctl, diff = drops(task, "reroute", 10) if task in _tasks(results) else (None, None, None)
+        note = "on country_capital, the task the abstract's number belongs to"
+        kit, ctl, note = size(task, 10, note) if task in _tasks(results) else (None, None, note)
         f = facts_for(task, 10) if task in _tasks(results) else merged_facts([r.facts for r in results])
-        rows.append(claims.decide(cid, f, kit, ctl, "on country_capital, the task the abstract's number belongs to",
-                                  label(names), diff))
+        rows.append(claims.decide(cid, f, kit, ctl, note, label(names)))
     return rows
+
+
+def _absolute_note(drop: v.Estimate | None, diff: v.Estimate | None) -> str:
+    """'absolute MRR drop 0.2 [0.1, 0.3]; minus random 0.19 [0.1, 0.28]' (empty when undefined)."""
+    def fmt(e):
+        return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]" if e is not None and e.finite and e.has_interval else ""
+    parts = [f"absolute MRR drop {fmt(drop)}" if fmt(drop) else "", f"minus random {fmt(diff)}" if fmt(diff) else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _family_drop(b: Blocking, family_tasks: Sequence[str]) -> Callable[[dict[str, np.ndarray]], float]:
