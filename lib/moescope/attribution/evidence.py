@@ -570,5 +570,5 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
     ranks = sc["rank"].to_numpy()
     return [claims.decide(f"T1.{paper_model}.hit@10", facts, combine([boot(lambda i: (ranks[i] <= 10).mean(-1),
                                                                             len(ranks))]), model=facts["model"]),
-            claims.decide(f"T1.{paper_model}.mrr", facts, combine([boot(lambda i: (1 / ranks[i]).mean(-1), len(ranks))]),
-                          model=facts["model"])]
+            claims.decide(f"T1.{paper_model}.mrr", facts, combine([boot(lambda i: (1 / ranks[i]).mean(-1),
+                                                                        len(ranks))]), model=facts["model"])]
