@@ -16,6 +16,11 @@ Contracts:
 - :func:`hierarchical` ``(estimates)``: mean over seeds; interval from resampling seeds with replacement, then one
   prompt resample within each drawn seed (each seed's own bootstrap draws).
 - :func:`stratified` ``(statistic, sizes)``: the bootstrap resampling items within each stratum.
+- :func:`over_strata` ``(estimates)``: the mean over strata that are not replicates (e.g. depths), each stratum's
+  estimate resampled on its own (its draws averaged with the others'), so the interval is the strata's own
+  sampling error, not a spread between strata.
+- :func:`one_model` ``(estimate)``: marks an estimate that rests on one trained model (a bootstrap over the prompts
+  of one organism); :func:`one_model_note` says so in the row (:func:`moescope.verdicts.decide` adds it).
 """
 from __future__ import annotations
 
@@ -178,3 +183,44 @@ def stratified(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], size
     value = float(np.asarray(statistic({t: np.arange(n) for t, n in sizes.items()})))
     draws = np.asarray(statistic({t: rng.integers(0, n, (reps, n)) for t, n in sizes.items()}), dtype=float)
     return from_draws(value, draws, int(sum(sizes.values())), "prompts", level)
+
+
+def over_strata(estimates: Sequence[Estimate], over: str = "strata", level: float = LEVEL) -> Estimate:
+    """The mean of ``estimates`` from strata that are not replicates of each other (e.g. the depths of a run): the
+    value is the mean of their values; the interval is the percentile interval of the mean of their draws (each
+    stratum's own resamples, which must be independent: give each stratum's bootstrap its own seed). Estimates
+    without draws fall back to the mean of their bounds (the strata taken as perfectly correlated)."""
+    values = np.array([e.value for e in estimates], dtype=float)
+    n = int(sum(e.n for e in estimates))
+    if not len(values) or not np.isfinite(values).all():
+        return Estimate(math.nan, n=n, over=over)
+    value = float(values.mean())
+    sizes = {len(e.draws) for e in estimates}
+    if len(sizes) == 1 and 0 not in sizes:
+        return from_draws(value, np.mean([e.draws for e in estimates], axis=0), n, over, level)
+    lows, highs = zip(*(e.bounds() for e in estimates))
+    return Estimate(value, float(np.mean(lows)), float(np.mean(highs)), n, over)
+
+
+#: how :func:`one_model` marks an estimate's ``over``
+ONE_MODEL = ", one model"
+
+
+def one_model(estimate: Estimate | None) -> Estimate | None:
+    """``estimate`` marked as resting on one trained model (its interval is over the prompts or sequences of one
+    organism; a claim about trained models would need several seeds). Idempotent; None stays None."""
+    if estimate is None or on_one_model(estimate):
+        return estimate
+    return estimate.relabel(f"{estimate.over or 'prompts'}{ONE_MODEL}")
+
+
+def on_one_model(estimate: Estimate | None) -> bool:
+    """True for an estimate marked by :func:`one_model`."""
+    return estimate is not None and estimate.over.endswith(ONE_MODEL)
+
+
+def one_model_note(estimate: Estimate) -> str:
+    """The row's note for an estimate on one model: 'one model: the interval is over prompts, not over trained
+    models' (the unit as the estimate names it)."""
+    unit = estimate.over.removesuffix(ONE_MODEL) or "prompts"
+    return f"one model: the interval is over {unit}, not over trained models"

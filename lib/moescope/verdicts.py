@@ -21,7 +21,9 @@ testable whatever the result. Gates on a baseline (``null_only``: a ceiling, a f
 baseline method) may turn only an inconclusive result into not testable: a ceiling can hide an effect, it cannot
 fake one, so a detected effect or a clear miss stands (the note names the gate it was decided despite).
 
-No free text decides a verdict. Intervals come from :mod:`moescope.statistics`.
+No free text decides a verdict. Intervals come from :mod:`moescope.statistics`; an estimate that rests on one
+trained model (:func:`moescope.statistics.one_model`) gets the note "one model: the interval is over prompts, not
+over trained models" in its row, for both papers alike.
 """
 from __future__ import annotations
 
@@ -283,6 +285,8 @@ def decide(claim: Claim, facts: Mapping[str, Any], kit: Estimate | None, control
         if claim.rule.uses_control and diff is not None:
             notes.append("kit - control " + ("paired over the same " + diff.over if "unpaired" not in diff.over
                                              else "unpaired (the two intervals' extremes)"))
+    if kit is not None and kit.finite and statistics.on_one_model(kit):
+        notes.append(statistics.one_model_note(kit))
     k, c, d = kit or Estimate(math.nan), control or Estimate(math.nan), diff or Estimate(math.nan)
     return {"paper": claim.paper, "where": claim.where, "claim": claim.id, "model": model, "statement": claim.statement,
             "paper_value": claim.paper_value, "statistic": claim.statistic, "kit": k.value, "kit_low": k.low,

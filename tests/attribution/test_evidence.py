@@ -6,11 +6,12 @@ import pytest
 from scipy import stats
 
 from moescope import verdicts as v
-from moescope.attribution import ablation, coordination, evidence, paper, replicas
+from moescope.attribution import ablation, claims, coordination, evidence, paper, replicas
 from moescope.attribution.blocking import Blocking
 from moescope.attribution.coordination import Coordination
 from moescope.attribution.depth import DepthProfile
 from moescope.attribution.efficiency import Efficiency, table1
+from moescope.kit import report
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +52,7 @@ def test_eta_squared_and_ratio_statistics():
 
 def test_combine_pools_seeds_with_a_t_interval():
     one = v.Estimate(1.0, 0.9, 1.1, 20, "prompts")
-    assert evidence.combine([one]) is one
+    assert evidence.combine([one]) == v.Estimate(1.0, 0.9, 1.1, 20, "prompts, one model")  # flagged: one model
     three = evidence.combine([v.Estimate(1.0), v.Estimate(2.0), v.Estimate(3.0)])
     assert (three.value, three.over, three.n) == (2.0, "seeds", 3) and three.low < 1.0
     assert np.isnan(evidence.combine([v.Estimate(1.0), v.Estimate(float("nan"))]).value)
@@ -84,6 +85,51 @@ def test_efficiency_advantage_on_a_depth_matched_pair():
     assert rows["T1.advantage.qwen51"]["verdict"] == "not reproduced"
     same = by_claim(evidence.table1_rows(efficiency_of(1.0)))
     assert same["T1.advantage.direction"]["verdict"] == same["T1.advantage.acl31"]["verdict"] == "not reproduced"
+
+
+def efficiency_by_depth(ratios: dict[int, float], seeds: int = 3, n: int = 100) -> Efficiency:
+    """One-to-one MoE/dense pairs at each depth (``ratios``: depth -> the MoE's FFN gain / the dense one's), ``seeds``
+    pairs per depth, each seed with its own noise."""
+    frames, facts, groups = [], {}, []
+    for depth, ratio in ratios.items():
+        for s in range(seeds):
+            dense = RNG.normal(2.0, 0.05, n)
+            moe, den = f"moe-l{depth}-s{s}", f"dense-l{depth}-s{s}"
+            for m, g in ((moe, dense * ratio * RNG.uniform(0.97, 1.03)), (den, dense)):
+                frames.append(pd.DataFrame({"model": m, "sample_id": range(n), "task": "t", "family": "f", "rank": 2,
+                                            "ffn_gain": g * depth, "attn_gain": 0.0, "peak_position": 1.0}))
+                facts[m] = {"model": m, "moe": m == moe, "layers": depth, "checkpoint": None, "mirrors": None}
+            groups.append(replicas.Group(f"{depth} layers, seed {s}", depth, (moe,), (den,), (moe, den)))
+    samples = pd.concat(frames, ignore_index=True)
+    return Efficiency(samples, table1(samples, facts), facts, groups)
+
+
+def test_efficiency_advantage_per_depth_and_pooled_is_one_claim():
+    """Depths are strata, not replicates: a row per depth (over its seeds) and the pooled row, one claim each."""
+    rows = evidence.advantage_rows(efficiency_by_depth({8: 1.31, 16: 0.8}))
+    direction = [r for r in rows if r["claim"] == "T1.advantage.direction"]
+    assert [r["model"].split(":")[0] for r in direction] == ["8 layers", "16 layers", "pooled over depths"]
+    eight, sixteen, pooled = direction
+    assert eight["verdict"] == "reproduced" and sixteen["verdict"] == "not reproduced"
+    assert (eight["over"], eight["n"]) == ("seeds x prompts (8-layer pairs)", 3)
+    assert eight["model"] == "8 layers: moe-l8-s0 (+2 seeds) vs dense-l8-s0 (+2 seeds)"
+    assert pooled["kit"] == pytest.approx((eight["kit"] + sixteen["kit"]) / 2)
+    assert pooled["over"] == "depths (8, 16 layers) x seeds x prompts" and pooled["verdict"] == "reproduced"
+    # the pooled interval is the strata's own error: narrower than the t interval over the six pairs' values
+    six = v.over_seeds([0.31] * 3 + [-0.2] * 3)
+    assert pooled["kit_high"] - pooled["kit_low"] < six.high - six.low
+    tally = report.counts(v.table(rows).assign(role="claim"))
+    assert tally.claims.sum() == len(claims.ADVANTAGE) + 1 and tally.rows.sum() == len(rows) == 3 * tally.claims.sum()
+    one = by_claim(evidence.advantage_rows(efficiency_by_depth({8: 1.31}, seeds=1)))["T1.advantage.direction"]
+    assert one["model"] == "moe-l8-s0, dense-l8-s0" and "one model: the interval is over prompts" in one["note"]
+
+
+def test_rows_on_one_trained_model_say_so():
+    rows = [*evidence.table2_rows([ablation_of(PAPERLIKE)]), *evidence.coordination_rows([coordination_of(0.68, 0.9)])]
+    flagged = [r for r in rows if "one model: the interval is over prompts, not over trained models" in r["note"]]
+    assert len(flagged) == sum(np.isfinite(r["kit_low"]) for r in rows) > 5
+    seeds = evidence.table2_rows([ablation_of(PAPERLIKE)] * 3)
+    assert not any("one model" in r["note"] for r in seeds)
 
 
 def test_efficiency_without_depth_matched_models_is_not_testable():
@@ -181,7 +227,8 @@ def test_table5_attributed_against_random_and_the_76_readings():
     assert rows["T5.olmoe76.falls_to"]["verdict"] == "reproduced"
     assert rows["T5.olmoe76.drop_of"]["verdict"] == "not reproduced"
     assert "T5.Qwen1.5-MoE.country_capital.top10" not in rows  # compared with the paper model of its architecture
-    assert rows["T5.OLMoE.country_capital.share"]["note"] == "k = 10 of 1000 pairs"
+    share = rows["T5.OLMoE.country_capital.share"]
+    assert share["note"].startswith("k = 10 of 1000 pairs; absolute MRR drop 0.1") and "one model: " in share["note"]
     null = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25)]))
     assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "inconclusive"  # no effect either way
     worse = by_claim(evidence.table5_model_rows([blocking_of(0.0, 0.25)]))
@@ -189,6 +236,28 @@ def test_table5_attributed_against_random_and_the_76_readings():
     row = rows["T5.attributed_vs_random.reroute.country_capital"]  # decided on the paired difference
     assert row["diff"] == pytest.approx(row["kit"] - row["control_value"]) and "paired" in row["note"]
     assert row["diff_low"] >= row["kit_low"] - row["control_high"]
+
+
+def test_table5_at_a_low_baseline_controls_are_absolute_mrr_differences():
+    """A low baseline (MRR 0.05) that random blocking raises to 0.3: the ratio drops reach -5 and their difference 6,
+    past anything possible; the control is decided on MRR differences, bounded by [-1, 1]."""
+    b = blocking_of(0.25, 0.0, n=200)
+    r = b.ranks
+    orig = r.selection == "original"
+    r.loc[orig, "rr"] = np.where(r.loc[orig, "sample_id"] % 20 == 0, 1.0, 0.0)  # MRR 0.05
+    r.loc[r.selection == "attributed", "rr"] = 0.0
+    r.loc[r.selection == "random", "rr"] = 0.3
+    b.facts["task_mrr"] = {t: 0.05 for t in b.facts["task_mrr"]}
+    rows = by_claim(evidence.table5_model_rows([b]))
+    ctl = rows["T5.attributed_vs_random.reroute.country_capital"]
+    assert ctl["kit"] == pytest.approx(0.05) and ctl["control_value"] == pytest.approx(-0.25)
+    assert ctl["diff"] == pytest.approx(0.3) and -1 <= ctl["diff_low"] <= ctl["diff_high"] <= 1
+    assert ctl["verdict"] == "reproduced" and "absolute (same prompts)" in ctl["statistic"]
+    size = rows["T5.OLMoE.country_capital.top10"]
+    assert size["kit"] == pytest.approx(1.0) and size["control_value"] == pytest.approx(-5.0)  # relative: the paper's
+    assert np.isnan(size["diff"]) and "absolute MRR drop 0.05 [" in size["note"]
+    assert "minus random 0.3 [" in size["note"]
+    assert "decided on this relative drop" in size["statistic"]
 
 
 def test_table5_contrast_needs_both_kinds_of_moe():
@@ -248,7 +317,7 @@ def test_batched_statistics_give_intervals_around_their_values():
             *evidence.table5_model_rows([blocking_of(0.25, 0.1, n=200)])]
     checked = 0
     for r in rows:
-        if np.isfinite(r["kit_low"]) and r["over"] == "prompts":
+        if np.isfinite(r["kit_low"]) and r["over"].startswith("prompts"):
             assert r["kit_low"] - 1e-9 <= r["kit"] <= r["kit_high"] + 1e-9, r["claim"]
             checked += 1
     assert checked > 40

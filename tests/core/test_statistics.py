@@ -75,3 +75,24 @@ def test_stratified_resamples_within_strata():
     a, b = np.ones(10), np.zeros(30)
     est = st.stratified(lambda idx: a[idx["a"]].mean(-1) - b[idx["b"]].mean(-1), {"a": 10, "b": 30})
     assert (est.value, est.low, est.high, est.n) == (1.0, 1.0, 1.0, 40)
+
+
+def test_over_strata_averages_each_strata_own_resamples():
+    rng = np.random.default_rng(1)
+    a = st.mean_of(rng.normal(1.0, 0.1, 50))
+    b = st.bootstrap(lambda idx: np.asarray(rng.normal(3.0, 0.1, 50))[idx].mean(-1), 50, seed=1, batched=True)
+    pooled = st.over_strata([a, b], "depths")
+    assert pooled.value == pytest.approx(2.0, abs=0.05) and pooled.over == "depths" and pooled.n == 100
+    assert pooled.low < pooled.value < pooled.high and pooled.high - pooled.low < 0.5  # not the 1-vs-3 spread
+    assert (pooled.low, pooled.high) == pytest.approx(st.percentiles((a.draws + b.draws) / 2))
+    plain = st.over_strata([st.Estimate(1.0, 0.5, 1.5), st.Estimate(3.0, 2.0, 4.0)])
+    assert (plain.value, plain.low, plain.high) == (2.0, 1.25, 2.75)
+    assert math.isnan(st.over_strata([a, st.Estimate(math.nan)]).value)
+
+
+def test_one_model_is_marked_once_and_noted():
+    e = st.Estimate(0.5, 0.4, 0.6, 30, "sequences")
+    one = st.one_model(e)
+    assert one.over == "sequences, one model" and st.one_model(one) == one and st.on_one_model(one)
+    assert not st.on_one_model(e) and st.one_model(None) is None
+    assert st.one_model_note(one) == "one model: the interval is over sequences, not over trained models"

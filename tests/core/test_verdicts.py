@@ -167,3 +167,12 @@ def test_preconditions_are_checked_against_the_papers_fact_type():
     with pytest.raises(ValueError, match="t: layrs"):
         v.check_facts([typo], Facts)
     assert v.minimum("layers", 8, "depth").gate().keys == ("layers",)
+
+
+def test_a_row_on_one_model_says_so():
+    from moescope import statistics
+    claim = v.Claim("x", "p", "w", "s", "1", "stat", v.above(0.0))
+    row = v.decide(claim, {}, statistics.one_model(v.Estimate(0.5, 0.4, 0.6, 20, "prompts")))
+    assert row["verdict"] == "reproduced" and row["note"] == ("one model: the interval is over prompts, not over "
+                                                              "trained models")
+    assert v.decide(claim, {}, v.Estimate(0.5, 0.4, 0.6, 3, "seeds x prompts"))["note"] == ""

@@ -50,11 +50,15 @@ def mean_of(values: np.ndarray) -> v.Estimate:
 
 
 def combine(estimates: Sequence[v.Estimate | None]) -> v.Estimate | None:
-    """One seed: its estimate. Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
+    """One seed: its estimate, marked as resting on one model (:func:`moescope.statistics.one_model`, when it has an
+    interval). Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
     each seed's prompt resamples; a t interval over the seeds' values for estimates that are not bootstraps; NaN
     if any is undefined). Two combinations of the same seeds resample the same seeds, so their draws pair."""
-    if len(estimates) == 1 or any(e is None for e in estimates):
-        return estimates[0] if len(estimates) == 1 else None
+    if len(estimates) == 1:
+        return statistics.one_model(estimates[0]) if estimates[0] is not None and estimates[0].has_interval \
+            else estimates[0]
+    if any(e is None for e in estimates):
+        return None
     return statistics.hierarchical(estimates, REPS, statistics.SEED)
 
 
@@ -86,6 +90,12 @@ def _mean(a: np.ndarray) -> float:
 def ratio_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> 1 - mean(after[idx]) / mean(before[idx]) (the same prompts in both)."""
     return lambda idx: 1 - _div(after[idx].mean(-1), before[idx].mean(-1))
+
+
+def absolute_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """idx -> mean(before[idx]) - mean(after[idx]): the MRR lost, in MRR units (bounded by the baseline MRR, so
+    its interval cannot run past what is possible at a low baseline, unlike a ratio to it)."""
+    return lambda idx: before[idx].mean(-1) - after[idx].mean(-1)
 
 
 def recovered(low: np.ndarray, high: np.ndarray, mid: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -141,26 +151,55 @@ def _group_note(eff: Efficiency) -> str:
     return f"depth-matched groups: {groups}" + (f"; not matched: {rest}" if rest else "")
 
 
+def _group_estimate(eff: Efficiency, group, reading: str, n: int, seed: int) -> v.Estimate:
+    """One depth-matched group's reading, bootstrap over its prompts (the MoE and dense models resampled on the same
+    prompts); ``seed``: the bootstrap's seed."""
+    return statistics.bootstrap(lambda idx: np.asarray(group_readings(eff, group, idx).get(reading, np.nan)), n,
+                                reps=REPS, seed=seed, batched=True)
+
+
 def advantage_rows(eff: Efficiency) -> list[Row]:
-    """The MoE-over-dense efficiency advantage, each reading, on the depth-matched groups only."""
-    facts = {"model": "all", "matched_groups": len(eff.groups),
-             "paired_groups": sum(g.pair is not None for g in eff.groups)}
+    """The MoE-over-dense efficiency advantage, each reading, on the depth-matched groups only: per depth (its seeds,
+    hierarchical bootstrap: seeds, then prompts) and, when the run has several depths, pooled over them. Depths are
+    strata, not replicates: the pooled row is the mean of the per-depth estimates with each depth resampled on its
+    own (:func:`moescope.statistics.over_strata`), so its interval does not count the spread between depths as
+    sampling error. Every row is the same claim under the same rule (the report tallies it once, over its rows);
+    with one depth the pooled row is that depth's row."""
     n = int(eff.samples.groupby("model").size().min()) if len(eff.samples) else 0
     readings = {"T1.advantage.direction": "mean MoE / mean dense"} | {k: r for k, (r, *_) in claims.ADVANTAGE.items()}
     rows = []
     for cid, reading in readings.items():
         groups = [g for g in eff.groups if g.pair is not None or "paired" not in reading]
-        if not groups:
+        depths = sorted({g.depth for g in groups})
+        by_depth = []
+        for i, depth in enumerate(depths):
+            at = [g for g in groups if g.depth == depth]
+            ests = [_group_estimate(eff, g, reading, n, statistics.SEED) for g in at]
+            est = (statistics.one_model(ests[0]) if len(ests) == 1 else
+                   statistics.hierarchical(ests, REPS, statistics.SEED + i))  # own seed: depths resampled apart
+            by_depth.append((depth, at, est))
+        if len(by_depth) > 1:
+            for depth, at, est in by_depth:
+                rows.append(_advantage_row(cid, [g for g in eff.groups if g.depth == depth],
+                                           est.relabel(f"{est.over} ({depth}-layer pairs)"),
+                                           f"{depth} layers: {label([g.moe[0] for g in at])} vs "
+                                           f"{label([g.dense[0] for g in at])}", eff))
+        if not by_depth:
             kit = None
-        elif len(groups) == 1:
-            kit = boot(lambda idx: np.asarray(group_readings(eff, groups[0], idx).get(reading, np.nan)), n)
+        elif len(by_depth) == 1:
+            kit = by_depth[0][2]
         else:
-            values = [group_readings(eff, g).get(reading, math.nan) for g in groups]
-            kit = v.over_seeds(values) if all(map(math.isfinite, values)) else v.Estimate(math.nan)
-            kit = v.Estimate(kit.value, kit.low, kit.high, kit.n, "depth-matched groups")
-        rows.append(claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff),
-                                  model=", ".join(eff.table.model)))
+            kit = statistics.over_strata([e for *_, e in by_depth], f"depths ({', '.join(map(str, depths))} layers) "
+                                         "x seeds x prompts")
+        rows.append(_advantage_row(cid, eff.groups, kit, ("pooled over depths: " if len(by_depth) > 1 else "")
+                                   + ", ".join(eff.table.model), eff))
     return rows
+
+
+def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: str, eff: Efficiency) -> Row:
+    """One advantage row over the depth-matched ``groups`` of its scope (one depth, or all); ``model`` names it."""
+    facts = {"model": "all", "matched_groups": len(groups), "paired_groups": sum(g.pair is not None for g in groups)}
+    return claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff), model=model)
 
 
 # ---------------------------------------------------------------------------------------------------- depth
@@ -245,14 +284,17 @@ def _rr(b: Blocking, task: str, selection: str, method: str = "reroute", k: int 
     return b.rr[(task, "original", "none", 0) if selection == "original" else (task, selection, method, k)]
 
 
-def _drop(b: Blocking, task: str, method: str, k: int) -> tuple[v.Estimate | None, v.Estimate | None]:
-    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run)."""
+def _drop(b: Blocking, task: str, method: str, k: int, absolute: bool = False
+          ) -> tuple[v.Estimate | None, v.Estimate | None]:
+    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run);
+    relative (1 - MRR_blocked / MRR), or ``absolute`` (MRR - MRR_blocked)."""
     if (task, "attributed", method, k) not in b.rr:
         return None, None
+    drop = absolute_drop if absolute else ratio_drop
     base = _rr(b, task, "original")[0]
     att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, "random", method, k)
-    ctl = lambda idx: np.mean([ratio_drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
-    return boot(ratio_drop(base, att), len(base)), boot(ctl, len(base))
+    ctl = lambda idx: np.mean([drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
+    return boot(drop(base, att), len(base)), boot(ctl, len(base))
 
 
 def _fraction(b: Blocking, task: str, k: int) -> float:
@@ -283,38 +325,53 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         frac = float(np.mean([_fraction(r, task, k) for r in results])) if moe and k else math.nan
         return merged_facts([r.facts for r in results], baseline_mrr=mrr, fraction=frac)
 
-    def drops(task, method, k):
-        """(kit, random control, kit - control paired over the same prompts and seeds)."""
+    def drops(task, method, k, absolute=False):
+        """(kit, random control, kit - control paired over the same prompts and seeds), relative or absolute."""
         if not moe:
             return None, None, None
-        pairs = [_drop(r, task, method, k) for r in results]
+        pairs = [_drop(r, task, method, k, absolute) for r in results]
         kit, ctl = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
         return kit, ctl, paired(kit, ctl)
+
+    def size(task, k, note):
+        """A size row's (kit, random control, note): the relative drop the paper reports is decided; beside it, the
+        absolute MRR drop and its paired difference to random (bounded where a ratio to a low baseline is not)."""
+        kit, ctl, _ = drops(task, "reroute", k)
+        a, _, d = drops(task, "reroute", k, absolute=True)
+        return kit, ctl, "; ".join(x for x in (note, _absolute_note(a, d)) if x)
 
     def ran(k):
         return "" if not moe or (k in set(results[0].ranks.k)) else f"top-{k} was not blocked in this run"
 
     for task in _tasks(results):
         for k in (1, 5, 10):
-            kit, ctl, diff = drops(task, "reroute", k)
-            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, ran(k), label(names),
-                                      diff))
+            kit, ctl, note = size(task, k, ran(k))
+            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, note, label(names)))
         share_k = min(r.paper_ks.get(pm, 0) for r in results) if moe else 0
-        kit, ctl, diff = drops(task, "reroute", share_k) if share_k else (None, None, None)
+        kit, ctl, note = size(task, share_k, f"k = {share_k} of {f0['pairs']} pairs") if share_k else \
+            (None, None, f"k = {share_k} of {f0['pairs']} pairs")
         rows.append(claims.decide(claims.table5_id(pm, task, "share"), facts_for(task, share_k) | {"share_k": share_k},
-                                  kit, ctl, f"k = {share_k} of {f0['pairs']} pairs", label(names), diff))
+                                  kit, ctl, note, label(names)))
         for method in ("reroute", "mask", "zero"):
-            kit, ctl, diff = drops(task, method, 10)
+            kit, ctl, diff = drops(task, method, 10, absolute=True)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
                                       ran(10), label(names), diff))
     rows.append(_core_vs_tolerant(results, names, moe))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"
-        kit, ctl, diff = drops(task, "reroute", 10) if task in _tasks(results) else (None, None, None)
+        note = "on country_capital, the task the abstract's number belongs to"
+        kit, ctl, note = size(task, 10, note) if task in _tasks(results) else (None, None, note)
         f = facts_for(task, 10) if task in _tasks(results) else merged_facts([r.facts for r in results])
-        rows.append(claims.decide(cid, f, kit, ctl, "on country_capital, the task the abstract's number belongs to",
-                                  label(names), diff))
+        rows.append(claims.decide(cid, f, kit, ctl, note, label(names)))
     return rows
+
+
+def _absolute_note(drop: v.Estimate | None, diff: v.Estimate | None) -> str:
+    """'absolute MRR drop 0.2 [0.1, 0.3]; minus random 0.19 [0.1, 0.28]' (empty when undefined)."""
+    def fmt(e):
+        return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]" if e is not None and e.finite and e.has_interval else ""
+    parts = [f"absolute MRR drop {fmt(drop)}" if fmt(drop) else "", f"minus random {fmt(diff)}" if fmt(diff) else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _family_drop(b: Blocking, family_tasks: Sequence[str]) -> Callable[[dict[str, np.ndarray]], float]:
@@ -511,7 +568,7 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
     if paper_model not in paper.TABLE1.model.values:
         return []
     ranks = sc["rank"].to_numpy()
-    return [claims.decide(f"T1.{paper_model}.hit@10", facts, boot(lambda i: (ranks[i] <= 10).mean(-1), len(ranks)),
-                          model=facts["model"]),
-            claims.decide(f"T1.{paper_model}.mrr", facts, boot(lambda i: (1 / ranks[i]).mean(-1), len(ranks)),
-                          model=facts["model"])]
+    return [claims.decide(f"T1.{paper_model}.hit@10", facts, combine([boot(lambda i: (ranks[i] <= 10).mean(-1),
+                                                                            len(ranks))]), model=facts["model"]),
+            claims.decide(f"T1.{paper_model}.mrr", facts, combine([boot(lambda i: (1 / ranks[i]).mean(-1),
+                                                                        len(ranks))]), model=facts["model"])]

@@ -220,8 +220,8 @@ def premise_rows(prem: findings.Premise, model: Mapping[str, Any]) -> list[dict]
          "sequences": min(len(t) for t in prem.token.values())}
     share, uniform = findings.experts_needed_share(prem)
     overlap, shuffled = findings.domain_overlap(prem)
-    return [_row("esft_few_experts", f, share, uniform, "interval: bootstrap over sequences"),
-            _row("esft_distinct_experts", f, overlap, shuffled, "interval: bootstrap over sequences")]
+    return [_row("esft_few_experts", f, share, uniform),  # the row's note: one model, interval over sequences
+            _row("esft_distinct_experts", f, overlap, shuffled)]
 
 
 def table_rows(grid: Grid, model: Mapping[str, Any], share: float = 0.9) -> list[dict]:

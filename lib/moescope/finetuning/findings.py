@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .. import arch
-from ..statistics import Estimate, percentiles
+from ..statistics import Estimate, one_model, percentiles
 from ..verdicts import over_seeds
 from . import esft
 from .base import Base
@@ -79,7 +79,7 @@ def experts_needed_share(prem: Premise, p: float = TOKEN_P, reps: int = 200, see
     draws = [share({d: t[rng.integers(0, len(t), len(t))] for d, t in prem.token.items()}) for _ in range(reps)]
     null = [share({d: _uniform_routing(t, rng) for d, t in prem.token.items()}) for _ in range(reps)]
     n = sum(len(t) for t in prem.token.values())
-    kit = Estimate(value, *percentiles(draws), n, "sequences")
+    kit = one_model(Estimate(value, *percentiles(draws), n, "sequences"))  # the base model's routing
     control = Estimate(float(np.mean(null)), *percentiles(null), reps, "random re-routings")
     return kit, control
 
@@ -108,7 +108,7 @@ def domain_overlap(prem: Premise, p: float = TOKEN_P, reps: int = 200, seed: int
         order = rng.permutation(len(pooled))
         cuts = np.cumsum([0] + sizes)
         null.append(_mean_overlap({d: pooled[order[cuts[i]:cuts[i + 1]]] for i, d in enumerate(names)}, p))
-    kit = Estimate(value, *percentiles(draws), len(pooled), "sequences")
+    kit = one_model(Estimate(value, *percentiles(draws), len(pooled), "sequences"))  # the base model's routing
     control = Estimate(float(np.mean(null)), *percentiles(null), reps, "label shuffles")
     return kit, control
 
