@@ -16,7 +16,7 @@ export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: reproduce test setup zoo desmoe-grid test-gpu benchmark-gpu test-realshape test-retrain
+.PHONY: reproduce test setup zoo desmoe-grid test-gpu benchmark-gpu test-realshape test-retrain test-browser
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml Makefile
@@ -52,3 +52,9 @@ test-retrain: setup  ## CPU: retrain the DES-MoE base, a gen-1 and a gen-2 organ
 
 test-realshape: setup  ## CPU: every published config at real width, 1-2 layers, fp32 and bf16 (hours; up to ~10 GB RAM)
 	$(PY) -m pytest -m realshape tests/attribution/test_realshape.py
+
+# JupyterLab (notebooks 00 and 59) and report.html in headless Chromium; Debian's chromium package is installed
+# when missing (playwright drives it; no browser download). Writes only under runs/browser/.
+test-browser: setup  ## the notebooks and the report in a real browser (screenshots in runs/browser/)
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m browser tests/browser -p no:cacheprovider

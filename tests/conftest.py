@@ -68,10 +68,11 @@ def any_family(request):
     return request.param
 
 
-#: markers of tests that run only when asked for by name (``pytest -m realshape``, ``pytest -m retrain``)
+#: markers of tests that run only when asked for by name (``pytest -m realshape``, ``-m retrain``, ``-m browser``)
 OPT_IN = {
     "realshape": "random-weight models at the real width of each published config (minutes and GBs of RAM each)",
     "retrain": "full-length retraining of a shipped organism, compared bit for bit (a minute or more each)",
+    "browser": "JupyterLab and the report in headless Chromium (make test-browser installs Debian's chromium)",
 }
 
 
