@@ -121,3 +121,14 @@ def test_every_saved_figure_is_recorded_for_the_report(path):
     listed = re.search(r'"figures": \[([^\]]*)\]', source)
     recorded = set(re.findall(r'"(\w+)"', listed.group(1))) if listed else set()
     assert saved and saved <= recorded, f"figures saved but not recorded: {sorted(saved - recorded)}"
+
+
+def test_the_report_says_which_numerics_produced_the_rows(run_dir):
+    """Each metrics file records its numerics; the report says one choice for all, or which notebooks used which."""
+    assert "Numerics: not recorded for every notebook" in report.write(run_dir)[0].read_text()
+    for name, numerics in (("40_blocking", "pinned"), ("62_forgetting", "native")):
+        path = run_dir / "default" / f"{name}.metrics.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"numerics": numerics}))
+    md, page = (p.read_text() for p in report.write(run_dir))
+    assert "Numerics: pinned for 40_blocking; native for 62_forgetting" in md and "native for 62_forgetting" in page
+    assert set(pd.read_csv(run_dir / "claims.csv").numerics) == {"pinned", "native"}

@@ -49,16 +49,27 @@ def metrics_files(run_dir: Path) -> list[Path]:
 
 
 def collect(run_dir: Path) -> pd.DataFrame:
-    """Every claim row of the run, with the notebook and the model (as given to the run) that recorded it."""
+    """Every claim row of the run, with the notebook, the model (as given to the run) and the numerics (pinned or
+    native, as the notebook recorded them) that produced it."""
     frames = []
     for f in metrics_files(run_dir):
-        rows = json.loads(f.read_text()).get("claims") or []
-        if rows:
-            frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
-            frames.append(frame.assign(notebook=f.name.removesuffix(".metrics.json"), folder=folder_label(f.parent)))
+        doc = json.loads(f.read_text())
+        if doc.get("claims"):
+            frame = pd.DataFrame(doc["claims"]).reindex(columns=COLUMNS)
+            frames.append(frame.assign(notebook=f.name.removesuffix(".metrics.json"), folder=folder_label(f.parent),
+                                       numerics=doc.get("numerics", "not recorded")))
     if not frames:
-        return pd.DataFrame(columns=[*COLUMNS, "notebook", "folder"])
+        return pd.DataFrame(columns=[*COLUMNS, "notebook", "folder", "numerics"])
     return pd.concat(frames, ignore_index=True)
+
+
+def numerics_line(rows: pd.DataFrame) -> str:
+    """Which numerics produced the run's rows: one choice for all, or each choice with its notebooks."""
+    used = rows.groupby("numerics", sort=False).notebook.unique() if len(rows) else pd.Series(dtype=object)
+    if len(used) == 1:
+        return f"Numerics: {used.index[0]} for every notebook (`moescope numerics` explains the choice)."
+    return "Numerics: " + "; ".join(f"{k} for {', '.join(v)}" for k, v in used.items()) + \
+        " (`moescope numerics` explains the choice)."
 
 
 def missing_claims(run_dir: Path) -> list[str]:
@@ -169,7 +180,7 @@ def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.Da
     lines = [f"# moescope: paper vs kit ({run})", "",
              "Every kit value is computed by the executed notebook that recorded it; paper values come from the "
              "papers' tables (`moescope.attribution.paper`, `moescope.finetuning`); rules are fixed in advance.",
-             "", OUTCOME_TEXT, ""]
+             "", OUTCOME_TEXT, "", numerics_line(rows), ""]
     lines += _count_lines(rows) + [""]
     if missing:
         lines += ["**Notebooks that recorded no claim rows:** " + ", ".join(f"`{m}`" for m in missing), ""]
@@ -216,7 +227,8 @@ def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: d
     c = counts(rows)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>moescope: {html.escape(run)}</title>"
              f"<style>{CSS}</style></head><body><h1>moescope: paper vs kit ({html.escape(run)})</h1>",
-             c.to_html(index=False), f"<p>{html.escape(OUTCOME_TEXT)}</p>"]
+             c.to_html(index=False), f"<p>{html.escape(OUTCOME_TEXT)}</p>",
+             f"<p>{html.escape(numerics_line(rows))}</p>"]
     if missing:
         parts.append("<p><b>Notebooks that recorded no claim rows:</b> " + html.escape(", ".join(missing)) + "</p>")
     for paper_name, g in rows.groupby("paper", sort=False):
