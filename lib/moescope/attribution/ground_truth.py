@@ -163,32 +163,35 @@ def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
 #: What the checks' preconditions read (one definition, checked against every precondition at import)
 Facts = TypedDict("Facts", {"planted": bool, "baseline_mrr": float, "planted_experts": int}, total=False)
 
+#: The precondition of every ground-truth check (here and in :mod:`.methods`): the model has a planted answer
+PLANTED = verdicts.flag("planted", "a planted ground truth (card 'plant')")
+
 CLAIMS = {
     "precision": verdicts.Claim(
         "planted: attribution ranks the plant first", PAPER, "attribution.ground_truth",
         "LPI expert attribution ranks a relation's planted experts above every other (layer, expert) pair",
         "ground truth", "precision@|planted| of the expert ranking (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),), role="self-check"),
+        (PLANTED,), role="self-check"),
     "blocking": verdicts.Claim(
         "planted: blocking the plant hurts its relation", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts lowers its MRR more than blocking as many random experts of the same "
         "layers", "ground truth", "MRR drop of the relation (bootstrap over prompts)", verdicts.exceeds_control(0.0),
         f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws)",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
+        (PLANTED,
          verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR").gate()), role="self-check"),
     "specific": verdicts.Claim(
         "planted: blocking the plant spares unplanted relations", PAPER, "attribution.ground_truth",
         "blocking a relation's planted experts leaves the unplanted relations' MRR nearly unchanged",
         "ground truth", "mean MRR drop over the unplanted relations' prompts (bootstrap over prompts)",
-        verdicts.at_most(0.05), "", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),),
+        verdicts.at_most(0.05), "", (PLANTED,),
         role="self-check"),
     "redundant": verdicts.Claim(
         "planted: a redundant plant survives one expert", PAPER, "attribution.ground_truth",
         "each expert of a redundant plant carries the relation alone: blocking one costs less than blocking all",
         "ground truth", "MRR drop when blocking all planted experts (bootstrap over prompts)",
         verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, spread over them)",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),
+        (PLANTED,
          verdicts.minimum("planted_experts", 2, "planted experts of the relation")), role="self-check"),
 }
 

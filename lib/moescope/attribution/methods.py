@@ -48,7 +48,7 @@ from ..models import LoadedModel
 from ..prompts import context_length, encode
 from ..organisms import zoo
 from . import blocking, ground_truth, summaries, tasks
-from .ground_truth import Plant, planted_pairs
+from .ground_truth import PLANTED, Plant, planted_pairs
 from .lpi import relation_candidates
 
 METHODS = ("lpi", "lpi_local", "lpi_contrastive", "gate_frequency", "gate_x_norm", "grad_x_act",
@@ -360,25 +360,25 @@ CLAIMS = {
         "the total effect of removing each expert at the last position ranks the relation's planted experts first",
         "ground truth", "precision@|planted| of the total-effect ranking, all layers (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / pairs",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),), role="self-check"),
+        (PLANTED,), role="self-check"),
     "lpi": verdicts.Claim(
         "planted: paper LPI ranks the plant first", PAPER, "attribution.methods",
         "LPI under the paper's lens ranks the relation's planted experts first", "ground truth",
         "precision@|planted| of the LPI ranking, all layers (bootstrap over prompts)", verdicts.at_least(0.5),
-        "random ranking: |planted| / pairs", (verdicts.flag("planted", "a planted ground truth (card 'plant')"),),
+        "random ranking: |planted| / pairs", (PLANTED,),
         role="self-check"),
     "lpi_without_layer0": verdicts.Claim(
         "planted: paper LPI ranks the plant first with layer 0 set apart", PAPER, "attribution.methods",
         "LPI under the paper's lens ranks the planted experts first among the pairs of layers 1..L-1",
         "ground truth", "precision@|planted| of the LPI ranking without layer 0 (bootstrap over prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / pairs of layers 1..L-1",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),), role="self-check"),
+        (PLANTED,), role="self-check"),
     "lpi_faithful": verdicts.Claim(
         "planted: blocking paper LPI's top experts hurts more than random", PAPER, "attribution.methods",
         "blocking the top-k LPI pairs (k = 1..K) lowers the relation's MRR more than blocking k random pairs",
         "ground truth", "faithfulness area of the LPI ranking, all layers (bootstrap over prompts)",
         verdicts.exceeds_control(0.0), "k random pairs (draws: mean, 2.5-97.5% range)",
-        (verdicts.flag("planted", "a planted ground truth (card 'plant')"),), role="self-check"),
+        (PLANTED,), role="self-check"),
 }
 
 

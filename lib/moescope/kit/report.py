@@ -65,7 +65,9 @@ def collect(run_dir: Path) -> pd.DataFrame:
 
 def numerics_line(rows: pd.DataFrame) -> str:
     """Which numerics produced the run's rows: one choice for all, or each choice with its notebooks."""
-    used = rows.groupby("numerics", sort=False).notebook.unique() if len(rows) else pd.Series(dtype=object)
+    if not len(rows):
+        return "Numerics: no claim rows were recorded."
+    used = rows.groupby("numerics", sort=False).notebook.unique()
     if len(used) == 1:
         return f"Numerics: {used.index[0]} for every notebook (`moescope numerics` explains the choice)."
     return "Numerics: " + "; ".join(f"{k} for {', '.join(v)}" for k, v in used.items()) + \

@@ -157,12 +157,11 @@ def model_folder(model: str) -> str:
     not collide; a hub id ``org/name`` becomes ``org--name`` (the hub cache's convention); an organism name stays
     as it is. Characters other than letters, digits and ``._-`` become ``_``.
     """
-    path = Path(model).expanduser()
-    parts = Path(model).parts
-    if path.exists() or path.is_absolute() or any(p in (".", "..") for p in parts) or model.startswith("~"):
-        resolved = str(path.resolve())
-        name = _SAFE.sub("_", path.resolve().name) or "root"
-        return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+    path, parts = Path(model).expanduser(), Path(model).parts
+    if path.exists() or path.is_absolute() or model.startswith("~") or any(p in (".", "..") for p in parts):
+        resolved = path.resolve()
+        name = _SAFE.sub("_", resolved.name) or "root"
+        return f"{name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
     return _SAFE.sub("_", "--".join(parts)).lstrip(".") or "model"
 
 
