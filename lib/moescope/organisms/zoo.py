@@ -106,6 +106,8 @@ def _pair(depth: int, seed: int) -> Pair:
 
 PAIRS: tuple[Pair, ...] = tuple(_pair(d, s) for d, seeds in SEEDS.items() for s in seeds)
 SHARED_MOE = "g2-qwen-moe-l8"
+#: the shared-expert model from each seed (seed 0 keeps the name it shipped with)
+SHARED_SEEDS: tuple[str, ...] = (SHARED_MOE, f"{SHARED_MOE}-s1", f"{SHARED_MOE}-s2")
 
 
 def _pair_specs(p: Pair) -> list[Gen2Spec]:
@@ -120,10 +122,15 @@ def _pair_specs(p: Pair) -> list[Gen2Spec]:
     ]
 
 
+def _shared_spec(name: str, seed: int) -> Gen2Spec:
+    return Gen2Spec(name, "qwen2_moe", configs.Shape(hidden=_HIDDEN, heads=_HEADS, layers=8, experts=32, top_k=4,
+                    expert_width=16, shared_width=32), "Qwen/Qwen1.5-MoE-A2.7B", group="qwen-moe-l8",
+                    role="shared-moe", seed=seed,
+                    **(BUDGET[8] | dict(curriculum=CURRICULUM, max_steps=BUDGET[8]["max_steps"] + CURRICULUM)))
+
+
 _SPECS = [s for p in PAIRS for s in _pair_specs(p)] + [
-    Gen2Spec(SHARED_MOE, "qwen2_moe", configs.Shape(hidden=_HIDDEN, heads=_HEADS, layers=8, experts=32, top_k=4,
-             expert_width=16, shared_width=32), "Qwen/Qwen1.5-MoE-A2.7B", group="qwen-moe-l8", role="shared-moe",
-             **(BUDGET[8] | dict(curriculum=CURRICULUM, max_steps=BUDGET[8]["max_steps"] + CURRICULUM))),
+    *(_shared_spec(name, seed) for seed, name in enumerate(SHARED_SEEDS)),
     planted.gen2_spec(BUDGET[8]),
 ]
 #: every gen-2 organism, in training order (the first 8-layer pair, the planted and the shared-expert model first)
@@ -142,7 +149,9 @@ def partner(name: str) -> str | None:
 
 
 def seeds_of(name: str) -> list[str]:
-    """The same pair member trained from every registered seed ([name] for a model in no pair)."""
+    """The same pair member (or the shared-expert model) trained from every registered seed ([name] for any other)."""
+    if name in SHARED_SEEDS:
+        return list(SHARED_SEEDS)
     p = _pair_of(name)
     if p is None:
         return [name]
