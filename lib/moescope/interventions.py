@@ -1,7 +1,9 @@
 """Interventions as context managers. Each registers forward hooks on stock modules and removes them on exit,
 also when the body raises, so the model is restored exactly (no weight or attribute is ever changed).
 
-``layers_`` arguments take layer indices (0-indexed); ``None`` means every MoE layer.
+``layers_`` arguments take layer indices (0-indexed); ``None`` means every MoE layer. Expert arguments
+({layer: experts}) name the same experts for every token, or give a per-token set (bool [T, E] over the router's
+flat tokens of the batch, :data:`moescope.routing.ExpertSet`), so one pass can block a different set per prompt.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from torch import nn
 
 from . import arch
 from .hooks import hooked
-from .routing import (RoutingEdit, check_edit, decision, renormalises, repack, require_reweighting, route, routing_hook,
-                      weights_at)
+from .routing import (ExpertSet, RoutingEdit, check_edit, decision, in_set, renormalises, repack, require_reweighting,
+                      route, routing_hook, weights_at)
 
 
 def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.LayerParts]:
@@ -30,8 +32,9 @@ def _moe_parts(model: nn.Module, layer_ids: Iterable[int] | None) -> list[arch.L
     return chosen
 
 
-def _per_layer(spec: Mapping[int, Iterable[int]]) -> dict[int, tuple[int, ...]]:
-    return {int(layer): tuple(int(e) for e in experts) for layer, experts in spec.items()}
+def _per_layer(spec: Mapping[int, Iterable[int] | torch.Tensor]) -> dict[int, ExpertSet]:
+    return {int(layer): experts if isinstance(experts, torch.Tensor) else tuple(int(e) for e in experts)
+            for layer, experts in spec.items()}
 
 
 @contextmanager
@@ -44,7 +47,7 @@ def edit_routing(model: nn.Module, edits: Mapping[int, RoutingEdit]) -> Iterator
         yield
 
 
-def block_experts(model: nn.Module, experts: Mapping[int, Iterable[int]], tokens: torch.Tensor | None = None):
+def block_experts(model: nn.Module, experts: Mapping[int, Iterable[int] | torch.Tensor], tokens: torch.Tensor | None = None):
     """Remove experts from routing ({layer: [expert, ...]}): logit -> -inf, the next-best expert takes the slot."""
     return edit_routing(model, {l: RoutingEdit(blocked=e, tokens=tokens) for l, e in _per_layer(experts).items()})
 
@@ -59,14 +62,14 @@ def set_top_k(model: nn.Module, k: int, layer_ids: Iterable[int] | None = None):
     return edit_routing(model, {p.index: RoutingEdit(top_k=k) for p in _moe_parts(model, layer_ids)})
 
 
-def _mask_after_softmax_hook(blocked: tuple[int, ...]):
+def _mask_after_softmax_hook(blocked: ExpertSet):
     edit = RoutingEdit(blocked=blocked)
 
     def hook(router, args, output):
         logits, weights, _ = output
         _, idx = route(router, logits, edit)
         w = weights_at(router, logits, idx)
-        drop = torch.isin(idx, torch.tensor(blocked, device=idx.device))
+        drop = in_set(idx, blocked)
         if drop.any():  # no expert left to take the slot: the blocked one stays selected with weight 0
             w = w.masked_fill(drop, 0.0)
             w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-20) if renormalises(router) else w
@@ -76,7 +79,7 @@ def _mask_after_softmax_hook(blocked: tuple[int, ...]):
 
 
 @contextmanager
-def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iterator[None]:
+def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int] | torch.Tensor]) -> Iterator[None]:
     """Mask the listed experts after the softmax ({layer: [expert, ...]}): their probability -> 0, the next-best
     expert takes the slot with its own clean probability. Unlike :func:`block_experts` the other experts are not
     renormalised over the unblocked ones (a router that renormalises its top-k still does): re-routing = refill +
@@ -90,7 +93,7 @@ def mask_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]) -> Iter
         yield
 
 
-def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int]]):
+def zero_experts(model: nn.Module, experts: Mapping[int, Iterable[int] | torch.Tensor]):
     """Keep routing, but set the listed experts' routing weights to 0, so their outputs count 0 times (no
     re-routing; Llama 4, which scales expert inputs, feeds them 0, and its experts map 0 to 0)."""
     return edit_routing(model, {l: RoutingEdit(zeroed=e) for l, e in _per_layer(experts).items()})

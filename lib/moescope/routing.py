@@ -71,15 +71,36 @@ class RoutingEditError(ValueError):
     """An edit the router family cannot express (e.g. forcing experts into PhiMoE's sparsemixer)."""
 
 
+#: a set of experts: the same for every token (expert ids), or per token (bool [T, E], True = in the set; T the
+#: router's flat tokens, batch-major), so one pass can carry a different set for each prompt of the batch
+ExpertSet = tuple[int, ...] | torch.Tensor
+
+
 @dataclass(frozen=True)
 class RoutingEdit:
-    """What to change in one router's decision. ``tokens`` (flat bool [T]) limits the edit to some tokens."""
+    """What to change in one router's decision. ``tokens`` (flat bool [T]) limits the edit to some tokens;
+    ``blocked`` and ``zeroed`` may be per token (:data:`ExpertSet`)."""
 
-    blocked: tuple[int, ...] = ()
+    blocked: ExpertSet = ()
     forced: tuple[int, ...] = ()
-    zeroed: tuple[int, ...] = ()
+    zeroed: ExpertSet = ()
     top_k: int | None = None
     tokens: torch.Tensor | None = None
+
+
+def any_experts(experts: ExpertSet) -> bool:
+    """Whether the set names any expert (for any token)."""
+    return bool(experts.any()) if isinstance(experts, torch.Tensor) else len(experts) > 0
+
+
+def in_set(index: torch.Tensor, experts: ExpertSet) -> torch.Tensor:
+    """bool [T, k]: whether expert ``index[t, j]`` is in the set (the set of token t when it is per token)."""
+    if isinstance(experts, torch.Tensor):
+        if experts.shape[0] != index.shape[0]:
+            raise RoutingEditError(f"a per-token expert set has {experts.shape[0]} rows, this pass routes "
+                                   f"{index.shape[0]} tokens: build it for this batch")
+        return experts.to(index.device).gather(1, index)
+    return torch.isin(index, torch.tensor(experts, device=index.device, dtype=index.dtype))
 
 
 def family(router: nn.Module) -> str:
@@ -97,7 +118,12 @@ def _select(choice: torch.Tensor, k: int, forced: tuple[int, ...], sorted_: bool
     return torch.topk(choice, k, dim=-1, sorted=sorted_)[1]
 
 
-def _blocked(t: torch.Tensor, blocked: tuple[int, ...]) -> torch.Tensor:
+def _blocked(t: torch.Tensor, blocked: ExpertSet) -> torch.Tensor:
+    if isinstance(blocked, torch.Tensor):
+        if blocked.shape != t.shape:
+            raise RoutingEditError(f"a per-token expert set of shape {tuple(blocked.shape)} does not match the "
+                                   f"router's scores {tuple(t.shape)}: build it for this batch")
+        return t.masked_fill(blocked.to(t.device), NEG_INF)
     if not blocked:
         return t
     t = t.clone()
@@ -253,9 +279,10 @@ def route(
     fam = family(router)
     k = edit.top_k or FIXED_TOP_K.get(fam, router.top_k)
     extra = {"bias": bias} if fam == "block_bias" else {}
-    weights, idx = _ROUTES[fam](router, logits, k, tuple(edit.blocked), tuple(edit.forced), **extra)
-    if edit.zeroed:
-        weights = weights.masked_fill(torch.isin(idx, torch.tensor(edit.zeroed, device=idx.device)), 0.0)
+    blocked = edit.blocked if isinstance(edit.blocked, torch.Tensor) else tuple(edit.blocked)
+    weights, idx = _ROUTES[fam](router, logits, k, blocked, tuple(edit.forced), **extra)
+    if any_experts(edit.zeroed):
+        weights = weights.masked_fill(in_set(idx, edit.zeroed), 0.0)
     return weights.to(logits.dtype), idx
 
 
@@ -307,9 +334,8 @@ def routing_hook(edit: RoutingEdit):
             keep = ~edit.tokens.to(idx.device).view(-1, 1)
             new_w = torch.where(keep, weights, new_w.to(weights.dtype))
             new_idx = torch.where(keep, idx, new_idx)
-        if edit.blocked and edit.tokens is None:
-            logits = logits.clone()
-            logits[:, list(edit.blocked)] = NEG_INF
+        if any_experts(edit.blocked) and edit.tokens is None:
+            logits = _blocked(logits, edit.blocked)
         return repack(router, logits, new_w.to(weights.dtype), new_idx, output)
 
     return hook

@@ -195,7 +195,8 @@ def test_table2_recovered_share_against_the_neither_floor():
 
 
 # ------------------------------------------------------------------------------------------------ Table 5
-def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws: int = 3, seed: int = 0) -> Blocking:
+def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws: int = 3, seed: int = 0,
+                frequency_drop: float = 0.0, prior: float = 0.1) -> Blocking:
     frames = []
     rng = np.random.default_rng(seed)
     for task in paper.TABLE5.task.unique():
@@ -211,11 +212,16 @@ def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws:
                 frames += [pd.DataFrame({"task": task, "sample_id": range(n), "method": method, "k": k,
                                          "selection": "random", "draw": d, "n_blocked": k, "rr": rr(1 - random_drop)})
                            for d in range(draws)]
+                frames.append(pd.DataFrame({"task": task, "sample_id": range(n), "method": method, "k": k,
+                                            "selection": "frequency", "draw": 0, "n_blocked": k,
+                                            "rr": rr(1 - frequency_drop)}))
     ranks = pd.concat(frames, ignore_index=True)
+    ranks["fact"] = ranks.sample_id
     ranks["rank"] = 1 / ranks.rr
     ranks["fraction"] = ranks.n_blocked / 1000
     facts = {"model": "m", "moe": True, "shared_expert": False, "pairs": 1000, "layers": 16, "baseline_mrr": 0.5,
-             "task_mrr": {t: 0.5 for t in paper.TABLE5.task.unique()}}
+             "task_mrr": {t: 0.5 for t in paper.TABLE5.task.unique()},
+             "task_prior": {t: prior for t in paper.TABLE5.task.unique()}}
     return Blocking(ranks, pd.DataFrame({"task": ["t"]}), {"Qwen1.5-MoE": 7, "OLMoE": 10}, facts)
 
 
@@ -236,6 +242,30 @@ def test_table5_attributed_against_random_and_the_76_readings():
     row = rows["T5.attributed_vs_random.reroute.country_capital"]  # decided on the paired difference
     assert row["diff"] == pytest.approx(row["kit"] - row["control_value"]) and "paired" in row["note"]
     assert row["diff_low"] >= row["kit_low"] - row["control_high"]
+
+
+def test_table5_lpi_ranking_against_the_routing_frequency_ranking():
+    better = by_claim(evidence.table5_model_rows([blocking_of(0.5, 0.0, frequency_drop=0.1)]))
+    row = better["T5.attributed_vs_frequency.country_capital"]
+    assert row["verdict"] == "reproduced" and row["control_value"] == pytest.approx(0.05, abs=0.02)
+    assert row["diff"] == pytest.approx(row["kit"] - row["control_value"]) and row["role"] == "control"
+    same = by_claim(evidence.table5_model_rows([blocking_of(0.5, 0.0, frequency_drop=0.5)]))
+    assert same["T5.attributed_vs_frequency.country_capital"]["verdict"] == "inconclusive"
+    worse = by_claim(evidence.table5_model_rows([blocking_of(0.1, 0.0, frequency_drop=0.5)]))
+    assert worse["T5.attributed_vs_frequency.country_capital"]["verdict"] == "not reproduced"
+
+
+def test_table5_floor_relative_to_the_prior_gates_only_a_null_result():
+    """Baseline MRR 0.5 against a prior of 0.48: the relation is not known beyond its prior. A clear effect
+    stands (with the gate named in its note), a null result becomes not testable."""
+    effect = by_claim(evidence.table5_model_rows([blocking_of(0.6, 0.0, prior=0.48)]))
+    row = effect["T5.attributed_vs_random.reroute.country_capital"]
+    assert row["verdict"] == "reproduced" and "object-frequency prior" in row["note"]
+    null = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25, prior=0.48)]))
+    assert null["T5.attributed_vs_random.reroute.country_capital"]["verdict"].startswith(
+        "not testable: baseline MRR above the relation's object-frequency prior is 0.02")
+    known = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.25, prior=0.1)]))
+    assert known["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "inconclusive"
 
 
 def test_table5_at_a_low_baseline_controls_are_absolute_mrr_differences():

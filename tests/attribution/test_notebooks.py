@@ -33,7 +33,7 @@ TINY = {"relations": RELATIONS, "n_samples": 3, "ks": [1, 2], "n_random": 2, "ig
 def saved_models(tmp_path_factory):
     """A random qwen2_moe (shared expert) and a random llama of the same depth, each with a word tokenizer."""
     root = tmp_path_factory.mktemp("any-model")
-    fr = data.facts_frame(data.load_relations([data.PAPER_TASKS[r] for r in RELATIONS]), template=None)
+    fr = tasks.facts(RELATIONS)
     tok = word_tokenizer([f"{p} {o}" for p, o in zip(fr.prompt, fr.object)])
     out = {}
     for kind, family in (("moe", "qwen2_moe"), ("dense", "llama")):

@@ -25,7 +25,7 @@ N = 4
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    fr = data.facts_frame(data.load_relations([data.PAPER_TASKS[r] for r in RELS]), template=None)
+    fr = tasks.facts(RELS)
     return word_tokenizer([f"{p} {o}" for p, o in zip(fr.prompt, fr.object)])
 
 
@@ -42,6 +42,11 @@ def qwen(tokenizer):
 @pytest.fixture(scope="module")
 def fr():
     return tasks.facts(RELS, N)
+
+
+@pytest.fixture(scope="module")
+def test_fr():
+    return tasks.facts(RELS, N, tasks.TEST)
 
 
 # ------------------------------------------------------------------------------------------------ tasks, facts
@@ -62,8 +67,48 @@ def test_model_facts_are_read_from_the_model(tokenizer, qwen, tmp_path):
 
 
 def test_facts_carry_task_and_family(fr):
-    assert len(fr) == 2 * N and set(fr.task) == set(RELS)
-    assert fr.family.str.startswith("geography").sum() == N
+    assert len(fr) == 2 * N * 4 and set(fr.task) == set(RELS)  # four held-out templates per fact
+    assert fr.family.str.startswith("geography").sum() == 4 * N
+    assert (fr.groupby(["relation", "fact"]).template.apply(list) == pd.Series([[0, 1, 2, 3]] * 2 * N).values).all()
+
+
+def test_facts_fill_every_held_out_template_and_split_them():
+    rel = data.load_relation("object_superclass")
+    every = tasks.facts([rel])
+    texts = [*rel.prompt_templates, *rel.prompt_templates_zs]
+    assert len(every) == len(rel.samples) * len(texts)
+    row = every.iloc[len(texts) + 2]  # the second fact on the first zero-shot template
+    assert row.prompt == texts[2].replace("{}", rel.samples[1].subject) and row.fact == 1 and row.template == 2
+    sel, test = tasks.facts([rel], templates=tasks.SELECTION), tasks.facts([rel], templates=tasks.TEST)
+    assert set(sel.template) == {0, 2} and set(test.template) == {1, 3} and set(sel.prompt).isdisjoint(test.prompt)
+    assert list(sel.fact.unique()) == list(test.fact.unique())  # the same facts on disjoint templates
+    with pytest.raises(ValueError, match="out of range 0..3"):
+        tasks.facts([rel], templates=[4])
+    with pytest.raises(ValueError, match="templates must be"):
+        tasks.facts([rel], templates="train")
+
+
+def test_a_smaller_sample_is_stratified_by_object_not_the_files_first_rows():
+    rel = data.load_relation("object_superclass")  # 80 facts, sorted by object in the file (10 classes)
+    objects = pd.Series([s.object for s in rel.samples])
+    picked = tasks.stratified_facts(rel, 20, seed=0)
+    assert len(set(picked)) == 20 and picked == sorted(picked)
+    share = objects[picked].value_counts(normalize=True)
+    assert set(share.index) == set(objects) and (share - objects.value_counts(normalize=True)).abs().max() <= 0.05
+    assert objects[:20].nunique() < 5  # what head(20) took
+    assert tasks.stratified_facts(rel, 20, seed=1) != picked and tasks.stratified_facts(rel, 20, seed=0) == picked
+    assert tasks.stratified_facts(rel, None) == list(range(80)) == tasks.stratified_facts(rel, 500)
+    with pytest.raises(ValueError, match="at least 1"):
+        tasks.stratified_facts(rel, 0)
+
+
+def test_prior_mrr_ranks_objects_by_their_frequency():
+    rel = data.load_relation("fruit_inside_color")
+    counts = pd.Series([s.object for s in rel.samples]).value_counts()
+    fr = tasks.facts([rel], templates=0)
+    expected = np.mean([1 / int((counts >= counts[o]).sum()) for o in fr.object])
+    assert tasks.prior_mrr(fr) == pytest.approx(expected)
+    assert tasks.prior_mrr(fr[fr.object == counts.index[0]]) == 1.0  # the most common object is ranked first
 
 
 # ------------------------------------------------------------------------------------------------ Table 1, depth
@@ -71,7 +116,7 @@ def test_efficiency_and_depth_on_a_depth_matched_pair(tokenizer):
     moe, dense = random_lm(tokenizer, "olmoe"), random_lm(tokenizer, "llama")
     eff = efficiency.measure([moe, dense], RELS, N)
     t = eff.table.set_index("model")
-    assert (t.per_layer_efficiency - t.ffn_gain / t.layers).abs().max() < 1e-12 and (t.n == 2 * N).all()
+    assert (t.per_layer_efficiency - t.ffn_gain / t.layers).abs().max() < 1e-12 and (t.n == len(tasks.facts(RELS, N))).all()
     assert [(g.moe, g.dense, g.pair) for g in eff.groups] == [((moe.name,), (dense.name,), (moe.name, dense.name))]
     readings = efficiency.group_readings(eff, eff.groups[0])
     assert readings["mean MoE / best dense"] == pytest.approx(t.loc[moe.name, "per_layer_efficiency"] /
@@ -127,25 +172,63 @@ def test_random_specs_draw_distinct_pairs_reproducibly():
         blocking.random_specs(pairs, 25, 1)
 
 
-def test_blocking_attributed_and_random_by_every_method(qwen, fr):
-    b = blocking.run(qwen, RELS, N, ks=(1, 3), n_random=2)
+def test_blocking_ranks_on_selection_templates_and_tests_on_the_others(qwen, test_fr):
+    b = blocking.run(qwen, RELS, N, ks=(1, 3), n_random=3)
     assert b.paper_ks == {"Qwen1.5-MoE": 0, "OLMoE": 0}  # 16 pairs: the paper's share is under one pair
     assert set(b.ranks.method) == {"none", "reroute", "mask", "zero"}
+    assert set(b.ranks.selection) == {"original", *blocking.SELECTIONS}
     att = b.ranks[(b.ranks.selection == "attributed")]
     assert (att.n_blocked <= att.k).all() and (att.fraction == att.n_blocked / 16).all()
-    # the attributed reroute rows equal blocking the task's top-3 ranked pairs by hand
-    task = "country_capital"
-    spec = blocking.top_spec(b.ranking[b.ranking.task == task], 3)
-    sub = fr[fr.task == task]
-    with block_experts(qwen.model, spec):
-        manual = tasks.scores(qwen, sub)["rank"].to_numpy()
-    got = att[(att.task == task) & (att.method == "reroute") & (att.k == 3)].sort_values("sample_id")["rank"]
-    assert np.array_equal(got.to_numpy(), manual)
-    # random draws are the same pairs for every task (one pass over all prompts)
-    rnd = b.ranks[(b.ranks.selection == "random") & (b.ranks.k == 3) & (b.ranks.method == "zero")]
-    assert set(rnd.draw) == {0, 1} and rnd.groupby("draw").size().tolist() == [len(fr)] * 2
+    # the ranking comes from the selection prompts: it equals LPI on them, not on the test prompts
+    expected = blocking.rankings(qwen, tasks.facts(RELS, N, tasks.SELECTION))
+    pd.testing.assert_frame_equal(b.ranking, expected)
+    task, sub = "country_capital", test_fr[test_fr.task == "country_capital"]
+    for selection, ranking in (("attributed", b.ranking[b.ranking.task == task]),
+                               ("frequency", blocking.frequency_ranking(b.ranking[b.ranking.task == task],
+                                                                        blocking.all_pairs(qwen.model)))):
+        spec = blocking.top_spec(ranking, 3)
+        with block_experts(qwen.model, spec):
+            manual = tasks.scores(qwen, sub)["rank"].to_numpy()
+        got = b.ranks[(b.ranks.selection == selection) & (b.ranks.task == task) & (b.ranks.method == "reroute")
+                      & (b.ranks.k == 3)].sort_values("sample_id")["rank"]
+        assert np.array_equal(got.to_numpy(), manual), selection
+    original = b.ranks[b.ranks.selection == "original"].sort_values(["task", "sample_id"])
+    assert len(original) == len(test_fr) and set(original.sample_id) == set(test_fr.sample_id)
+    # random draws under re-routing at every k, under every method at the largest k
+    rnd = b.ranks[b.ranks.selection == "random"]
+    assert set(rnd[rnd.k == 1].method) == {"reroute"} and set(rnd[rnd.k == 3].method) == set(blocking.METHODS)
+    assert set(rnd.draw) == {0, 1, 2}
     t = b.table()
-    assert set(t.selection) == {"attributed", "random"} and (t.orig_mrr > 0).all()
+    assert set(t.selection) == set(blocking.SELECTIONS) and (t.orig_mrr > 0).all()
+    assert b.rr[(task, "original", "none", 0)].shape == (1, N)  # facts are the unit: templates averaged
+
+
+def test_matched_random_draws_keep_the_layers_and_the_routing_frequency():
+    freq = pd.DataFrame({"layer": [0] * 8 + [1] * 8, "expert": list(range(8)) * 2,
+                         "selected": [9, 8, 7, 1, 1, 0, 0, 0, 5, 5, 4, 4, 3, 0, 0, 0]})
+    attributed = {0: [0], 1: [0, 1]}
+    draws = blocking.matched_specs(attributed, freq, 30, np.random.default_rng(0))
+    for spec in draws:
+        assert {l: len(e) for l, e in spec.items()} == {0: 1, 1: 2}  # same experts per layer
+        assert spec[0][0] in (1, 2, 3, 4) and not set(spec[1]) & {0, 1}  # never an attributed one
+        assert set(spec[1]) <= {2, 3, 4, 5, 6}  # the nearest in frequency
+    assert len({tuple(s[0]) for s in draws}) > 1  # random among the pool
+    assert draws == blocking.matched_specs(attributed, freq, 30, np.random.default_rng(0))
+
+
+def test_per_prompt_expert_sets_in_one_batch_equal_one_pass_per_set(qwen, test_fr):
+    from moescope.prompts import context_length, encode
+    enc = encode(qwen.tokenizer, list(test_fr.prompt), list(test_fr.object), context_length(qwen.model))
+    specs = [{0: [1, 2]}, {1: [0]}, {0: [3], 1: [4, 5]}]
+    rows = np.concatenate([np.arange(len(test_fr))] * len(specs))
+    per_row = [s for s in specs for _ in range(len(test_fr))]
+    for method in blocking.METHODS:
+        batched = blocking.score_conditions(qwen, enc, rows, per_row, method, batch_rows=5)
+        for i, spec in enumerate(specs):
+            with blocking.blocked(qwen.model, method, spec):
+                one = tasks.scores(qwen, test_fr)["rank"].to_numpy()
+            assert np.array_equal(batched[i * len(test_fr):(i + 1) * len(test_fr)], one), (method, spec)
+    assert np.array_equal(blocking.score_clean(qwen, enc, batch_rows=3), tasks.scores(qwen, test_fr)["rank"].to_numpy())
 
 
 # ------------------------------------------------------------------------------------------------ heads <-> experts
@@ -166,8 +249,11 @@ def test_router_ig_completeness_and_clean_endpoint(family):
     assert (err <= 0.02 * delta.abs() + 1e-3).all(), (err, delta)
 
 
-def test_coordination_conditions_equal_the_interventions_by_hand(qwen, fr):
+def test_coordination_conditions_equal_the_interventions_by_hand(qwen, test_fr):
+    fr = test_fr  # interventions run on the test templates; the key heads come from the selection templates
     co = coordination.run(qwen, RELS, N, n_heads=2, n_random=3, ig_steps=8)
+    sel = tasks.attribution(qwen, tasks.facts(RELS, N, tasks.SELECTION), neurons=False)
+    pd.testing.assert_frame_equal(co.key_heads, coordination.key_heads(sel.heads, 2))
     spec = coordination.head_spec(co.key_heads)
     p = co.prompts
     assert np.allclose(p.rr_clean, tasks.scores(qwen, fr).rr)
@@ -206,7 +292,7 @@ def test_dense_model_gets_empty_moe_studies_with_its_facts(tokenizer):
 # ------------------------------------------------------------------------------------------------ neurons, explorer, checks
 def test_neuron_roles_counts_and_shares(qwen):
     n = neurons.run(qwen, RELS, N, top=10)
-    assert n.layer_counts["count"].sum() == 2 * N * 10 and n.layer_counts.share.sum() == pytest.approx(1)
+    assert n.layer_counts["count"].sum() == len(tasks.facts(RELS, N)) * 10 and n.layer_counts.share.sum() == pytest.approx(1)
     assert n.contributions.shared_share.dropna().between(0, 1).all()
     assert set(n.gains.columns) >= {"sample_id", "stage", "shared", "routed", "family"}
 
@@ -214,7 +300,7 @@ def test_neuron_roles_counts_and_shares(qwen):
 def test_prompt_views_and_telescoping(qwen, fr):
     row, v = explorer.views(qwen, "country_capital", 1, top=5)
     assert set(v) == {"samples", "layers", "heads", "experts", "neurons"} and len(v["neurons"]) == 5
-    assert row.prompt == fr[fr.task == "country_capital"].prompt.iloc[1]
+    assert row.prompt == tasks.facts(["country_capital"], templates=0).prompt.iloc[1]
     attr = tasks.attribution(qwen, fr, neurons=False)
     tele = checks.telescoping(qwen, fr, attr.layers, attr.samples)
     assert len(tele) == len(fr) and tele.error.max() < 1e-4

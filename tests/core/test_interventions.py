@@ -159,3 +159,31 @@ def test_dense_model_is_rejected_by_moe_interventions():
     with pytest.raises(arch.ArchitectureError, match="needs a Mixture-of-Experts model"):
         with iv.block_experts(model, {0: [0]}):
             pass
+
+
+def test_per_token_expert_sets_equal_the_same_set_for_every_token(moe_family):
+    """Each sequence of a batch blocks (or zeroes) its own experts in one pass: the logits of each sequence equal
+    a pass over the batch with that sequence's set for every token (every router family)."""
+    model = tiny_model(moe_family)
+    ids, mask = random_batch()
+    b, s = ids.shape
+    layer = next(p for p in arch.layers(model) if p.is_moe)
+    n_experts = layer.experts.gate_up_proj.shape[0]
+    sets = [[0], [1, 2]] + [[]] * (b - 2)
+    per_token = torch.zeros(b, n_experts, dtype=torch.bool)
+    for row, experts in enumerate(sets):
+        per_token[row, experts] = True
+    per_token = per_token.repeat_interleave(s, dim=0)
+    makes = [iv.block_experts, iv.zero_experts]
+    if routing.family(layer.router) in routing.REWEIGHTED_FAMILIES:
+        makes.append(iv.mask_experts)
+    for make in makes:
+        with make(model, {layer.index: per_token}):
+            batched = model(input_ids=ids, attention_mask=mask).logits
+        for row, experts in enumerate(sets[:3]):
+            with make(model, {layer.index: experts}):
+                alone = model(input_ids=ids, attention_mask=mask).logits
+            torch.testing.assert_close(batched[row], alone[row], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RoutingEditError, match="build it for this batch"):
+        with iv.block_experts(model, {layer.index: per_token[:-1]}):
+            model(input_ids=ids, attention_mask=mask)

@@ -88,10 +88,10 @@ def summarize(ranks: pd.DataFrame, cfgs: Sequence[Config]) -> pd.DataFrame:
 
 def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
         ks: Sequence[int] = (1, 2), routed_only_ks: Sequence[int] = (1, 2), device: str = "cpu",
-        dtype: str | None = None, template: int = 0) -> Ablation:
+        dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT) -> Ablation:
     """Table 2 and its control on one model; a model without a shared expert gets empty tables and its facts."""
     lm = tasks.loaded(model, device, dtype)
-    fr = tasks.facts(relations, n_samples, template)
+    fr = tasks.facts(relations, n_samples, templates)
     facts = tasks.facts_of(lm, fr)
     if not facts["shared_expert"]:
         return Ablation(pd.DataFrame(columns=["config", "sample_id", "task", "rank", "rr"]),

@@ -1,17 +1,27 @@
-"""Table 5: block the top-k attributed (layer, expert) pairs of a task and re-score it, beside random pairs.
+"""Table 5: block the top-k attributed (layer, expert) pairs of a task and re-score it, beside two baselines.
 
-Ranking: per task, (layer, routed expert) pairs by sum_i ExpertGain_{i,l,j} over the task's prompts
-(:func:`moescope.attribution.summaries.top_experts`). Three ways to block (all hooks, restored on exit):
+Selection and test use disjoint templates of the same facts (:data:`moescope.attribution.tasks.SELECTION`,
+``TEST``): the pairs are ranked on the selection prompts and blocked on the test prompts, so a ranking cannot
+fit the prompts it is judged on.
 
-    reroute : logit -> -inf before the softmax; the next-best expert takes the slot, weights renormalised
-              over the unblocked experts                       (:func:`moescope.interventions.block_experts`)
-    mask    : probability -> 0 after the softmax; the next-best expert takes the slot with its own clean
-              probability                                      (:func:`moescope.interventions.mask_experts`)
-    zero    : routing kept, the blocked experts' outputs x 0   (:func:`moescope.interventions.zero_experts`)
+Rankings, per task, on its selection prompts (:func:`rankings`):
 
-Control: ``n_random`` draws of k distinct (layer, expert) pairs, uniformly among all pairs, blocked the same way.
-k is also expressed as a fraction of all pairs, and the paper's share (top-10 of Qwen1.5-MoE's 24 x 60 pairs,
-of OLMoE's 16 x 64) is carried over as its own k. drop = 1 - MRR_blocked / MRR_original (per task).
+    attributed : (layer, routed expert) by sum_i ExpertGain_{i,l,j} (the paper's LPI ranking)
+    frequency  : (layer, routed expert) by how many prompts select it at the last position (the router's own
+                 top-k: a ranking that needs no attribution, the baseline LPI must beat)
+    random     : ``n_random`` draws matched to the attributed top-k: the same number of experts in each layer,
+                 each drawn among the :data:`POOL` non-attributed experts of its layer nearest to it in selection
+                 frequency (:func:`matched_specs`), so depth and routing frequency cannot explain the difference
+
+Three ways to block (hooks, restored on exit): reroute (logit -> -inf before the softmax, the next-best expert
+takes the slot, weights renormalised; :func:`moescope.interventions.block_experts`), mask (probability -> 0 after
+the softmax, refilled with its own probability; ``mask_experts``), zero (routing kept, outputs x 0;
+``zero_experts``). Random draws run under re-routing at every k and under the three methods at the largest k
+(where the attributed-vs-random controls are decided). k is also the paper's share of pairs (its top-10 of
+Qwen1.5-MoE's 24 x 60 pairs, of OLMoE's 16 x 64) carried over. drop = 1 - MRR_blocked / MRR (per task).
+
+Every blocked condition of a k and method runs in one batch: each prompt carries its own expert set (per-token
+routing edits), and the test prompts are encoded once.
 """
 from __future__ import annotations
 
@@ -21,22 +31,32 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import arch
+from ..capture import last_positions
 from ..interventions import block_experts, mask_experts, zero_experts
+from ..metrics import ranks
 from ..models import LoadedModel
+from ..prompts import Encoded, context_length, encode
 from . import paper, summaries, tasks
 
 METHODS = {"reroute": block_experts, "mask": mask_experts, "zero": zero_experts}
+SELECTIONS = ("attributed", "frequency", "random")
+#: random draws per condition, and the non-attributed experts of a layer a matched draw chooses among
+N_RANDOM, POOL = 20, 4
+#: prompts per forward pass of the blocked conditions
+BATCH_ROWS = 1024
 Spec = dict[int, list[int]]
 
 
 @dataclass
 class Blocking:
-    """``ranks``: task, sample_id, method, k, selection ('original' | 'attributed' | 'random'), draw, n_blocked,
-    fraction, rank, rr. ``ranking``: task, layer, expert, gain, selected (the attributed order).
-    ``paper_ks``: {paper model: k with the paper's top-10 share of pairs}. ``facts``: the model's and the
-    prompts' facts, with each task's baseline MRR under ``task_mrr`` (empty tables for a dense model)."""
+    """``ranks``: task, sample_id, fact, method, k, selection ('original' | one of :data:`SELECTIONS`), draw,
+    n_blocked, fraction, rank, rr (test prompts). ``ranking``: task, layer, expert, gain, selected, mean_gate
+    (the attributed order, from the selection prompts). ``paper_ks``: {paper model: k with the paper's top-10
+    share of pairs}. ``facts``: the model's and the test prompts' facts, with each task's baseline MRR under
+    ``task_mrr`` and its prior under ``task_prior`` (empty tables for a dense model)."""
 
     ranks: pd.DataFrame
     ranking: pd.DataFrame
@@ -45,8 +65,10 @@ class Blocking:
 
     @cached_property
     def rr(self) -> dict[tuple, np.ndarray]:
-        """{(task, selection, method, k): rr [draws, prompts]} (the original under (task, 'original', 'none', 0))."""
-        return {key: g.pivot(index="draw", columns="sample_id", values="rr").to_numpy()
+        """{(task, selection, method, k): rr [draws, facts]}, each fact's rr averaged over its test templates
+        (facts are the resampling unit: a fact's templates are not independent prompts); the original under
+        (task, 'original', 'none', 0)."""
+        return {key: g.pivot_table(index="draw", columns="fact", values="rr", aggfunc="mean").to_numpy()
                 for key, g in self.ranks.groupby(["task", "selection", "method", "k"], sort=False)}
 
     def table(self) -> pd.DataFrame:
@@ -60,8 +82,8 @@ class Blocking:
         return out
 
 
-def blocked(model, method: str, spec: Mapping[int, Sequence[int]]):
-    """The context manager that blocks ``spec`` ({layer: [expert, ...]}) by ``method``."""
+def blocked(model, method: str, spec: Mapping[int, Sequence[int] | torch.Tensor]):
+    """The context manager that blocks ``spec`` ({layer: [expert, ...]} or per-token sets) by ``method``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, not {method!r}")
     return METHODS[method](model, spec)
@@ -73,7 +95,7 @@ def all_pairs(model) -> list[tuple[int, int]]:
 
 
 def random_specs(pairs: Sequence[tuple[int, int]], k: int, draws: int, seed: int = 0) -> list[Spec]:
-    """``draws`` sets of k distinct pairs drawn uniformly without replacement, as {layer: [expert, ...]}."""
+    """``draws`` sets of k distinct pairs drawn uniformly among ``pairs`` without replacement (unmatched)."""
     if k > len(pairs):
         raise ValueError(f"cannot draw {k} distinct pairs from {len(pairs)}")
     rng = np.random.default_rng(seed)
@@ -93,11 +115,25 @@ def paper_share_ks(n_pairs: int) -> dict[str, int]:
 
 
 def rankings(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
-    """Per task, the (layer, routed expert) pairs ranked by summed ExpertGain over the task's prompts."""
+    """Per task, the (layer, routed expert) pairs ranked by summed ExpertGain over the task's prompts ``fr``, with
+    ``selected`` (how many of them select the pair at the last position) and ``prompts`` (how many there are)."""
     attr = tasks.attribution(lm, fr, neurons=False)
     experts = tasks.with_samples(attr.experts, attr.samples)
-    return pd.concat([summaries.expert_ranking(g).assign(task=t) for t, g in experts.groupby("task", sort=False)],
-                     ignore_index=True)
+    return pd.concat([summaries.expert_ranking(g).assign(task=t, prompts=int((fr.task == t).sum()))
+                      for t, g in experts.groupby("task", sort=False)], ignore_index=True)
+
+
+def frequencies(ranking: pd.DataFrame, pairs: Sequence[tuple[int, int]]) -> pd.DataFrame:
+    """Every pair with its selection frequency in one task's ranking (0 for a pair no prompt selects)."""
+    freq = pd.DataFrame(pairs, columns=["layer", "expert"]).merge(ranking[["layer", "expert", "selected"]],
+                                                                 on=["layer", "expert"], how="left")
+    return freq.fillna({"selected": 0}).astype({"selected": int})
+
+
+def frequency_ranking(ranking: pd.DataFrame, pairs: Sequence[tuple[int, int]]) -> pd.DataFrame:
+    """The pairs ordered by selection frequency, most selected first (ties: layer, expert)."""
+    return frequencies(ranking, pairs).sort_values(["selected", "layer", "expert"], ascending=[False, True, True],
+                                                   ignore_index=True)
 
 
 def top_spec(ranking: pd.DataFrame, k: int) -> Spec:
@@ -108,54 +144,151 @@ def top_spec(ranking: pd.DataFrame, k: int) -> Spec:
     return spec
 
 
-def _score(lm, prompts: pd.DataFrame, method: str, spec: Spec, **labels) -> pd.DataFrame:
-    with blocked(lm.model, method, spec):
-        sc = tasks.scores(lm, prompts)
-    return sc.assign(sample_id=prompts.index.values, method=method, n_blocked=sum(map(len, spec.values())), **labels)
+def matched_specs(attributed: Spec, freq: pd.DataFrame, draws: int, rng: np.random.Generator,
+                  pool: int = POOL) -> list[Spec]:
+    """``draws`` random sets matched to ``attributed``: in each of its layers, for each attributed expert (most
+    selected first), one expert drawn uniformly among the ``pool`` not-yet-used non-attributed experts of that
+    layer nearest to it in selection frequency (``freq``: layer, expert, selected; ties by expert id)."""
+    out = []
+    for _ in range(draws):
+        spec: Spec = {}
+        for layer, chosen in attributed.items():
+            f = freq[freq.layer == layer].set_index("expert").selected
+            free = [e for e in f.index if e not in chosen]
+            if len(free) < len(chosen):
+                raise ValueError(f"layer {layer} has {len(free)} experts outside the {len(chosen)} to match")
+            picked: list[int] = []
+            for e in sorted(chosen, key=lambda x: (-f[x], x)):
+                near = sorted((x for x in free if x not in picked), key=lambda x: (abs(f[x] - f[e]), x))[:pool]
+                picked.append(int(near[rng.integers(len(near))]))
+            spec[layer] = sorted(picked)
+        out.append(spec)
+    return out
 
 
-def block_all(lm: LoadedModel, fr: pd.DataFrame, ranking: pd.DataFrame, ks: Sequence[int], methods: Sequence[str],
-              n_random: int, seed: int) -> pd.DataFrame:
-    """Ranks of every prompt with its task's top-k attributed pairs blocked, and with the same random pairs
-    blocked for every task (one pass over all prompts per draw)."""
-    pairs, frames = all_pairs(lm.model), []
-    for k in ks:
-        draws = random_specs(pairs, min(k, len(pairs)), n_random, seed + k)
-        for method in methods:
-            for task, sub in fr.groupby("task", sort=False):
-                spec = top_spec(ranking[ranking.task == task], k)
-                frames.append(_score(lm, sub, method, spec, k=k, selection="attributed", draw=0))
-            frames += [_score(lm, fr, method, d, k=k, selection="random", draw=i) for i, d in enumerate(draws)]
-    return pd.concat(frames, ignore_index=True)
+def _expert_sets(spec_rows: Sequence[Spec], layers: Mapping[int, int], width: int) -> dict[int, torch.Tensor]:
+    """Per MoE layer, bool [rows * width, experts]: row r's tokens carry the experts ``spec_rows[r]`` names."""
+    out = {}
+    for layer, n_experts in layers.items():
+        rows = torch.zeros(len(spec_rows), n_experts, dtype=torch.bool)
+        for r, spec in enumerate(spec_rows):
+            rows[r, spec.get(layer, [])] = True
+        out[layer] = rows.repeat_interleave(width, dim=0)
+    return out
+
+
+@torch.no_grad()
+def score_conditions(lm: LoadedModel, enc: Encoded, rows: np.ndarray, specs: Sequence[Spec], method: str,
+                     batch_rows: int = BATCH_ROWS) -> np.ndarray:
+    """Rank of the gold token of prompt ``rows[i]`` of ``enc`` with the experts ``specs[i]`` blocked by
+    ``method``, for every i, in batches of ``batch_rows`` prompts (each prompt its own expert set)."""
+    layers = {p.index: p.experts.gate_up_proj.shape[0] for p in arch.layers(lm.model) if p.is_moe}
+    width, out = enc.input_ids.shape[1], []
+    for start in range(0, len(rows), batch_rows):
+        idx = torch.as_tensor(rows[start:start + batch_rows])
+        ids, mask = enc.input_ids[idx].to(lm.device), enc.attention_mask[idx].to(lm.device)
+        sets = _expert_sets(specs[start:start + batch_rows], layers, width)
+        with blocked(lm.model, method, sets):
+            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        last = logits[torch.arange(len(idx), device=logits.device), last_positions(mask)].float()
+        out.append(ranks(last, enc.target_ids[idx]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+
+@torch.no_grad()
+def score_clean(lm: LoadedModel, enc: Encoded, batch_rows: int = BATCH_ROWS) -> np.ndarray:
+    """Rank of the gold token of every prompt of ``enc``, nothing blocked (batched as :func:`score_conditions`)."""
+    out = []
+    for start in range(0, len(enc.input_ids), batch_rows):
+        ids = enc.input_ids[start:start + batch_rows].to(lm.device)
+        mask = enc.attention_mask[start:start + batch_rows].to(lm.device)
+        logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        last = logits[torch.arange(len(ids), device=logits.device), last_positions(mask)].float()
+        out.append(ranks(last, enc.target_ids[start:start + batch_rows]).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _conditions(test: pd.DataFrame, ranking: pd.DataFrame, pairs, ks: Sequence[int], methods: Sequence[str],
+                n_random: int, seed: int) -> list[tuple[str, int, str, int, str, Spec]]:
+    """(method, k, selection, draw, task, spec) of every blocked condition (see the module docstring)."""
+    rng, out = np.random.default_rng(seed), []
+    for task in test.task.unique():
+        rk = ranking[ranking.task == task]
+        by_freq, freq = frequency_ranking(rk, pairs), frequencies(rk, pairs)
+        for k in ks:
+            att = top_spec(rk, k)
+            draws = matched_specs(att, freq, n_random, rng) if len(rk) >= k else []
+            for method in methods:
+                out += [(method, k, "attributed", 0, task, att), (method, k, "frequency", 0, task, top_spec(by_freq, k))]
+                if method == "reroute" or k == max(ks):
+                    out += [(method, k, "random", d, task, s) for d, s in enumerate(draws)]
+    return out
+
+
+def block_all(lm: LoadedModel, test: pd.DataFrame, enc: Encoded, ranking: pd.DataFrame, ks: Sequence[int],
+              methods: Sequence[str], n_random: int, seed: int) -> pd.DataFrame:
+    """Ranks of every test prompt (``test``, encoded as ``enc``) under every condition of :func:`_conditions`,
+    one batch per method and k."""
+    conditions = _conditions(test, ranking, all_pairs(lm.model), ks, methods, n_random, seed)
+    frames = []
+    rows_of = {t: np.flatnonzero(test.task.values == t) for t in test.task.unique()}
+    for method in methods:
+        for k in ks:
+            mine = [c for c in conditions if c[0] == method and c[1] == k]
+            if not mine:
+                continue
+            rows = np.concatenate([rows_of[c[4]] for c in mine])
+            specs = [c[5] for c in mine for _ in rows_of[c[4]]]
+            rank = score_conditions(lm, enc, rows, specs, method)
+            frames.append(pd.DataFrame({
+                "task": test.task.values[rows], "sample_id": test.sample_id.values[rows],
+                "fact": test.fact.values[rows], "method": method, "k": k,
+                "selection": [c[2] for c in mine for _ in rows_of[c[4]]],
+                "draw": [c[3] for c in mine for _ in rows_of[c[4]]],
+                "n_blocked": [sum(map(len, c[5].values())) for c in mine for _ in rows_of[c[4]]],
+                "rank": rank}))
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(rr=1.0 / out["rank"])
 
 
 def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
-        ks: Sequence[int] = (1, 5, 10), methods: Sequence[str] = tuple(METHODS), n_random: int = 5, seed: int = 0,
-        device: str = "cpu", dtype: str | None = None, template: int = 0) -> Blocking:
-    """Table 5 with its controls on one model (ks plus each paper model's top-10 share carried over as k)."""
+        ks: Sequence[int] = (1, 5, 10), methods: Sequence[str] = tuple(METHODS), n_random: int = N_RANDOM,
+        seed: int = 0, device: str = "cpu", dtype: str | None = None) -> Blocking:
+    """Table 5 with its baselines on one model: rank on the selection templates, block on the test templates of
+    the same ``n_samples`` facts per relation (stratified by object; None: all), at ``ks`` plus each paper
+    model's top-10 share carried over as k."""
+    bad = sorted(set(methods) - set(METHODS))
+    if bad:
+        raise ValueError(f"methods must be among {sorted(METHODS)}, not {bad}")
     lm = tasks.loaded(model, device, dtype)
-    fr = tasks.facts(relations, n_samples, template)
-    base = tasks.scores(lm, fr).assign(sample_id=fr.index.values)
-    facts = tasks.model_facts(lm) | tasks.data_facts(base) | {"task_mrr": base.groupby("task").rr.mean().to_dict()}
-    original = base.assign(method="none", k=0, selection="original", draw=0, n_blocked=0)
+    selection = tasks.facts(relations, n_samples, tasks.SELECTION, seed)
+    test = tasks.facts(relations, n_samples, tasks.TEST, seed)
+    enc = encode(lm.tokenizer, list(test.prompt), list(test.object), context_length(lm.model))
+    base = test[["task", "sample_id", "fact", "family"]].assign(rank=score_clean(lm, enc))
+    base["rr"] = 1.0 / base["rank"]
+    facts = (tasks.model_facts(lm) | tasks.data_facts(base, test)
+             | {"task_mrr": base.groupby("task").rr.mean().to_dict(),
+                "task_prior": {t: tasks.prior_mrr(g) for t, g in test.groupby("task", sort=False)}})
+    original = base.drop(columns="family").assign(method="none", k=0, selection="original", draw=0, n_blocked=0)
     if not facts["moe"]:
         return Blocking(original.assign(fraction=0.0), pd.DataFrame(), {}, facts)
     share_ks = paper_share_ks(facts["pairs"])
     all_ks = sorted(set(ks) | {k for k in share_ks.values() if k > 0})
-    ranking = rankings(lm, fr)
-    ranks = pd.concat([original, block_all(lm, fr, ranking, all_ks, methods, n_random, seed)], ignore_index=True)
-    ranks["fraction"] = ranks.n_blocked / facts["pairs"]
-    return Blocking(ranks, ranking, share_ks, facts)
+    ranking = rankings(lm, selection)
+    ranks_ = pd.concat([original, block_all(lm, test, enc, ranking, all_ks, methods, n_random, seed)], ignore_index=True)
+    ranks_["fraction"] = ranks_.n_blocked / facts["pairs"]
+    return Blocking(ranks_, ranking, share_ks, facts)
 
 
 def summary(by_model: Mapping[str, Sequence[Blocking]]) -> pd.DataFrame:
-    """Drop per model, task, method and k: attributed beside random (each the mean over the model's seeds)."""
+    """Drop per model, task, method and k: attributed beside the frequency ranking and matched random (each the
+    mean over the model's seeds)."""
     frames = [b.table().assign(model=m) for m, rs in by_model.items() for b in rs if len(b.ranking)]
     if not frames:
-        return pd.DataFrame(columns=["model", "task", "method", "k", "fraction", "orig_mrr", "attributed", "random"])
+        return pd.DataFrame(columns=["model", "task", "method", "k", "fraction", "orig_mrr", *SELECTIONS])
     t = pd.concat(frames, ignore_index=True)
     t = t.groupby(["model", "task", "method", "k", "selection"], as_index=False, sort=False)[
         ["fraction", "orig_mrr", "drop"]].mean()
     wide = t.pivot_table(index=["model", "task", "method", "k"], columns="selection", values="drop", sort=False)
     keys = t[t.selection == "attributed"].set_index(["model", "task", "method", "k"])[["fraction", "orig_mrr"]]
-    return keys.join(wide).reset_index()
+    return keys.join(wide.reindex(columns=[s for s in SELECTIONS if s in wide.columns])).reset_index()

@@ -313,17 +313,20 @@ class Coordination:
 
 def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
         n_heads: int = 2, n_random: int = 5, ig_steps: int = 16, seed: int = 0, device: str = "cpu",
-        dtype: str | None = None, template: int = 0) -> Coordination:
-    """Every step of the head-expert study on one model (empty tables and its facts for a dense model)."""
+        dtype: str | None = None) -> Coordination:
+    """Every step of the head-expert study on one model (empty tables and its facts for a dense model). The key
+    heads are chosen on the selection templates; correlations, interventions and integrated gradients run on the
+    test templates of the same facts (:data:`moescope.attribution.tasks.TEST`)."""
     lm = tasks.loaded(model, device, dtype)
-    fr = tasks.facts(relations, n_samples, template)
+    fr = tasks.facts(relations, n_samples, tasks.TEST, seed)
     attr = tasks.attribution(lm, fr, neurons=False)
-    facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]))
+    facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]), fr)
     empty = pd.DataFrame()
     if not facts["moe"]:
         return Coordination(empty, empty, empty, empty, empty, facts)
     moe_layers = [p.index for p in arch.layers(lm.model) if p.is_moe]
-    keys = key_heads(attr.heads, n_heads)
+    keys = key_heads(tasks.attribution(lm, tasks.facts(relations, n_samples, tasks.SELECTION, seed),
+                                       neurons=False).heads, n_heads)
     spec = head_spec(keys)
     controls = random_head_specs(facts["layers"], facts["heads"], n_heads, n_random, spec, seed)
     enc = encode(lm.tokenizer, list(fr.prompt), list(fr.object), context_length(lm.model))

@@ -59,9 +59,9 @@ def stage_table(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
-            device: str = "cpu", dtype: str | None = None, template: int = 0) -> DepthProfile:
+            device: str = "cpu", dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT) -> DepthProfile:
     """Per-layer gains of every model on the same prompts, their mean profile and stage shares."""
-    layers, facts = tasks.for_models(models, tasks.facts(relations, n_samples, template), model_layers, device, dtype)
+    layers, facts = tasks.for_models(models, tasks.facts(relations, n_samples, templates), model_layers, device, dtype)
     prof = layers.groupby(["model", "layer", "depth", "stage", "paper_stage"], as_index=False, sort=False)[
         ["attn_gain", "ffn_gain"]].mean()
     return DepthProfile(layers, prof, stage_table(layers), facts)

@@ -58,9 +58,9 @@ def table1(samples: pd.DataFrame, facts: dict[str, dict]) -> pd.DataFrame:
 
 
 def measure(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
-            device: str = "cpu", dtype: str | None = None, template: int = 0) -> Efficiency:
+            device: str = "cpu", dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT) -> Efficiency:
     """Table 1 on ``models`` (the same prompts for each), with the depth-matched groups among them."""
-    samples, facts = tasks.for_models(models, tasks.facts(relations, n_samples, template), model_samples, device, dtype)
+    samples, facts = tasks.for_models(models, tasks.facts(relations, n_samples, templates), model_samples, device, dtype)
     table = table1(samples, facts)
     return Efficiency(samples, table, facts, replicas.depth_matched(table))
 

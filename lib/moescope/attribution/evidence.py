@@ -284,15 +284,16 @@ def _rr(b: Blocking, task: str, selection: str, method: str = "reroute", k: int 
     return b.rr[(task, "original", "none", 0) if selection == "original" else (task, selection, method, k)]
 
 
-def _drop(b: Blocking, task: str, method: str, k: int, absolute: bool = False
+def _drop(b: Blocking, task: str, method: str, k: int, absolute: bool = False, against: str = "random"
           ) -> tuple[v.Estimate | None, v.Estimate | None]:
-    """(attributed drop, mean random drop) of one task, bootstrap over its prompts (None when k was not run);
-    relative (1 - MRR_blocked / MRR), or ``absolute`` (MRR - MRR_blocked)."""
-    if (task, "attributed", method, k) not in b.rr:
+    """(attributed drop, control drop: the mean over the matched random draws, or the frequency ranking's) of one
+    task, bootstrap over its facts (None when the condition was not run); relative (1 - MRR_blocked / MRR), or
+    ``absolute`` (MRR - MRR_blocked)."""
+    if (task, "attributed", method, k) not in b.rr or (task, against, method, k) not in b.rr:
         return None, None
     drop = absolute_drop if absolute else ratio_drop
     base = _rr(b, task, "original")[0]
-    att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, "random", method, k)
+    att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, against, method, k)
     ctl = lambda idx: np.mean([drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
     return boot(drop(base, att), len(base)), boot(ctl, len(base))
 
@@ -322,14 +323,17 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
 
     def facts_for(task: str, k: int | None) -> dict:
         mrr = float(np.mean([r.facts["task_mrr"].get(task, math.nan) for r in results]))
+        prior = float(np.mean([r.facts.get("task_prior", {}).get(task, math.nan) for r in results]))
         frac = float(np.mean([_fraction(r, task, k) for r in results])) if moe and k else math.nan
-        return merged_facts([r.facts for r in results], baseline_mrr=mrr, fraction=frac)
+        return merged_facts([r.facts for r in results], baseline_mrr=mrr, fraction=frac, prior_mrr=prior,
+                            beyond_prior=mrr - prior)
 
-    def drops(task, method, k, absolute=False):
-        """(kit, random control, kit - control paired over the same prompts and seeds), relative or absolute."""
+    def drops(task, method, k, absolute=False, against="random"):
+        """(kit, control, kit - control paired over the same prompts and seeds), relative or absolute; the
+        control is the matched random draws or (``against='frequency'``) the routing-frequency ranking."""
         if not moe:
             return None, None, None
-        pairs = [_drop(r, task, method, k, absolute) for r in results]
+        pairs = [_drop(r, task, method, k, absolute, against) for r in results]
         kit, ctl = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
         return kit, ctl, paired(kit, ctl)
 
@@ -356,6 +360,9 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
             kit, ctl, diff = drops(task, method, 10, absolute=True)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
                                       ran(10), label(names), diff))
+        kit, ctl, diff = drops(task, "reroute", 10, absolute=True, against="frequency")
+        rows.append(claims.decide(f"T5.attributed_vs_frequency.{task}", facts_for(task, 10), kit, ctl, ran(10),
+                                  label(names), diff))
     rows.append(_core_vs_tolerant(results, names, moe))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"

@@ -31,7 +31,7 @@ def prompt_views(lm: LoadedModel, prompt: str, obj: str, top: int = 10) -> dict[
 def views(lm: LoadedModel, relation: str, index: int, top: int = 10,
           template: int = 0) -> tuple[pd.Series, dict[str, pd.DataFrame]]:
     """The ``index``-th prompt of ``relation`` (with ``template``) and its :func:`prompt_views`."""
-    row = tasks.facts([relation], template=template).iloc[index]
+    row = tasks.facts([relation], templates=template).iloc[index]
     return row, prompt_views(lm, row.prompt, row.object, top)
 
 

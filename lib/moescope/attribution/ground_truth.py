@@ -282,7 +282,7 @@ def plant_table(plant: Plant) -> pd.DataFrame:
 
 
 def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int | None, seed: int = 0,
-        template: int = 0, draws: int = CONTROL_DRAWS, device: str = "cpu",
+        templates: tasks.Templates = tasks.HELD_OUT, draws: int = CONTROL_DRAWS, device: str = "cpu",
         dtype: str | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the ground-truth analysis in one call: plant, precision@k, blocking (full and summary), verdict
     rows. Blocking scores the prompts once per condition: the plant, each redundant expert alone, ``draws`` controls.
@@ -292,7 +292,7 @@ def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int 
     torch.manual_seed(seed)
     lm = models.load_model(zoo.require_trained(model), device=device, dtype=dtype)
     plant = load_plant(model, relations)
-    facts = tasks.facts(relations, n_samples, template)
+    facts = tasks.facts(relations, n_samples, templates)
     gains = expert_gains(lm, facts, plant)
     blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
     n_pairs = len(all_pairs(lm.model))

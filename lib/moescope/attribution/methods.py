@@ -439,7 +439,7 @@ def _row(check: str, facts: dict, kit, control, note: str, relation: str, model:
 
 
 def run(model: str, relations: Sequence[str], n_samples: int | None, ks: Sequence[int] = range(1, 11),
-        draws: int = 10, ig_steps: int = 8, methods: Sequence[str] = METHODS, seed: int = 0, template: int = 0,
+        draws: int = 10, ig_steps: int = 8, methods: Sequence[str] = METHODS, seed: int = 0, templates: tasks.Templates = tasks.HELD_OUT,
         device: str = "cpu", dtype: str | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the benchmark in one call: plant, per-method ranking scores, faithfulness curves and areas, the
     method table, the LPI lenses' depth statistics with layer 0 set apart, verdict rows. A model without a plant (or
@@ -451,7 +451,7 @@ def run(model: str, relations: Sequence[str], n_samples: int | None, ks: Sequenc
         empty = pd.DataFrame()
         return {"plant": ground_truth.plant_table(plant), "ranks": empty, "curves": empty, "areas": empty,
                 "table": empty, "depth": empty, "claims": claim_rows(None, None, {}, model=model)}
-    fr = tasks.facts(relations, n_samples, template)
+    fr = tasks.facts(relations, n_samples, templates)
     fr = fr[fr.relation.isin(list(plant))].reset_index(drop=True)  # only planted relations are ranked
     sc = scores(lm, fr, methods, ig_steps, seed)
     ranks = ranking_table(sc, plant, seed)

@@ -73,12 +73,12 @@ def contributions(gains: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None, top: int = 50,
-        per_layer: int = 5, device: str = "cpu", dtype: str | None = None, template: int = 0) -> NeuronRoles:
+        per_layer: int = 5, device: str = "cpu", dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT) -> NeuronRoles:
     """Neuron counts and shared/routed contributions of one model."""
     lm = tasks.loaded(model, device, dtype)
-    fr = tasks.facts(relations, n_samples, template)
+    fr = tasks.facts(relations, n_samples, templates)
     attr = tasks.attribution(lm, fr, neurons=True, top_neurons=top)
-    facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]))
+    facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]), fr)
     gains = stage_gains(attr.experts, attr.samples, facts["layers"])
     return NeuronRoles(layer_counts(attr.neurons), top_neurons(attr.neurons, per_layer), gains, contributions(gains),
                        facts)

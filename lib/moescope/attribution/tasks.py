@@ -1,16 +1,23 @@
 """The paper's tasks as prompts, and what every finding needs first: a loaded model, its prompts, their scores,
 their attribution, and the facts about the model that decide whether a claim is testable.
 
-Prompts use one template (default 0) and the first ``n_samples`` facts of each relation (None: all). Metrics are
-on the gold object's first token: HIT@10 = mean 1[rank <= 10], MRR = mean 1/rank.
+Prompts: by default every fact of each relation on every held-out template (the relation file's
+``prompt_templates`` then ``prompt_templates_zs``, numbered 0..T-1 in that order; none is trained on by the gen-2
+organisms). A smaller sample (``n_samples`` facts per relation) is stratified by object: the facts are ordered by
+object (shuffled within each object, seeded) and taken at evenly spaced positions, so each object keeps its share
+of the relation (never the file's first rows, which are sorted by object). A study that selects components and
+then tests them uses :data:`SELECTION` templates (even numbers) to select and :data:`TEST` templates (odd) to test,
+on the same facts. Metrics are on the gold object's first token: HIT@10 = mean 1[rank <= 10], MRR = mean 1/rank;
+the relation's prior is the MRR of ranking its objects by how many of its facts have them (:func:`prior_mrr`).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import arch, data, metrics, routing
@@ -28,16 +35,79 @@ def loaded(model: str | LoadedModel, device: str = "cpu", dtype: str | None = No
     return model if isinstance(model, LoadedModel) else load_model(model, device, dtype)
 
 
+HELD_OUT, SELECTION, TEST = "held-out", "selection", "test"
+#: which held-out templates a study prompts with: every one, the selection half, the test half, or given indices
+Templates = str | int | Sequence[int]
+
+
+def held_out_templates(relation: data.Relation) -> list[str]:
+    """The relation's held-out templates, numbered as :func:`facts` numbers them: prompt_templates, then _zs."""
+    return [*relation.prompt_templates, *relation.prompt_templates_zs]
+
+
+def template_indices(relation: data.Relation, templates: Templates = HELD_OUT) -> list[int]:
+    """The template numbers ``templates`` names for ``relation`` (ValueError naming the range when out of it)."""
+    n = len(held_out_templates(relation))
+    if isinstance(templates, str):
+        halves = {HELD_OUT: range(n), SELECTION: range(0, n, 2), TEST: range(1, n, 2)}
+        if templates not in halves:
+            raise ValueError(f"templates must be {HELD_OUT!r}, {SELECTION!r}, {TEST!r}, a number or a list of "
+                             f"numbers, not {templates!r}")
+        return list(halves[templates])
+    out = [templates] if isinstance(templates, int) else [int(t) for t in templates]
+    bad = [t for t in out if not 0 <= t < n]
+    if bad or not out:
+        raise ValueError(f"{relation.stem}: template numbers {bad or out} out of range 0..{n - 1} (its held-out "
+                         "templates are prompt_templates then prompt_templates_zs)")
+    return out
+
+
+def stratified_facts(relation: data.Relation, n_samples: int | None, seed: int = 0) -> list[int]:
+    """Indices of ``n_samples`` facts of ``relation`` (all when None or larger), stratified by object: facts
+    ordered by object (seeded shuffle within each object), taken at positions floor((i + 1/2) N / n), i < n, so
+    every object keeps its share of the N facts up to rounding. Returned in file order."""
+    n_all = len(relation.samples)
+    if n_samples is None or n_samples >= n_all:
+        return list(range(n_all))
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1 (or None for every fact), not {n_samples}")
+    rng = np.random.default_rng(seed)
+    objects = np.array([s.object for s in relation.samples])
+    order = np.lexsort((rng.permutation(n_all), objects))
+    picked = order[((np.arange(n_samples) + 0.5) * n_all / n_samples).astype(int)]
+    return sorted(int(i) for i in picked)
+
+
 def facts(relations: Iterable[str | data.Relation] = DEFAULT_RELATIONS, n_samples: int | None = None,
-          template: int = 0) -> pd.DataFrame:
-    """One prompt per fact: relation, sample_id, subject, object, template, prompt, task (the paper's name), family."""
-    rels = [r if isinstance(r, data.Relation) else data.load_relation(r) for r in relations]
-    frame = data.facts_frame(rels, template)
-    if n_samples is not None:
-        frame = frame.groupby("relation", sort=False).head(n_samples).reset_index(drop=True)
+          templates: Templates = HELD_OUT, seed: int = 0) -> pd.DataFrame:
+    """Prompts of ``relations``: ``n_samples`` facts per relation (:func:`stratified_facts`; None: every fact),
+    each on every template ``templates`` names (:func:`template_indices`), fact-major. Columns: relation,
+    sample_id (row within the relation), fact (index in the relation file), subject, object, template (its
+    number among the held-out templates), prompt, task (the paper's name), family."""
+    rows = []
+    for rel in (r if isinstance(r, data.Relation) else data.load_relation(r) for r in relations):
+        texts, which = held_out_templates(rel), template_indices(rel, templates)
+        for fact in stratified_facts(rel, n_samples, seed):
+            sample = rel.samples[fact]
+            rows += [(rel.stem, fact, sample.subject, sample.object, t, texts[t].replace("{}", sample.subject))
+                     for t in which]
+    frame = pd.DataFrame(rows, columns=["relation", "fact", "subject", "object", "template", "prompt"])
+    frame.insert(1, "sample_id", frame.groupby("relation", sort=False).cumcount())
     frame["task"] = frame["relation"].map(lambda s: PAPER_TASK_OF.get(s, s))
     frame["family"] = frame["task"].map(lambda t: data.TASK_FAMILY.get(t, "other"))
     return frame
+
+
+def prior_mrr(fr: pd.DataFrame) -> float:
+    """MRR of the relation's prior on the prompts ``fr``: within each relation, objects ranked by how many of its
+    facts (all of the relation file's, not only those sampled) have them, ties sharing the worse rank; the MRR a
+    model reaches by knowing only which objects are common. The floor a relation must beat to be known."""
+    out = []
+    for stem, g in fr.groupby("relation", sort=False):
+        counts = pd.Series([s.object for s in data.load_relation(stem).samples]).value_counts()
+        rank = {o: int((counts >= c).sum()) for o, c in counts.items()}
+        out += [1.0 / rank[o] for o in g.object]
+    return float(np.mean(out)) if out else float("nan")
 
 
 def scores(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
@@ -87,15 +157,21 @@ def model_facts(lm: LoadedModel) -> dict[str, Any]:
     return out
 
 
-def data_facts(sc: pd.DataFrame) -> dict[str, Any]:
-    """Facts about the prompts as scored: their number, the baseline MRR and HIT@10, the task families present."""
-    return {"n_prompts": len(sc), "baseline_mrr": float(sc.rr.mean()), "baseline_hit@10": float((sc["rank"] <= 10).mean()),
-            "families": int(sc.family.nunique())}
+def data_facts(sc: pd.DataFrame, fr: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Facts about the prompts as scored: their number, the baseline MRR and HIT@10, the task families present,
+    and (given the prompts ``fr``) the relations' prior MRR (:func:`prior_mrr`) and how far the baseline is
+    above it (``beyond_prior``)."""
+    out = {"n_prompts": len(sc), "baseline_mrr": float(sc.rr.mean()), "baseline_hit@10": float((sc["rank"] <= 10).mean()),
+           "families": int(sc.family.nunique())}
+    if fr is not None:
+        out["prior_mrr"] = prior_mrr(fr)
+        out["beyond_prior"] = out["baseline_mrr"] - out["prior_mrr"]
+    return out
 
 
 def facts_of(lm: LoadedModel, fr: pd.DataFrame) -> dict[str, Any]:
     """:func:`model_facts` plus :func:`data_facts` of the model's scores on ``fr``."""
-    return model_facts(lm) | data_facts(scores(lm, fr))
+    return model_facts(lm) | data_facts(scores(lm, fr), fr)
 
 
 def for_models(models: Iterable[str | LoadedModel], fr: pd.DataFrame, study: Callable[[LoadedModel, pd.DataFrame],
