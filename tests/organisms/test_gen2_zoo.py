@@ -105,8 +105,12 @@ def test_partner_and_seeds_come_from_the_registry():
         assert zoo.partner(p.moe) == p.dense and zoo.partner(p.dense) == p.moe
         same_depth = [q for q in zoo.PAIRS if q.depth == p.depth]
         assert zoo.seeds_of(p.moe) == [q.moe for q in same_depth] and len(same_depth) == len(zoo.SEEDS[p.depth])
-    for name in ("olmoe-like", zoo.SHARED_MOE, "org/some-model", "/tmp/no-such-folder"):
+    for name in ("olmoe-like", "org/some-model", "/tmp/no-such-folder"):
         assert zoo.partner(name) is None and zoo.seeds_of(name) == [name]
+    for name in zoo.SHARED_SEEDS:  # the shared-expert model: three seeds of one spec, no dense partner
+        assert zoo.partner(name) is None and zoo.seeds_of(name) == list(zoo.SHARED_SEEDS)
+    specs = [zoo.GEN2_ZOO[n] for n in zoo.SHARED_SEEDS]
+    assert [s.seed for s in specs] == [0, 1, 2] and len({(s.shape, s.group, s.max_steps) for s in specs}) == 1
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moescope import paths
+from moescope import fingerprint, paths
 from moescope.organisms import training
 
 CARDS = sorted(p for p in paths.ORGANISMS.glob("*/card.json") if "prefix_check" in json.loads(p.read_text()))
@@ -22,7 +22,8 @@ def test_every_shipped_card_has_a_calibrated_prefix_check():
     assert len(CARDS) >= 20
     for path in CARDS:
         check = json.loads(path.read_text())["prefix_check"]
-        assert check["optimizer"] == "loop" and check["kind"] == "amd-epyc", path.parent.name
+        # trained with the loop kernel (the shipped weights) on a CPU kind the kit has fingerprints of
+        assert check["optimizer"] == "loop" and check["kind"] in fingerprint.recorded(), path.parent.name
         tol = check["tolerance"]
         # a CPU kind's emulated drift and a real change (lr x 1.001) lie a factor >= 3 either side of rtol
         assert tol["emulated"] * 3 <= tol["rtol"] <= tol["real"] / 3, (path.parent.name, tol)
