@@ -118,6 +118,12 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, reps: int = REPS
     return from_draws(value, draws, n, over, level)  # undefined resamples stay (NaN) so draws align across calls
 
 
+def resample(statistic: Callable[[np.ndarray], np.ndarray], n: int) -> Estimate:
+    """:func:`bootstrap` of a batched ``statistic`` (it takes indices [..., n] and reduces the last axis) with the
+    kit's resamples and seed, so every statistic of a claim sees the same resamples and their draws pair."""
+    return bootstrap(statistic, n, reps=REPS, seed=SEED, batched=True)
+
+
 def mean_of(values: Sequence[float], reps: int = REPS, seed: int = SEED) -> Estimate:
     """The mean of per-item ``values`` with its bootstrap interval."""
     arr = np.asarray(values, dtype=float)
@@ -224,3 +230,43 @@ def one_model_note(estimate: Estimate) -> str:
     models' (the unit as the estimate names it)."""
     unit = estimate.over.removesuffix(ONE_MODEL) or "prompts"
     return f"one model: the interval is over {unit}, not over trained models"
+
+
+def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b elementwise, NaN where |b| is (numerically) 0."""
+    ok = np.abs(b) > 1e-12
+    return np.where(ok, a / np.where(ok, b, 1.0), np.nan)
+
+
+def over_seeds(estimates: Sequence[Estimate | None]) -> Estimate | None:
+    """One seed: its estimate, marked as resting on one model (:func:`one_model`, when it has an interval).
+    Several: the mean over seeds with the :func:`hierarchical` interval (seeds, then each seed's prompt resamples;
+    a t interval over the seeds' values for estimates that are not bootstraps; NaN if any is undefined). Two
+    combinations of the same seeds resample the same seeds, so their draws pair. None if any seed has none."""
+    if len(estimates) == 1:
+        e = estimates[0]
+        return one_model(e) if e is not None and e.has_interval else e
+    if any(e is None for e in estimates):
+        return None
+    return hierarchical(estimates)  # type: ignore[arg-type]
+
+
+def paired_difference(kit: Estimate | None, control: Estimate | None) -> Estimate | None:
+    """kit - control with the paired interval (both bootstraps over the same resamples: prompts and seeds); None
+    when either is missing or undefined."""
+    if kit is None or control is None or not (kit.finite and control.finite):
+        return None
+    return difference(kit, control, paired=True)
+
+
+def eta_squared(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Share of the variance of ``values`` explained by ``groups`` along the last axis:
+    sum_g n_g (mean_g - mean)^2 / sum (x - mean)^2 (NaN when the values are constant)."""
+    mean = values.mean(-1, keepdims=True)
+    between = np.zeros(values.shape[:-1])
+    for g in np.unique(groups):
+        member = groups == g
+        n = member.sum(-1)
+        mean_g = ratio((values * member).sum(-1), n)
+        between = between + np.where(n > 0, n * (np.nan_to_num(mean_g) - mean[..., 0]) ** 2, 0.0)
+    return ratio(between, ((values - mean) ** 2).sum(-1))

@@ -11,7 +11,7 @@ from moescope.attribution import claims, paper
 
 BASE = {"model": "m", "layers": 24, "moe": True, "softmax_router": True, "n_prompts": 100, "baseline_mrr": 0.6,
         "families": 2, "matched_groups": 2, "paired_groups": 2, "ablation_gap": 0.5, "inhibition_drop": 0.3,
-        "fraction": 0.01, "share_k": 10, "contrast": True, "prior_mrr": 0.2, "beyond_prior": 0.4}
+        "fraction": 0.01, "share_k": 10, "contrast": True, "equal_depth": True, "prior_mrr": 0.2, "beyond_prior": 0.4}
 
 
 def facts_meeting(claim: v.Claim) -> dict:

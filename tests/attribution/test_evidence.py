@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from moescope import verdicts as v
+from moescope import statistics, verdicts as v
 from moescope.attribution import ablation, claims, coordination, evidence, paper, replicas
 from moescope.attribution.blocking import Blocking
 from moescope.attribution.coordination import Coordination
+from moescope.attribution.neurons import NeuronRoles
 from moescope.attribution.depth import DepthProfile
 from moescope.attribution.efficiency import Efficiency, table1
 from moescope.kit import report
@@ -38,8 +39,8 @@ def test_within_layer_r_is_pearson_per_layer_and_nan_when_constant():
 
 def test_eta_squared_and_ratio_statistics():
     groups = np.array(["a"] * 5 + ["b"] * 5)
-    assert evidence.eta_squared(np.r_[np.zeros(5), np.ones(5)], groups) == pytest.approx(1.0)
-    assert evidence.eta_squared(np.tile([0.0, 1.0], 4), groups[1:9]) == pytest.approx(0.0)  # equal group means
+    assert statistics.eta_squared(np.r_[np.zeros(5), np.ones(5)], groups) == pytest.approx(1.0)
+    assert statistics.eta_squared(np.tile([0.0, 1.0], 4), groups[1:9]) == pytest.approx(0.0)  # equal group means
     idx = np.arange(4)
     before, after = np.array([1.0, 1, 1, 1]), np.array([0.5, 0.5, 1, 1])
     assert evidence.ratio_drop(before, after)(idx) == pytest.approx(0.25)
@@ -47,20 +48,20 @@ def test_eta_squared_and_ratio_statistics():
     assert evidence.recovered(np.zeros(4), np.ones(4), np.full(4, 0.3))(idx) == pytest.approx(0.3)
     assert np.isnan(evidence.recovered(np.ones(4), np.ones(4), np.ones(4))(idx))
     batch = np.stack([np.tile([0.0, 1.0], 4), np.r_[np.zeros(4), np.ones(4)]])
-    assert evidence.eta_squared(batch, groups[1:9]) == pytest.approx([0.0, 1.0])
+    assert statistics.eta_squared(batch, groups[1:9]) == pytest.approx([0.0, 1.0])
 
 
 def test_combine_pools_seeds_with_a_t_interval():
     one = v.Estimate(1.0, 0.9, 1.1, 20, "prompts")
-    assert evidence.combine([one]) == v.Estimate(1.0, 0.9, 1.1, 20, "prompts, one model")  # flagged: one model
-    three = evidence.combine([v.Estimate(1.0), v.Estimate(2.0), v.Estimate(3.0)])
+    assert statistics.over_seeds([one]) == v.Estimate(1.0, 0.9, 1.1, 20, "prompts, one model")  # flagged: one model
+    three = statistics.over_seeds([v.Estimate(1.0), v.Estimate(2.0), v.Estimate(3.0)])
     assert (three.value, three.over, three.n) == (2.0, "seeds", 3) and three.low < 1.0
-    assert np.isnan(evidence.combine([v.Estimate(1.0), v.Estimate(float("nan"))]).value)
+    assert np.isnan(statistics.over_seeds([v.Estimate(1.0), v.Estimate(float("nan"))]).value)
 
 
 def test_stratified_bootstrap_resamples_within_tasks():
     a, b = np.ones(30), np.zeros(10)
-    est = evidence.stratified(lambda idx: a[idx["a"]].mean() - b[idx["b"]].mean(), {"a": 30, "b": 10})
+    est = statistics.stratified(lambda idx: a[idx["a"]].mean() - b[idx["b"]].mean(), {"a": 30, "b": 10})
     assert (est.value, est.low, est.high, est.n) == (1.0, 1.0, 1.0, 40)
 
 
@@ -119,7 +120,7 @@ def test_efficiency_advantage_per_depth_and_pooled_is_one_claim():
     six = v.over_seeds([0.31] * 3 + [-0.2] * 3)
     assert pooled["kit_high"] - pooled["kit_low"] < six.high - six.low
     tally = report.counts(v.table(rows).assign(role="claim"))
-    assert tally.claims.sum() == len(claims.ADVANTAGE) + 1 and tally.rows.sum() == len(rows) == 3 * tally.claims.sum()
+    assert tally.claims.sum() == len(claims.ADVANTAGE) + len(claims.ATTENTION) + 1 and tally.rows.sum() == len(rows) == 3 * tally.claims.sum()
     one = by_claim(evidence.advantage_rows(efficiency_by_depth({8: 1.31}, seeds=1)))["T1.advantage.direction"]
     assert one["model"] == "moe-l8-s0, dense-l8-s0" and "one model: the interval is over prompts" in one["note"]
 
@@ -297,6 +298,13 @@ def test_table5_contrast_needs_both_kinds_of_moe():
     assert rows[0]["verdict"] == "reproduced" and rows[0]["kit"] == pytest.approx(0.25, abs=0.08)
     alone = evidence.table5_contrast_rows({"shallow": [shallow]})
     assert alone[0]["verdict"].startswith("not testable: the model lacks a contrast in the run")
+    assert rows[1]["claim"] == "T5.shared_equal_depth" and rows[1]["verdict"].startswith("not testable")  # 16 vs 24
+    same = blocking_of(0.05, 0.0)
+    same.facts = same.facts | {"shared_expert": True, "model": "same"}  # 16 layers, with a shared expert
+    equal = by_claim(evidence.table5_contrast_rows({"shallow": [shallow], "deep": [deep], "same": [same]}))
+    assert equal["T5.shared_equal_depth"]["verdict"] == "reproduced"
+    assert equal["T5.shared_equal_depth"]["kit"] == pytest.approx(0.25, abs=0.08)
+    assert "with one: same (16 layers)" in equal["T5.shared_equal_depth"]["note"]
 
 
 # ------------------------------------------------------------------------------------------------ heads <-> experts
@@ -360,3 +368,31 @@ def test_several_seeds_give_an_interval_over_seeds():
     assert r["kit_low"] < r["kit"] < r["kit_high"]
     seeds = evidence.coordination_rows([coordination_of(0.68, 0.9), coordination_of(0.68, 0.9)])
     assert by_claim(seeds)["HE.r"]["over"] == "seeds x prompts" and by_claim(seeds)["HE.p"]["note"] == "largest p over the seeds"
+
+
+# ------------------------------------------------------------------------------------------------ basic / refinement
+def roles_of(routed_by_family: float, n: int = 300, seed: int = 0) -> NeuronRoles:
+    """Per prompt: a shared gain with no family structure, a routed gain shifted by ``routed_by_family`` in one
+    of the two families (early stage: shared-heavy, late: routed-heavy)."""
+    rng = np.random.default_rng(seed)
+    family = np.where(np.arange(n) % 2 == 0, "geography", "objects")
+    rows = []
+    for i in range(n):
+        shift = routed_by_family * (family[i] == "geography")
+        rows += [{"sample_id": i, "task": "t", "family": family[i], "stage": "early", "shared": 1.0 + rng.normal(0, .1),
+                  "routed": 0.2 + rng.normal(0, .1)},
+                 {"sample_id": i, "task": "t", "family": family[i], "stage": "late", "shared": 0.2 + rng.normal(0, .1),
+                  "routed": 1.0 + shift + rng.normal(0, .3)}]
+    facts = {"model": "m", "moe": True, "shared_expert": True, "n_prompts": n, "families": 2, "baseline_mrr": 0.5,
+             "layers": 24}
+    return NeuronRoles(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame(), facts)
+
+
+def test_routed_refinement_is_decided_against_shuffled_families():
+    rows = by_claim(evidence.roles_rows([roles_of(1.0)]))
+    refine = rows["BR.routed_refine"]
+    assert refine["verdict"] == "reproduced" and abs(refine["control_value"]) < 0.05  # shuffles: no family effect
+    assert refine["diff"] == pytest.approx(refine["kit"] - refine["control_value"])
+    assert rows["BR.shared_early"]["verdict"] == "reproduced"
+    none = by_claim(evidence.roles_rows([roles_of(0.0)]))["BR.routed_refine"]
+    assert none["verdict"] == "inconclusive" and none["diff_low"] < 0 < none["diff_high"]

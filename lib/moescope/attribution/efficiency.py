@@ -35,6 +35,11 @@ class Efficiency:
         """FFN_i of each model's prompts, in prompt order."""
         return {m: g.ffn_gain.to_numpy() for m, g in self.samples.groupby("model", sort=False)}
 
+    @cached_property
+    def attn(self) -> dict[str, np.ndarray]:
+        """Attn_i of each model's prompts, in prompt order."""
+        return {m: g.attn_gain.to_numpy() for m, g in self.samples.groupby("model", sort=False)}
+
 
 def model_samples(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
     """Per-prompt FFN/attention gain sums, peak position and rank of one model (layer-level LPI, no neurons)."""
@@ -65,9 +70,12 @@ def measure(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIO
     return Efficiency(samples, table, facts, replicas.depth_matched(table))
 
 
-def group_readings(eff: Efficiency, group: replicas.Group, idx: np.ndarray | None = None) -> dict[str, float]:
+def group_readings(eff: Efficiency, group: replicas.Group, idx: np.ndarray | None = None,
+                   gain: str = "ffn") -> dict[str, float]:
     """Every reading of the efficiency advantage inside one group, eff = mean_{i in idx} FFN_i / L (all prompts
-    when ``idx`` is None; the paired readings need a one-to-one pair)."""
+    when ``idx`` is None; the paired readings need a one-to-one pair); ``gain='attn'``: the same readings of the
+    attention gain per layer, mean_i Attn_i / L."""
     take = slice(None) if idx is None else idx
-    values = {m: eff.ffn[m][take].mean(-1) / eff.facts[m]["layers"] for m in group.models}
+    per_prompt = eff.ffn if gain == "ffn" else eff.attn
+    values = {m: per_prompt[m][take].mean(-1) / eff.facts[m]["layers"] for m in group.models}
     return paper.efficiency_readings(values, group.moe, group.dense, group.pair)

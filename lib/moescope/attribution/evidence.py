@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import statistics, verdicts as v
+from ..statistics import eta_squared, over_seeds, paired_difference, ratio, resample, stratified
 from . import ablation, claims, coordination, paper, replicas, summaries
 from .blocking import Blocking
 from .coordination import Coordination
@@ -24,51 +25,11 @@ from .depth import DepthProfile, gain_matrix
 from .efficiency import Efficiency, group_readings
 from .neurons import NeuronRoles
 
-REPS = statistics.REPS
 PERMUTATIONS = 2000
 Row = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def boot(statistic: Callable[[np.ndarray], np.ndarray], n: int) -> v.Estimate:
-    """Percentile bootstrap over ``n`` prompts (seeded: the same resamples for every statistic of a claim).
-
-    Statistics are batched: they take prompt indices [..., n] and reduce the last axis (all resamples at once).
-    """
-    return statistics.bootstrap(statistic, n, reps=REPS, seed=statistics.SEED, batched=True)
-
-
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a / b, NaN where |b| is (numerically) 0."""
-    ok = np.abs(b) > 1e-12
-    return np.where(ok, a / np.where(ok, b, 1.0), np.nan)
-
-
-def mean_of(values: np.ndarray) -> v.Estimate:
-    """The mean of per-prompt ``values`` with its bootstrap interval."""
-    return statistics.mean_of(values, REPS, statistics.SEED)
-
-
-def combine(estimates: Sequence[v.Estimate | None]) -> v.Estimate | None:
-    """One seed: its estimate, marked as resting on one model (:func:`moescope.statistics.one_model`, when it has an
-    interval). Several: the mean over seeds with the hierarchical bootstrap interval (seeds, then
-    each seed's prompt resamples; a t interval over the seeds' values for estimates that are not bootstraps; NaN
-    if any is undefined). Two combinations of the same seeds resample the same seeds, so their draws pair."""
-    if len(estimates) == 1:
-        return statistics.one_model(estimates[0]) if estimates[0] is not None and estimates[0].has_interval \
-            else estimates[0]
-    if any(e is None for e in estimates):
-        return None
-    return statistics.hierarchical(estimates, REPS, statistics.SEED)
-
-
-def paired(kit: v.Estimate | None, control: v.Estimate | None) -> v.Estimate | None:
-    """kit - control with the paired interval (both bootstraps over the same prompts and seeds)."""
-    if kit is None or control is None or not (kit.finite and control.finite):
-        return None
-    return statistics.difference(kit, control, paired=True)
-
-
 def label(names: Sequence[str]) -> str:
     """A model's name in the report, with the number of seeds when there are several."""
     return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} seeds)"
@@ -89,7 +50,7 @@ def _mean(a: np.ndarray) -> float:
 
 def ratio_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> 1 - mean(after[idx]) / mean(before[idx]) (the same prompts in both)."""
-    return lambda idx: 1 - _div(after[idx].mean(-1), before[idx].mean(-1))
+    return lambda idx: 1 - ratio(after[idx].mean(-1), before[idx].mean(-1))
 
 
 def absolute_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -100,11 +61,11 @@ def absolute_drop(before: np.ndarray, after: np.ndarray) -> Callable[[np.ndarray
 
 def recovered(low: np.ndarray, high: np.ndarray, mid: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> (mean mid - mean low) / (mean high - mean low): how much of the way from low to high mid gets."""
-    return lambda idx: _div(mid[idx].mean(-1) - low[idx].mean(-1), high[idx].mean(-1) - low[idx].mean(-1))
+    return lambda idx: ratio(mid[idx].mean(-1) - low[idx].mean(-1), high[idx].mean(-1) - low[idx].mean(-1))
 
 
 def _per_seed(results: Sequence[Any], estimate: Callable[[Any], v.Estimate | None]) -> v.Estimate | None:
-    return combine([estimate(r) for r in results])
+    return over_seeds([estimate(r) for r in results])
 
 
 # ---------------------------------------------------------------------------------------------------- Table 1
@@ -138,9 +99,9 @@ def table1_rows(eff: Efficiency) -> list[Row]:
             ests = []
             for m in names:
                 s = eff.samples[eff.samples.model == m]
-                ests.append(boot(stat(s["rank"].to_numpy(), s.ffn_gain.to_numpy(), eff.facts[m]["layers"]), len(s)))
+                ests.append(resample(stat(s["rank"].to_numpy(), s.ffn_gain.to_numpy(), eff.facts[m]["layers"]), len(s)))
             rows.append(claims.decide(f"T1.{paper_model}.{col}", merged_facts([eff.facts[m] for m in names]),
-                                      combine(ests), model=label(names)))
+                                      over_seeds(ests), model=label(names)))
     return rows + advantage_rows(eff)
 
 
@@ -151,11 +112,11 @@ def _group_note(eff: Efficiency) -> str:
     return f"depth-matched groups: {groups}" + (f"; not matched: {rest}" if rest else "")
 
 
-def _group_estimate(eff: Efficiency, group, reading: str, n: int, seed: int) -> v.Estimate:
-    """One depth-matched group's reading, bootstrap over its prompts (the MoE and dense models resampled on the same
-    prompts); ``seed``: the bootstrap's seed."""
-    return statistics.bootstrap(lambda idx: np.asarray(group_readings(eff, group, idx).get(reading, np.nan)), n,
-                                reps=REPS, seed=seed, batched=True)
+def _group_estimate(eff: Efficiency, group, reading: str, n: int, seed: int, gain: str = "ffn") -> v.Estimate:
+    """One depth-matched group's reading (of the FFN or the attention gain), bootstrap over its prompts (the MoE
+    and dense models resampled on the same prompts); ``seed``: the bootstrap's seed."""
+    return statistics.bootstrap(lambda idx: np.asarray(group_readings(eff, group, idx, gain).get(reading, np.nan)),
+                                n, reps=statistics.REPS, seed=seed, batched=True)
 
 
 def advantage_rows(eff: Efficiency) -> list[Row]:
@@ -166,17 +127,19 @@ def advantage_rows(eff: Efficiency) -> list[Row]:
     sampling error. Every row is the same claim under the same rule (the report tallies it once, over its rows);
     with one depth the pooled row is that depth's row."""
     n = int(eff.samples.groupby("model").size().min()) if len(eff.samples) else 0
-    readings = {"T1.advantage.direction": "mean MoE / mean dense"} | {k: r for k, (r, *_) in claims.ADVANTAGE.items()}
+    readings = ({"T1.advantage.direction": ("mean MoE / mean dense", "ffn")}
+                | {k: (r, "ffn") for k, (r, *_) in claims.ADVANTAGE.items()}
+                | {k: (r, "attn") for k, (r, *_) in claims.ATTENTION.items()})
     rows = []
-    for cid, reading in readings.items():
+    for cid, (reading, gain) in readings.items():
         groups = [g for g in eff.groups if g.pair is not None or "paired" not in reading]
         depths = sorted({g.depth for g in groups})
         by_depth = []
         for i, depth in enumerate(depths):
             at = [g for g in groups if g.depth == depth]
-            ests = [_group_estimate(eff, g, reading, n, statistics.SEED) for g in at]
+            ests = [_group_estimate(eff, g, reading, n, statistics.SEED, gain) for g in at]
             est = (statistics.one_model(ests[0]) if len(ests) == 1 else
-                   statistics.hierarchical(ests, REPS, statistics.SEED + i))  # own seed: depths resampled apart
+                   statistics.hierarchical(ests, statistics.REPS, statistics.SEED + i))  # own seed: depths resampled apart
             by_depth.append((depth, at, est))
         if len(by_depth) > 1:
             for depth, at, est in by_depth:
@@ -205,7 +168,7 @@ def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: st
 # ---------------------------------------------------------------------------------------------------- depth
 def _stage_share(g: np.ndarray, mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> sum over prompts idx and the stage's layers of g / sum over prompts idx and all layers."""
-    return lambda idx: _div(g[idx][..., mask].sum((-1, -2)), g[idx].sum((-1, -2)))
+    return lambda idx: ratio(g[idx][..., mask].sum((-1, -2)), g[idx].sum((-1, -2)))
 
 
 def _depth_estimates(dp: DepthProfile, model: str) -> dict[str, v.Estimate]:
@@ -213,10 +176,10 @@ def _depth_estimates(dp: DepthProfile, model: str) -> dict[str, v.Estimate]:
     layers = dp.layers[(dp.layers.model == model) & (dp.layers.sample_id == dp.layers.sample_id.min())]
     stage = layers.sort_values("layer").paper_stage.to_numpy()
     n, L = g.shape
-    out = {s: boot(_stage_share(g, stage == s), n) for s in summaries.STAGES}
+    out = {s: resample(_stage_share(g, stage == s), n) for s in summaries.STAGES}
     early, late = _stage_share(g, stage == "early"), _stage_share(g, stage == "late")
-    out["late_amplification"] = boot(lambda idx: late(idx) - early(idx), n)
-    out["peak"] = boot(lambda idx: ((g[idx].argmax(-1) + 1) / L).mean(-1), n)
+    out["late_amplification"] = resample(lambda idx: late(idx) - early(idx), n)
+    out["peak"] = resample(lambda idx: ((g[idx].argmax(-1) + 1) / L).mean(-1), n)
     return out
 
 
@@ -242,9 +205,9 @@ def depth_rows(dp: DepthProfile) -> list[Row]:
         for key in keys:
             cid = "depth.peak" if key == "peak" else ("depth.late_amplification" if key == "late_amplification"
                                                       else f"depth.stage.{key}")
-            control = combine([c[key] for c in controls]) if all(controls) else None
+            control = over_seeds([c[key] for c in controls]) if all(controls) else None
             note = f"control: {', '.join(p for p in partners if p)}" if all(partners) else "no depth-matched partner"
-            rows.append(claims.decide(cid, facts, combine([e[key] for e in per_seed]), control, note, label(names)))
+            rows.append(claims.decide(cid, facts, over_seeds([e[key] for e in per_seed]), control, note, label(names)))
     return rows
 
 
@@ -270,9 +233,9 @@ def table2_rows(results: Sequence[ablation.Ablation]) -> list[Row]:
         if testable:
             def estimate(r, c=config):
                 floor, top, mid = (_config_rr(r, x) for x in (ablation.NEITHER, _default(r), c))
-                return boot(recovered(floor, top, mid), len(mid)) if len(mid) else None
+                return resample(recovered(floor, top, mid), len(mid)) if len(mid) else None
             kit = _per_seed(results, estimate)
-            control = _per_seed(results, lambda r: mean_of(_config_rr(r, ablation.NEITHER)))
+            control = _per_seed(results, lambda r: statistics.mean_of(_config_rr(r, ablation.NEITHER)))
         rows.append(claims.decide(cid, facts, kit, control, "control value: MRR with neither shared nor routed "
                                   "experts", label(names)))
     return rows
@@ -295,7 +258,7 @@ def _drop(b: Blocking, task: str, method: str, k: int, absolute: bool = False, a
     base = _rr(b, task, "original")[0]
     att, rnd = _rr(b, task, "attributed", method, k)[0], _rr(b, task, against, method, k)
     ctl = lambda idx: np.mean([drop(base, row)(idx) for row in rnd], axis=0)  # noqa: E731
-    return boot(drop(base, att), len(base)), boot(ctl, len(base))
+    return resample(drop(base, att), len(base)), resample(ctl, len(base))
 
 
 def _fraction(b: Blocking, task: str, k: int) -> float:
@@ -334,8 +297,8 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         if not moe:
             return None, None, None
         pairs = [_drop(r, task, method, k, absolute, against) for r in results]
-        kit, ctl = combine([p[0] for p in pairs]), combine([p[1] for p in pairs])
-        return kit, ctl, paired(kit, ctl)
+        kit, ctl = over_seeds([p[0] for p in pairs]), over_seeds([p[1] for p in pairs])
+        return kit, ctl, paired_difference(kit, ctl)
 
     def size(task, k, note):
         """A size row's (kit, random control, note): the relative drop the paper reports is decided; beside it, the
@@ -387,11 +350,6 @@ def _family_drop(b: Blocking, family_tasks: Sequence[str]) -> Callable[[dict[str
     return lambda idx: np.mean([ratio_drop(o, a)(idx[t]) for t, (o, a) in arrays.items()], axis=0)
 
 
-def stratified(statistic: Callable[[dict[str, np.ndarray]], float], sizes: Mapping[str, int]) -> v.Estimate:
-    """Percentile bootstrap resampling prompts within each task (``sizes``: prompts per task)."""
-    return statistics.stratified(statistic, sizes, REPS, statistics.SEED)
-
-
 def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) -> Row:
     present = _tasks(results)
     core = [t for t in claims.CORE_TASKS if t in present]
@@ -412,31 +370,49 @@ def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) 
                          f"{', '.join(tolerant)}", model=label(names))
 
 
+def _drop_contrast(a: Sequence[Blocking], b: Sequence[Blocking]) -> tuple[v.Estimate, dict[str, float]]:
+    """Mean drop@10 (re-routed) over the tasks both ran, model a - model b, stratified bootstrap over each task's
+    facts, seeds paired by index (independent models: the pairing only fixes the resampling), and their facts."""
+    both = list(a) + list(b)
+    present = _tasks(both)
+    ests = []
+    for ra, rb in zip(a, b):
+        fa, fb = _family_drop(ra, present), _family_drop(rb, present)
+        sizes = {t: len(_rr(ra, t, "original")[0]) for t in present}
+        ests.append(stratified(lambda idx, fa=fa, fb=fb: fa(idx) - fb(idx), sizes))
+    facts = {"baseline_mrr": float(np.mean([r.facts["baseline_mrr"] for r in both])),
+             "beyond_prior": float(np.mean([r.facts.get("beyond_prior", math.nan) for r in both])),
+             "fraction": float(np.mean([_fraction(r, t, 10) for r in both for t in present]))}
+    return over_seeds(ests), facts
+
+
 def table5_contrast_rows(by_model: Mapping[str, Sequence[Blocking]]) -> list[Row]:
-    """'A deep MoE with a shared expert is robust, a shallow one without degrades': the shallowest unshared MoE
-    against the deepest shared one in the run (mean drop@10 over the tasks, seeds pooled)."""
+    """Robustness to blocking across models (mean drop@10 over the tasks, seeds pooled): 'a deep MoE with a shared
+    expert is robust, a shallow one without degrades' (the shallowest unshared MoE against the deepest shared one,
+    depth and the shared expert confounded as in the paper), and the shared expert's share of it at equal depth
+    (an unshared MoE against a shared one of the same depth)."""
     moe = {m: rs for m, rs in by_model.items() if rs[0].facts["moe"]}
     shared = [m for m, rs in moe.items() if rs[0].facts["shared_expert"]]
     unshared = [m for m, rs in moe.items() if not rs[0].facts["shared_expert"]]
-    deep = max(shared, key=lambda m: moe[m][0].facts["layers"], default=None)
-    shallow = min(unshared, key=lambda m: moe[m][0].facts["layers"], default=None)
-    contrast = bool(deep and shallow and moe[deep][0].facts["layers"] > moe[shallow][0].facts["layers"])
+    depth = {m: moe[m][0].facts["layers"] for m in moe}
     ran = all(10 in set(r.ranks.k) for rs in moe.values() for r in rs)
-    facts: dict[str, Any] = {"model": "all", "contrast": contrast}
-    kit = None
-    if contrast and ran:
-        a, b = moe[shallow], moe[deep]
-        present = [t for t in _tasks(list(a) + list(b))]
-        facts |= {"baseline_mrr": float(np.mean([r.facts["baseline_mrr"] for r in list(a) + list(b)])),
-                  "fraction": float(np.mean([_fraction(r, t, 10) for r in list(a) + list(b) for t in present]))}
-        ests = []
-        for ra, rb in zip(a, b):
-            fa, fb = _family_drop(ra, present), _family_drop(rb, present)
-            sizes = {t: len(_rr(ra, t, "original")[0]) for t in present}
-            ests.append(stratified(lambda idx: fa(idx) - fb(idx), sizes))
-        kit = combine(ests)
-    note = f"shallow unshared: {shallow}; deep shared: {deep}" if contrast else "needs both kinds of MoE in the run"
-    return [claims.decide("T5.shared_depth_robust", facts, kit, note=note, model=", ".join(by_model))]
+    deep = max(shared, key=depth.get, default=None)
+    shallow = min(unshared, key=depth.get, default=None)
+    contrast = bool(deep and shallow and depth[deep] > depth[shallow])
+    equal = next(((u, s) for s in shared for u in unshared if depth[u] == depth[s]), None)
+    rows = []
+    for cid, pair, flag in (("T5.shared_depth_robust", (shallow, deep) if contrast else None, "contrast"),
+                            ("T5.shared_equal_depth", equal, "equal_depth")):
+        facts: dict[str, Any] = {"model": "all", flag: pair is not None}
+        kit = None
+        if pair is not None and ran:
+            kit, more = _drop_contrast(moe[pair[0]], moe[pair[1]])
+            facts |= more
+        note = (f"without a shared expert: {label([r.facts['model'] for r in moe[pair[0]]])} ({depth[pair[0]]} "
+                f"layers); with one: {label([r.facts['model'] for r in moe[pair[1]]])} ({depth[pair[1]]} layers)"
+                if pair else "needs both kinds of MoE in the run" + (" at the same depth" if flag == "equal_depth" else ""))
+        rows.append(claims.decide(cid, facts, kit, note=note, model=", ".join(by_model)))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- heads <-> experts
@@ -445,7 +421,7 @@ def _r_estimates(co: Coordination, y: str) -> tuple[v.Estimate, v.Estimate, floa
     xm, ym, _ = coordination.matrices(co.pairs, "x", y)
     if xm.shape[1] == 0:
         return v.Estimate(math.nan), v.Estimate(math.nan), math.nan
-    kit = boot(lambda idx: coordination.mean_r(xm[idx], ym[idx]), len(xm))
+    kit = resample(lambda idx: coordination.mean_r(xm[idx], ym[idx]), len(xm))
     null = np.asarray(coordination.mean_r(xm, coordination.shuffled(ym, np.random.default_rng(0), PERMUTATIONS)))
     null = null[np.isfinite(null)]
     if not len(null):
@@ -463,7 +439,7 @@ def _random_drop(co: Coordination, rr: bool) -> v.Estimate:
         arrays = [(base, g.rr.to_numpy()) for _, g in r.groupby("draw")]
     else:
         arrays = [(g.gate_clean.to_numpy(), g.gate_inhibited.to_numpy()) for _, g in r.groupby("draw")]
-    return boot(lambda idx: np.mean([ratio_drop(b, a)(idx) for b, a in arrays], axis=0), len(co.prompts))
+    return resample(lambda idx: np.mean([ratio_drop(b, a)(idx) for b, a in arrays], axis=0), len(co.prompts))
 
 
 def _prompt_shares(co: Coordination, column: str) -> np.ndarray:
@@ -482,29 +458,35 @@ def coordination_rows(results: Sequence[Coordination]) -> list[Row]:
     if moe:
         for cid, y in (("HE.r", "y"), ("HE.r_lagged", "y_next")):
             parts = [_r_estimates(r, y) for r in results]
-            est[cid] = combine([p[0] for p in parts]), combine([p[1] for p in parts])
+            est[cid] = over_seeds([p[0] for p in parts]), over_seeds([p[1] for p in parts])
             if y == "y":
                 est["HE.p"] = v.Estimate(max(p[2] for p in parts)), est[cid][1]
                 note["HE.p"] = "largest p over the seeds" if len(parts) > 1 else ""
         p = [r.prompts for r in results]
-        est["HE.inhibit_gate"] = (combine([boot(ratio_drop(q.gate_clean.to_numpy(), q.gate_inhibited.to_numpy()), len(q))
-                                           for q in p]), combine([_random_drop(r, False) for r in results]))
-        est["HE.inhibit_mrr"] = (combine([boot(ratio_drop(q.rr_clean.to_numpy(), q.rr_inhibited.to_numpy()), len(q))
-                                          for q in p]), combine([_random_drop(r, True) for r in results]))
-        rec = {c: combine([boot(recovered(q.rr_inhibited.to_numpy(), q.rr_clean.to_numpy(), q[c].to_numpy()), len(q))
-                           for q in p]) for c in ("rr_forced", "rr_mediated")}
+
+        def drops(clean: str, inhibited: str) -> v.Estimate | None:
+            return over_seeds([resample(ratio_drop(q[clean].to_numpy(), q[inhibited].to_numpy()), len(q)) for q in p])
+
+        est["HE.inhibit_gate"] = drops("gate_clean", "gate_inhibited"), over_seeds([_random_drop(r, False)
+                                                                                     for r in results])
+        est["HE.inhibit_mrr"] = drops("rr_clean", "rr_inhibited"), over_seeds([_random_drop(r, True) for r in results])
+        rec = {c: over_seeds([resample(recovered(q.rr_inhibited.to_numpy(), q.rr_clean.to_numpy(), q[c].to_numpy()),
+                                       len(q)) for q in p]) for c in ("rr_forced", "rr_mediated")}
         est["HE.forcing"] = rec["rr_forced"], rec["rr_mediated"]
         est["HE.mediation"] = rec["rr_mediated"], None
         if all(len(r.ig) for r in results):
-            est["HE.ig_share"] = (combine([mean_of(_prompt_shares(r, "share_key")) for r in results]),
-                                  combine([mean_of(_prompt_shares(r, "share_random")) for r in results]))
-            est["HE.ig_share_all"] = combine([mean_of(_prompt_shares(r, "share_all")) for r in results]), None
+            def share(column: str) -> v.Estimate | None:
+                return over_seeds([statistics.mean_of(_prompt_shares(r, column)) for r in results])
+
+            est["HE.ig_share"] = share("share_key"), share("share_random")
+            est["HE.ig_share_all"] = share("share_all"), None
             err = max(float(r.ig.completeness.max()) for r in results)
             note["HE.ig_share"] = note["HE.ig_share_all"] = f"IG completeness error at most {err:.2g}"
     ids = ["HE.r", "HE.r_lagged", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.mediation",
            "HE.ig_share", "HE.ig_share_all"]
     return [claims.decide(cid, facts, *est.get(cid, (None, None)), note=note.get(cid, ""), model=label(names),
-                          diff=paired(*est[cid]) if cid in PAIRED_CONTROLS and cid in est else None) for cid in ids]
+                          diff=paired_difference(*est[cid]) if cid in PAIRED_CONTROLS and cid in est else None)
+            for cid in ids]
 
 
 #: head-expert claims whose control is measured on the same prompts (random heads, the mediated routing)
@@ -516,25 +498,12 @@ def within_layer_table(co: Coordination) -> pd.DataFrame:
     xm, ym, layers = coordination.matrices(co.pairs, "x", "y")
     rows = []
     for j, layer in enumerate(layers):
-        e = boot(lambda idx: coordination.within_layer_r(xm[idx][..., [j]], ym[idx][..., [j]])[..., 0], len(xm))
+        e = resample(lambda idx: coordination.within_layer_r(xm[idx][..., [j]], ym[idx][..., [j]])[..., 0], len(xm))
         rows.append({"layer": layer, "r": e.value, "low": e.low, "high": e.high, "n": len(xm)})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------------- basic / refinement
-def eta_squared(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Share of the variance of ``values`` explained by ``groups`` along the last axis:
-    sum_g n_g (mean_g - mean)^2 / sum (x - mean)^2 (NaN when the values are constant)."""
-    mean = values.mean(-1, keepdims=True)
-    between = np.zeros(values.shape[:-1])
-    for g in np.unique(groups):
-        member = groups == g
-        n = member.sum(-1)
-        mean_g = _div((values * member).sum(-1), n)
-        between = between + np.where(n > 0, n * (np.nan_to_num(mean_g) - mean[..., 0]) ** 2, 0.0)
-    return _div(between, ((values - mean) ** 2).sum(-1))
-
-
 def _roles_estimates(nr: NeuronRoles) -> dict[str, v.Estimate]:
     g = nr.gains
     wide = g.pivot_table(index="sample_id", columns="stage", values=["shared", "routed"], fill_value=0.0)
@@ -544,22 +513,40 @@ def _roles_estimates(nr: NeuronRoles) -> dict[str, v.Estimate]:
         if stage not in shared_pos:
             return np.full(np.shape(idx)[:-1], np.nan)
         s, r = shared_pos[stage].to_numpy()[idx].sum(-1), routed_pos[stage].to_numpy()[idx].sum(-1)
-        return _div(s, s + r)
+        return ratio(s, s + r)
 
     totals = g.groupby("sample_id").agg(shared=("shared", "sum"), routed=("routed", "sum"), family=("family", "first"))
     fam, sh, ro = totals.family.to_numpy(), totals.shared.to_numpy(), totals.routed.to_numpy()
     n = len(totals)
-    return {"BR.shared_early": boot(lambda idx: share("early", idx) - share("late", idx), n),
-            "BR.routed_refine": boot(lambda idx: eta_squared(ro[idx], fam[idx]) - eta_squared(sh[idx], fam[idx]), n)}
+    shuffled = [np.random.default_rng(statistics.SEED + p).permutation(fam) for p in range(FAMILY_SHUFFLES)]
+
+    def refine(families):
+        return lambda idx: eta_squared(ro[idx], families[idx]) - eta_squared(sh[idx], families[idx])
+
+    def null(idx):
+        return np.mean([refine(f)(idx) for f in shuffled], axis=0)
+
+    return {"BR.shared_early": resample(lambda idx: share("early", idx) - share("late", idx), n),
+            "BR.routed_refine": resample(refine(fam), n), "BR.routed_refine.control": resample(null, n)}
+
+
+#: family labels shuffled across prompts this many times for the control of BR.routed_refine
+FAMILY_SHUFFLES = 20
 
 
 def roles_rows(results: Sequence[NeuronRoles]) -> list[Row]:
-    """Shared early / routed late, and routed experts as domain refiners (seeds pooled)."""
+    """Shared early / routed late, and routed experts as domain refiners against the same statistic with the task
+    families shuffled across prompts (paired over the same resamples; seeds pooled)."""
     names = [r.facts["model"] for r in results]
     facts = merged_facts([r.facts for r in results])
     ests = [_roles_estimates(r) for r in results] if facts["shared_expert"] else None
-    return [claims.decide(cid, facts, combine([e[cid] for e in ests]) if ests else None, model=label(names))
-            for cid in ("BR.shared_early", "BR.routed_refine")]
+
+    def pooled(key):
+        return over_seeds([e[key] for e in ests]) if ests else None
+
+    kit, ctl = pooled("BR.routed_refine"), pooled("BR.routed_refine.control")
+    return [claims.decide("BR.shared_early", facts, pooled("BR.shared_early"), model=label(names)),
+            claims.decide("BR.routed_refine", facts, kit, ctl, model=label(names), diff=paired_difference(kit, ctl))]
 
 
 # ---------------------------------------------------------------------------------------------------- method
@@ -575,7 +562,7 @@ def scores_rows(facts: Mapping[str, Any], sc: pd.DataFrame) -> list[Row]:
     if paper_model not in paper.TABLE1.model.values:
         return []
     ranks = sc["rank"].to_numpy()
-    return [claims.decide(f"T1.{paper_model}.hit@10", facts, combine([boot(lambda i: (ranks[i] <= 10).mean(-1),
+    return [claims.decide(f"T1.{paper_model}.hit@10", facts, over_seeds([resample(lambda i: (ranks[i] <= 10).mean(-1),
                                                                             len(ranks))]), model=facts["model"]),
-            claims.decide(f"T1.{paper_model}.mrr", facts, combine([boot(lambda i: (1 / ranks[i]).mean(-1),
+            claims.decide(f"T1.{paper_model}.mrr", facts, over_seeds([resample(lambda i: (1 / ranks[i]).mean(-1),
                                                                         len(ranks))]), model=facts["model"])]

@@ -137,8 +137,10 @@ def efficiency_readings(eff: Mapping[str, float], moe: Sequence[str], dense: Seq
     return out
 
 
-def paper_efficiency_readings() -> dict[str, float]:
-    """:func:`efficiency_readings` on Table 1 itself (Qwen1.5-MoE vs Qwen1.5-7B as the pair)."""
-    eff = dict(zip(TABLE1.model, TABLE1.per_layer_efficiency))
+def paper_efficiency_readings(gain: str = "ffn") -> dict[str, float]:
+    """:func:`efficiency_readings` on Table 1 itself (Qwen1.5-MoE vs Qwen1.5-7B as the pair), of the FFN gain per
+    layer (``gain='ffn'``: the per-layer efficiency) or of the attention gain per layer (``'attn'``)."""
+    per_layer = TABLE1.per_layer_efficiency if gain == "ffn" else TABLE1.attn_gain / TABLE1.layers
+    eff = dict(zip(TABLE1.model, per_layer))
     return efficiency_readings(eff, list(TABLE1.model[TABLE1.moe]), list(TABLE1.model[~TABLE1.moe]),
                                pair=("Qwen1.5-MoE", "Qwen1.5-7B"))
