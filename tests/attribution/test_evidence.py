@@ -144,11 +144,14 @@ def test_efficiency_without_depth_matched_models_is_not_testable():
 
 
 # ------------------------------------------------------------------------------------------------ depth
-def depth_of(shares: dict[str, float], layers: int = 24, n: int = 100) -> DepthProfile:
+def depth_of(shares: dict[str, float], layers: int = 24, n: int = 100,
+             mass: dict[str, float] | None = None) -> DepthProfile:
+    """Stage shares of the FFN gain, and (``mass``) the router's top-k mass per stage (absent: no such column)."""
     stage = [paper.stage_of((l + 1) / layers) for l in range(layers)]
     per_layer = np.array([shares[s] / stage.count(s) for s in stage])
     rows = [{"model": "m", "sample_id": i, "task": "t", "family": "f", "rank": 2, "layer": l, "depth": (l + 1) / layers,
              "attn_gain": 0.0, "ffn_gain": per_layer[l] * RNG.uniform(0.95, 1.05), "stage": "x", "paper_stage": stage[l]}
+            | ({"topk_mass": mass[stage[l]] + RNG.normal(0, 0.05)} if mass else {})
             for i in range(n) for l in range(layers)]
     facts = {"m": {"model": "m", "moe": True, "layers": layers, "shared_expert": True}}
     return DepthProfile(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), facts)
@@ -165,6 +168,14 @@ def test_depth_stage_claims_both_ways():
     assert flipped["depth.peak"]["verdict"] == "not reproduced"  # the densest layers are now 14-19
     shallow = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES, layers=3)))
     assert shallow["depth.stage.late"]["verdict"] == "not testable: depth (layers) is 3, needs at least 8"
+
+
+def test_screening_compares_the_routers_top_k_mass_early_and_late():
+    screens = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES, mass={"early": .8, "middle": .6, "late": .4})))
+    assert screens["depth.screening"]["verdict"] == "reproduced"
+    assert screens["depth.screening"]["kit"] == pytest.approx(0.4, abs=0.02)
+    spreads = by_claim(evidence.depth_rows(depth_of(paper.STAGE_SHARES, mass={"early": .4, "middle": .6, "late": .8})))
+    assert spreads["depth.screening"]["verdict"] == "not reproduced"
 
 
 # ------------------------------------------------------------------------------------------------ Table 2

@@ -124,6 +124,10 @@ def test_efficiency_and_depth_on_a_depth_matched_pair(tokenizer):
     dp = depth.profile([moe, dense], RELS, N)
     assert len(dp.profile) == 4 and (dp.stages[["early", "middle", "late"]].sum(axis=1) - 1).abs().max() < 1e-9
     assert list(dp.profile[dp.profile.model == moe.name].paper_stage) == ["early", "late"]
+    # the router's top-k mass: between k/E (even routing) and 1, and absent where no layer routes
+    k, e = arch.top_k(moe.model), arch.num_experts(moe.model)
+    mass = dp.layers[dp.layers.model == moe.name].topk_mass
+    assert mass.between(k / e - 1e-6, 1 + 1e-6).all() and dp.layers[dp.layers.model == dense.name].topk_mass.isna().all()
 
 
 def test_depth_matching_prefers_the_registry_then_equal_depth(monkeypatch):

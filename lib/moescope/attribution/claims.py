@@ -180,6 +180,12 @@ def _depth_claims() -> list[v.Claim]:
                       "mid-activation, late amplification: the late stage holds more FFN gain than the early stage",
                       f"{late_minus_early:+.3f}", "late share - early share", v.above(0.0),
                       "the same on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP)))
+    out.append(_claim("depth.screening", "abstract / Sec. 4 (stages)",
+                      "early layers screen experts, late layers refine collaboratively: the router commits to few "
+                      "experts early (high top-k mass) and spreads over many late", "qualitative",
+                      "mean router top-k mass (sum of the k largest expert probabilities, last token) over the early "
+                      "stage's MoE layers - over the late stage's", v.above(0.0),
+                      "routing spread evenly (k/E at every depth: difference 0)", (MOE, DEEP)))
     peaks = paper.TABLE1.peak_position
     out.append(_claim("depth.peak", "Table 1 (peak gain position)",
                       "the FFN gain peaks late, at about 85% of the depth (77.6-90.2% across the six models)",

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
+from .. import arch
+from ..capture import capture
 from ..models import LoadedModel
+from ..prompts import context_length, encode
 from . import paper, summaries, tasks
 
 READINGS = {"paper 13-19-24": "paper_stage", "thirds": "stage"}
@@ -23,7 +27,8 @@ READINGS = {"paper 13-19-24": "paper_stage", "thirds": "stage"}
 
 @dataclass
 class DepthProfile:
-    """``layers``: model, sample_id, task, family, rank, layer, depth ((l+1)/L), attn_gain, ffn_gain, stage, paper_stage.
+    """``layers``: model, sample_id, task, family, rank, layer, depth ((l+1)/L), attn_gain, ffn_gain, stage, paper_stage,
+    topk_mass (NaN in a layer without routed experts).
     ``profile``: mean gains per model and layer. ``stages``: model, reading, early, middle, late shares.
     ``facts``: per model, the model's and the prompts' facts."""
 
@@ -33,11 +38,29 @@ class DepthProfile:
     facts: dict[str, dict]
 
 
+def topk_mass(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
+    """sample_id, layer, topk_mass of every MoE layer at each prompt's last token (empty for a dense model)."""
+    moe = [p for p in arch.layers(lm.model) if p.is_moe]
+    if not moe:
+        return pd.DataFrame(columns=["sample_id", "layer", "topk_mass"])
+    enc = encode(lm.tokenizer, list(fr.prompt), list(fr.object), context_length(lm.model))
+    trace = capture(lm.model, enc.input_ids.to(lm.device), enc.attention_mask.to(lm.device))
+    frames = []
+    for p in moe:
+        probs = trace.layers[p.index].router_probs.float()
+        k = trace.layers[p.index].topk_index.shape[1]
+        mass = torch.topk(probs, k, dim=-1).values.sum(-1).cpu().numpy()
+        frames.append(pd.DataFrame({"sample_id": np.arange(len(mass)), "layer": p.index, "topk_mass": mass}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def model_layers(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
-    """Per-prompt, per-layer gains of one model with each layer's relative depth and stage (both readings)."""
+    """Per-prompt, per-layer gains of one model with each layer's relative depth and stage (both readings) and its
+    routing concentration (:func:`topk_mass`)."""
     attr = tasks.attribution(lm, fr, neurons=False)
     n = int(attr.layers.layer.max() + 1)
     out = tasks.with_samples(attr.layers, attr.samples, ("task", "family", "rank"))
+    out = out.merge(topk_mass(lm, fr), on=["sample_id", "layer"], how="left")
     out["depth"] = (out.layer + 1) / n
     out["stage"] = [summaries.stage_of(l, n) for l in out.layer]
     out["paper_stage"] = [paper.stage_of(d) for d in out.depth]

@@ -180,6 +180,14 @@ def _depth_estimates(dp: DepthProfile, model: str) -> dict[str, v.Estimate]:
     early, late = _stage_share(g, stage == "early"), _stage_share(g, stage == "late")
     out["late_amplification"] = resample(lambda idx: late(idx) - early(idx), n)
     out["peak"] = resample(lambda idx: ((g[idx].argmax(-1) + 1) / L).mean(-1), n)
+    if "topk_mass" not in dp.layers:
+        return out
+    mass = dp.layers[dp.layers.model == model].pivot(index="sample_id", columns="layer", values="topk_mass")
+    routed = mass.notna().all().to_numpy()
+    if routed.any():
+        m = mass.to_numpy()
+        first, last = (routed & (stage == "early")), (routed & (stage == "late"))
+        out["screening"] = resample(lambda idx: m[idx][..., first].mean((-1, -2)) - m[idx][..., last].mean((-1, -2)), n)
     return out
 
 
@@ -208,6 +216,10 @@ def depth_rows(dp: DepthProfile) -> list[Row]:
             control = over_seeds([c[key] for c in controls]) if all(controls) else None
             note = f"control: {', '.join(p for p in partners if p)}" if all(partners) else "no depth-matched partner"
             rows.append(claims.decide(cid, facts, over_seeds([e[key] for e in per_seed]), control, note, label(names)))
+        if facts["moe"]:
+            kit = over_seeds([e.get("screening") for e in per_seed])
+            rows.append(claims.decide("depth.screening", facts, kit, v.Estimate(0.0), "control: routing spread "
+                                      "evenly (top-k mass k/E at every depth: difference 0)", label(names)))
     return rows
 
 
