@@ -335,12 +335,15 @@ def coordination_of(r: float, mediated: float, n: int = 400, layers=(0, 1, 2)) -
                        "share_all": 0.6, "completeness": 1e-6})
     facts = {"model": "m", "moe": True, "shared_expert": True, "softmax_router": True, "n_prompts": n,
              "baseline_mrr": 0.6}
-    return Coordination(pairs, pd.DataFrame(), prompts, randoms, ig, facts)
+    prompts = prompts.assign(rr_inhibited_ig=prompts.rr_inhibited, gate_clean_ig=prompts.gate_clean,
+                             gate_inhibited_ig=prompts.gate_inhibited)
+    return Coordination(pairs, pd.DataFrame(), pd.DataFrame(), prompts, randoms, ig, facts)
 
 
 def test_head_expert_claims_on_a_paperlike_model():
     rows = by_claim(evidence.coordination_rows([coordination_of(0.68, 0.9)]))
-    for cid in ("HE.r", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.mediation", "HE.ig_share"):
+    for cid in ("HE.r", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.inhibit_gate_ig", "HE.inhibit_mrr_ig",
+                "HE.forcing", "HE.mediation", "HE.ig_share"):
         assert rows[cid]["verdict"] == "reproduced", (cid, rows[cid])
     assert rows["HE.r"]["control_value"] == pytest.approx(0.0, abs=0.05)  # shuffled prompts: no correlation
     assert rows["HE.ig_share_all"]["verdict"] == "not reproduced"

@@ -277,6 +277,16 @@ def test_coordination_conditions_equal_the_interventions_by_hand(qwen, test_fr):
     assert (co.ig.completeness < 0.05).all() and co.ig.share_key.between(0, 1).all()
     assert (co.ig.share_key <= co.ig.share_all + 1e-9).all()
     assert list(co.interventions().condition)[:2] == ["clean", "key heads inhibited"]
+    # key heads by router IG on the selection prompts, inhibited on the test prompts
+    from moescope.capture import capture as capture_
+    sel = tasks.facts(RELS, N, tasks.SELECTION)
+    sel_enc = encode(qwen.tokenizer, list(sel.prompt), list(sel.object), context_length(qwen.model))
+    trace = capture_(qwen.model, sel_enc.input_ids, sel_enc.attention_mask)
+    moe_layers = [q.index for q in arch.layers(qwen.model) if q.is_moe]
+    pd.testing.assert_frame_equal(co.ig_heads, coordination.ig_key_heads(qwen.model, trace, moe_layers, 2, 8))
+    with inhibit_heads(qwen.model, coordination.head_spec(co.ig_heads)):
+        by_ig = metrics.last_token_logits(qwen.model, enc)
+    assert np.allclose(p.rr_inhibited_ig, 1 / metrics.ranks(by_ig, enc.target_ids).numpy())
 
 
 def test_random_head_specs_avoid_the_key_heads():

@@ -322,6 +322,14 @@ def _coordination_claims() -> list[v.Claim]:
         _claim("HE.inhibit_mrr", where, "inhibiting the key heads lowers MRR by 29%", f"{C['inhibit_mrr_drop']:.2f}",
                "1 - MRR(inhibited) / MRR", v.all_of(close(C["inhibit_mrr_drop"]), v.exceeds_control()), RANDOM_HEADS,
                (MOE, OFF_CEILING)),
+        _claim("HE.inhibit_gate_ig", where, "heads guide routing: inhibiting the heads the router's integrated "
+               "gradients name lowers the top-k gate probability by 54%", f"{C['inhibit_gate_drop']:.2f}",
+               "as HE.inhibit_gate, the key heads chosen by router IG mass on the selection templates (sum over "
+               "prompts and MoE layers of |IG| of the top-1 expert's centred logit)",
+               v.all_of(close(C["inhibit_gate_drop"]), v.exceeds_control()), RANDOM_HEADS, (MOE, SOFTMAX)),
+        _claim("HE.inhibit_mrr_ig", where, "inhibiting the heads the router's integrated gradients name lowers MRR "
+               "by 29%", f"{C['inhibit_mrr_drop']:.2f}", "as HE.inhibit_mrr, the key heads chosen by router IG",
+               v.all_of(close(C["inhibit_mrr_drop"]), v.exceeds_control()), RANDOM_HEADS, (MOE, SOFTMAX, OFF_CEILING)),
         _claim("HE.forcing", where, "forcing the correct experts recovers 85% of the MRR", f"{C['force_recovery']:.2f}",
                "(MRR_forced - MRR_inhibited) / (MRR - MRR_inhibited)", close(C["force_recovery"]),
                "restoring the whole clean routing (mediation; shown, not used by the rule)", (MOE, INHIBITS)),

@@ -252,6 +252,20 @@ def router_ig(model, trace: Trace, layer: int, expert: torch.Tensor, steps: int 
     return {"ig": ig.detach(), "f_x": ends[1], "f_0": ends[0]}
 
 
+def ig_key_heads(model, trace: Trace, moe_layers: Sequence[int], n: int, steps: int = 16) -> pd.DataFrame:
+    """The ``n`` (layer, head) pairs with the largest router IG mass: sum over prompts and MoE layers l of
+    |IG_{l',h}| of the clean top-1 expert's centred router logit at l (:func:`router_ig`), heads of l' <= l."""
+    n_layers, n_heads = len(arch.layers(model)), arch.num_heads(model)
+    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    for l in moe_layers:
+        out = router_ig(model, trace, l, trace.layers[l].topk_index[:, 0], steps=steps)
+        total[: l + 1] += out["ig"].abs().sum(0).double().cpu()
+    table = pd.DataFrame([(l, h, float(total[l, h])) for l in range(n_layers) for h in range(n_heads)],
+                         columns=["layer", "head", "ig"])
+    return (table.sort_values(["ig", "layer", "head"], ascending=[False, True, True]).head(n)
+            .reset_index(drop=True))
+
+
 def head_mask(n_layers: int, n_heads: int, spec: HeadSpec) -> torch.Tensor:
     """Boolean [layers, heads] mask of the heads in ``spec``."""
     mask = torch.zeros(n_layers, n_heads, dtype=torch.bool)
@@ -289,12 +303,15 @@ def ig_shares(model, clean: Trace, moe_layers: Sequence[int], key: HeadSpec, con
 @dataclass
 class Coordination:
     """``pairs``: per (prompt, MoE layer) x, x_top, y, gate, y_next. ``key_heads``: layer, head, gain.
-    ``prompts``: per prompt rr_clean / rr_inhibited / rr_mediated / rr_forced, gate_clean / gate_inhibited.
+    ``ig_heads``: layer, head, ig (the key heads by router IG; empty for routers other than softmax).
+    ``prompts``: per prompt rr_clean / rr_inhibited / rr_mediated / rr_forced, gate_clean / gate_inhibited, and
+    with the IG-chosen heads inhibited rr_inhibited_ig / gate_clean_ig / gate_inhibited_ig.
     ``random_heads``: per draw and prompt rr, gate_clean, gate_inhibited. ``ig``: :func:`ig_shares` (empty for
     routers other than softmax). ``facts``: the model's and the prompts' facts (empty tables for a dense model)."""
 
     pairs: pd.DataFrame
     key_heads: pd.DataFrame
+    ig_heads: pd.DataFrame
     prompts: pd.DataFrame
     random_heads: pd.DataFrame
     ig: pd.DataFrame
@@ -315,23 +332,32 @@ def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: 
         n_heads: int = 2, n_random: int = 5, ig_steps: int = 16, seed: int = 0, device: str = "cpu",
         dtype: str | None = None) -> Coordination:
     """Every step of the head-expert study on one model (empty tables and its facts for a dense model). The key
-    heads are chosen on the selection templates; correlations, interventions and integrated gradients run on the
-    test templates of the same facts (:data:`moescope.attribution.tasks.TEST`)."""
+    heads are chosen on the selection templates, by HeadGain and (softmax routers) by router IG; correlations,
+    interventions and integrated gradients run on the test templates of the same facts
+    (:data:`moescope.attribution.tasks.TEST`)."""
     lm = tasks.loaded(model, device, dtype)
     fr = tasks.facts(relations, n_samples, tasks.TEST, seed)
     attr = tasks.attribution(lm, fr, neurons=False)
     facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]), fr)
     empty = pd.DataFrame()
     if not facts["moe"]:
-        return Coordination(empty, empty, empty, empty, empty, facts)
+        return Coordination(empty, empty, empty, empty, empty, empty, facts)
     moe_layers = [p.index for p in arch.layers(lm.model) if p.is_moe]
-    keys = key_heads(tasks.attribution(lm, tasks.facts(relations, n_samples, tasks.SELECTION, seed),
-                                       neurons=False).heads, n_heads)
+    selection = tasks.facts(relations, n_samples, tasks.SELECTION, seed)
+    keys = key_heads(tasks.attribution(lm, selection, neurons=False).heads, n_heads)
     spec = head_spec(keys)
     controls = random_head_specs(facts["layers"], facts["heads"], n_heads, n_random, spec, seed)
     enc = encode(lm.tokenizer, list(fr.prompt), list(fr.object), context_length(lm.model))
     clean = capture(lm.model, enc.input_ids.to(lm.device), enc.attention_mask.to(lm.device))
     prompts = conditions(lm, enc, clean, spec, attr.experts, moe_layers).assign(task=fr.task.values)
     randoms = random_head_draws(lm, enc, clean, controls, moe_layers)
-    ig = ig_shares(lm.model, clean, moe_layers, spec, controls, ig_steps) if facts["softmax_router"] else empty
-    return Coordination(layer_pairs(attr, moe_layers), keys, prompts, randoms, ig, facts)
+    ig = ig_heads = empty
+    if facts["softmax_router"]:
+        ig = ig_shares(lm.model, clean, moe_layers, spec, controls, ig_steps)
+        sel_enc = encode(lm.tokenizer, list(selection.prompt), list(selection.object), context_length(lm.model))
+        sel_trace = capture(lm.model, sel_enc.input_ids.to(lm.device), sel_enc.attention_mask.to(lm.device))
+        ig_heads = ig_key_heads(lm.model, sel_trace, moe_layers, n_heads, ig_steps)
+        by_ig = inhibited(lm, enc, clean, head_spec(ig_heads), moe_layers)
+        prompts = prompts.assign(rr_inhibited_ig=by_ig["rr"], gate_clean_ig=by_ig["gate_clean"],
+                                 gate_inhibited_ig=by_ig["gate"])
+    return Coordination(layer_pairs(attr, moe_layers), keys, ig_heads, prompts, randoms, ig, facts)

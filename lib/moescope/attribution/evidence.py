@@ -482,6 +482,9 @@ def coordination_rows(results: Sequence[Coordination]) -> list[Row]:
         est["HE.inhibit_gate"] = drops("gate_clean", "gate_inhibited"), over_seeds([_random_drop(r, False)
                                                                                      for r in results])
         est["HE.inhibit_mrr"] = drops("rr_clean", "rr_inhibited"), over_seeds([_random_drop(r, True) for r in results])
+        if all("gate_inhibited_ig" in q for q in p):
+            est["HE.inhibit_gate_ig"] = drops("gate_clean_ig", "gate_inhibited_ig"), est["HE.inhibit_gate"][1]
+            est["HE.inhibit_mrr_ig"] = drops("rr_clean", "rr_inhibited_ig"), est["HE.inhibit_mrr"][1]
         rec = {c: over_seeds([resample(recovered(q.rr_inhibited.to_numpy(), q.rr_clean.to_numpy(), q[c].to_numpy()),
                                        len(q)) for q in p]) for c in ("rr_forced", "rr_mediated")}
         est["HE.forcing"] = rec["rr_forced"], rec["rr_mediated"]
@@ -494,15 +497,16 @@ def coordination_rows(results: Sequence[Coordination]) -> list[Row]:
             est["HE.ig_share_all"] = share("share_all"), None
             err = max(float(r.ig.completeness.max()) for r in results)
             note["HE.ig_share"] = note["HE.ig_share_all"] = f"IG completeness error at most {err:.2g}"
-    ids = ["HE.r", "HE.r_lagged", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.mediation",
-           "HE.ig_share", "HE.ig_share_all"]
+    ids = ["HE.r", "HE.r_lagged", "HE.p", "HE.inhibit_gate", "HE.inhibit_mrr", "HE.inhibit_gate_ig",
+           "HE.inhibit_mrr_ig", "HE.forcing", "HE.mediation", "HE.ig_share", "HE.ig_share_all"]
     return [claims.decide(cid, facts, *est.get(cid, (None, None)), note=note.get(cid, ""), model=label(names),
                           diff=paired_difference(*est[cid]) if cid in PAIRED_CONTROLS and cid in est else None)
             for cid in ids]
 
 
 #: head-expert claims whose control is measured on the same prompts (random heads, the mediated routing)
-PAIRED_CONTROLS = ("HE.inhibit_gate", "HE.inhibit_mrr", "HE.forcing", "HE.ig_share")
+PAIRED_CONTROLS = ("HE.inhibit_gate", "HE.inhibit_mrr", "HE.inhibit_gate_ig", "HE.inhibit_mrr_ig", "HE.forcing",
+                   "HE.ig_share")
 
 
 def within_layer_table(co: Coordination) -> pd.DataFrame:
