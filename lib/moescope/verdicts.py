@@ -43,7 +43,10 @@ OUTCOMES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE)
 #: what a claim row is: one of the papers' claims, a control family (attributed vs random units), or a check of the
 #: method itself (an identity, a planted ground truth), tallied apart
 ROLES = ("claim", "control", "self-check")
-COLUMNS = ["paper", "where", "claim", "model", "statement", "paper_value", "statistic", "kit", "kit_low", "kit_high",
+#: a row's reading of its claim: "" for the paper's own (LPI through the frozen final-norm scale, every layer), else
+#: the variant it was computed under (another lens, layer 0 set apart); tallies count the paper's reading only
+PAPER_READING = ""
+COLUMNS = ["paper", "where", "claim", "model", "reading", "statement", "paper_value", "statistic", "kit", "kit_low", "kit_high",
            "n", "over", "control", "control_value", "control_low", "control_high", "diff", "diff_low", "diff_high",
            "rule", "verdict", "note", "role"]
 
@@ -258,10 +261,11 @@ class Claim:
 
 
 def decide(claim: Claim, facts: Mapping[str, Any], kit: Estimate | None, control: Estimate | None = None,
-           note: str = "", model: str = "", diff: Estimate | None = None) -> dict[str, Any]:
+           note: str = "", model: str = "", diff: Estimate | None = None, reading: str = PAPER_READING) -> dict[str, Any]:
     """One report row for ``claim`` on ``model``: structural preconditions first, then the rule on the kit's
     estimate (or on kit - control: ``diff`` when the caller paired them over the same prompts and seeds, else the
-    unpaired difference), then the baseline gates, which turn only an inconclusive result into not testable."""
+    unpaired difference), then the baseline gates, which turn only an inconclusive result into not testable.
+    ``reading``: the variant the estimate was computed under (:data:`PAPER_READING` for the paper's own)."""
     notes = [note] if note else []
     unmet = claim.unmet(facts, gates=False)
     if claim.rule.uses_control and control is not None and diff is None and kit is not None and kit.finite \
@@ -288,7 +292,8 @@ def decide(claim: Claim, facts: Mapping[str, Any], kit: Estimate | None, control
     if kit is not None and kit.finite and statistics.on_one_model(kit):
         notes.append(statistics.one_model_note(kit))
     k, c, d = kit or Estimate(math.nan), control or Estimate(math.nan), diff or Estimate(math.nan)
-    return {"paper": claim.paper, "where": claim.where, "claim": claim.id, "model": model, "statement": claim.statement,
+    return {"paper": claim.paper, "where": claim.where, "claim": claim.id, "model": model, "reading": reading,
+            "statement": claim.statement,
             "paper_value": claim.paper_value, "statistic": claim.statistic, "kit": k.value, "kit_low": k.low,
             "kit_high": k.high, "n": k.n, "over": k.over, "control": claim.control, "control_value": c.value,
             "control_low": c.low, "control_high": c.high, "diff": d.value, "diff_low": d.low, "diff_high": d.high,

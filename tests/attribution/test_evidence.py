@@ -410,3 +410,21 @@ def test_routed_refinement_is_decided_against_shuffled_families():
     assert rows["BR.shared_early"]["verdict"] == "reproduced"
     none = by_claim(evidence.roles_rows([roles_of(0.0)]))["BR.routed_refine"]
     assert none["verdict"] == "inconclusive" and none["diff_low"] < 0 < none["diff_high"]
+
+
+def test_depth_claims_with_layer_zero_apart_and_their_survival():
+    """Layer 0 holds 90% of the FFN gain and the rest follows the paper's stages: the early share is then far
+    above the paper's under every layer, and on the paper's band with layer 0 set apart."""
+    dp = depth_of(paper.STAGE_SHARES)
+    first = dp.layers.layer == 0
+    total = dp.layers.groupby("sample_id").ffn_gain.transform("sum")
+    dp.layers.loc[first, "ffn_gain"] = 9 * total[first]
+    every = by_claim(evidence.depth_rows(dp))
+    apart = by_claim(evidence.depth_rows(dp, "without layer 0", without_layer0=True))
+    assert every["depth.stage.early"]["verdict"] == "not reproduced" and every["depth.stage.early"]["reading"] == ""
+    assert apart["depth.stage.early"]["reading"] == "without layer 0"
+    assert apart["depth.stage.early"]["kit"] < 0.2 and apart["depth.late_amplification"]["verdict"] == "reproduced"
+    assert "depth.screening" not in apart  # routing is not a gain: it has no layer-0 reading
+    table = evidence.survival(evidence.depth_rows(dp) + evidence.depth_rows(dp, "without layer 0", without_layer0=True))
+    late = table.set_index("claim").loc["depth.late_amplification"]
+    assert late["paper"] == "not reproduced" and late["without layer 0"] == "reproduced" and not late["survives"]

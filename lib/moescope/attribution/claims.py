@@ -392,7 +392,8 @@ def table() -> pd.DataFrame:
 
 
 def decide(claim_id: str, facts: Mapping[str, Any], kit: v.Estimate | None, control: v.Estimate | None = None,
-           note: str = "", model: str = "", diff: v.Estimate | None = None) -> dict[str, Any]:
+           note: str = "", model: str = "", diff: v.Estimate | None = None, reading: str = v.PAPER_READING
+           ) -> dict[str, Any]:
     """:func:`moescope.verdicts.decide` for a registered claim (``diff``: kit - control paired over the same
-    prompts and seeds)."""
-    return v.decide(get(claim_id), facts, kit, control, note, model, diff)
+    prompts and seeds; ``reading``: the lens variant, "" for the paper's)."""
+    return v.decide(get(claim_id), facts, kit, control, note, model, diff, reading)

@@ -54,10 +54,10 @@ def topk_mass(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def model_layers(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
-    """Per-prompt, per-layer gains of one model with each layer's relative depth and stage (both readings) and its
-    routing concentration (:func:`topk_mass`)."""
-    attr = tasks.attribution(lm, fr, neurons=False)
+def model_layers(lm: LoadedModel, fr: pd.DataFrame, lens: str = "final") -> pd.DataFrame:
+    """Per-prompt, per-layer gains of one model through ``lens`` (:data:`moescope.attribution.lpi.LENSES`) with
+    each layer's relative depth and stage (both readings) and its routing concentration (:func:`topk_mass`)."""
+    attr = tasks.attribution(lm, fr, neurons=False, lens=lens)
     n = int(attr.layers.layer.max() + 1)
     out = tasks.with_samples(attr.layers, attr.samples, ("task", "family", "rank"))
     out = out.merge(topk_mass(lm, fr), on=["sample_id", "layer"], how="left")
@@ -82,9 +82,11 @@ def stage_table(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
-            device: str = "cpu", dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT) -> DepthProfile:
-    """Per-layer gains of every model on the same prompts, their mean profile and stage shares."""
-    layers, facts = tasks.for_models(models, tasks.facts(relations, n_samples, templates), model_layers, device, dtype)
+            device: str = "cpu", dtype: str | None = None, templates: tasks.Templates = tasks.HELD_OUT,
+            lens: str = "final") -> DepthProfile:
+    """Per-layer gains of every model on the same prompts (through ``lens``), their mean profile and stage shares."""
+    layers, facts = tasks.for_models(models, tasks.facts(relations, n_samples, templates),
+                                     lambda lm, fr: model_layers(lm, fr, lens), device, dtype)
     prof = layers.groupby(["model", "layer", "depth", "stage", "paper_stage"], as_index=False, sort=False)[
         ["attn_gain", "ffn_gain"]].mean()
     return DepthProfile(layers, prof, stage_table(layers), facts)

@@ -171,16 +171,19 @@ def _stage_share(g: np.ndarray, mask: np.ndarray) -> Callable[[np.ndarray], np.n
     return lambda idx: ratio(g[idx][..., mask].sum((-1, -2)), g[idx].sum((-1, -2)))
 
 
-def _depth_estimates(dp: DepthProfile, model: str) -> dict[str, v.Estimate]:
+def _depth_estimates(dp: DepthProfile, model: str, without_layer0: bool = False) -> dict[str, v.Estimate]:
     g = gain_matrix(dp.layers, model)
     layers = dp.layers[(dp.layers.model == model) & (dp.layers.sample_id == dp.layers.sample_id.min())]
     stage = layers.sort_values("layer").paper_stage.to_numpy()
     n, L = g.shape
+    if without_layer0:  # the other layers keep their place (and stage) in the full depth: peak = (argmax + 2) / L
+        g, stage = g[:, 1:], stage[1:]
+    first = 2 if without_layer0 else 1
     out = {s: resample(_stage_share(g, stage == s), n) for s in summaries.STAGES}
     early, late = _stage_share(g, stage == "early"), _stage_share(g, stage == "late")
     out["late_amplification"] = resample(lambda idx: late(idx) - early(idx), n)
-    out["peak"] = resample(lambda idx: ((g[idx].argmax(-1) + 1) / L).mean(-1), n)
-    if "topk_mass" not in dp.layers:
+    out["peak"] = resample(lambda idx: ((g[idx].argmax(-1) + first) / L).mean(-1), n)
+    if "topk_mass" not in dp.layers or without_layer0:
         return out
     mass = dp.layers[dp.layers.model == model].pivot(index="sample_id", columns="layer", values="topk_mass")
     routed = mass.notna().all().to_numpy()
@@ -200,14 +203,15 @@ def _partner(dp: DepthProfile, model: str) -> str | None:
     return same[0] if same and dp.facts[model]["moe"] else None
 
 
-def depth_rows(dp: DepthProfile) -> list[Row]:
-    """Stage shares, late amplification (MoE models) and peak position (every model), seeds pooled, with the
-    depth-matched dense partner's value beside them."""
+def depth_rows(dp: DepthProfile, reading: str = v.PAPER_READING, without_layer0: bool = False) -> list[Row]:
+    """Stage shares, late amplification and screening (MoE models) and peak position (every model), seeds pooled,
+    with the depth-matched dense partner's value beside them. ``reading`` names the lens variant ``dp`` was
+    computed under; ``without_layer0``: every statistic over layers 1..L-1 (layer 0 set apart)."""
     rows = []
     for names in _spec_groups(list(dp.facts)):
-        per_seed = [_depth_estimates(dp, m) for m in names]
+        per_seed = [_depth_estimates(dp, m, without_layer0) for m in names]
         partners = [_partner(dp, m) for m in names]
-        controls = [_depth_estimates(dp, p) if p else None for p in partners]
+        controls = [_depth_estimates(dp, p, without_layer0) if p else None for p in partners]
         facts = merged_facts([dp.facts[m] for m in names])
         keys = ["peak"] + (["early", "middle", "late", "late_amplification"] if facts["moe"] else [])
         for key in keys:
@@ -215,12 +219,29 @@ def depth_rows(dp: DepthProfile) -> list[Row]:
                                                       else f"depth.stage.{key}")
             control = over_seeds([c[key] for c in controls]) if all(controls) else None
             note = f"control: {', '.join(p for p in partners if p)}" if all(partners) else "no depth-matched partner"
-            rows.append(claims.decide(cid, facts, over_seeds([e[key] for e in per_seed]), control, note, label(names)))
-        if facts["moe"]:
+            rows.append(claims.decide(cid, facts, over_seeds([e[key] for e in per_seed]), control, note, label(names),
+                                      reading=reading))
+        if facts["moe"] and not without_layer0:
             kit = over_seeds([e.get("screening") for e in per_seed])
             rows.append(claims.decide("depth.screening", facts, kit, v.Estimate(0.0), "control: routing spread "
-                                      "evenly (top-k mass k/E at every depth: difference 0)", label(names)))
+                                      "evenly (top-k mass k/E at every depth: difference 0)", label(names),
+                                      reading=reading))
     return rows
+
+
+#: the readings of the depth claims besides the paper's: (reading, lens, layer 0 set apart)
+DEPTH_VARIANTS = (("lens: local scale", "local", False), ("lens: contrastive", "contrastive", False),
+                  ("without layer 0", "final", True))
+
+
+def survival(rows: Sequence[Row]) -> pd.DataFrame:
+    """Per claim and model: its verdict under each reading (columns), and whether it is reproduced under all of
+    them (``survives``): which claims hold beyond the paper's own lens."""
+    t = pd.DataFrame(list(rows))
+    t["reading"] = t.reading.replace(v.PAPER_READING, "paper")
+    wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
+    wide["survives"] = (wide == v.REPRODUCED).all(axis=1)
+    return wide.reset_index()
 
 
 # ---------------------------------------------------------------------------------------------------- Table 2

@@ -23,7 +23,7 @@ import pandas as pd
 from .. import arch, data, metrics, routing
 from ..models import LoadedModel, load_model
 from . import paper
-from .lpi import Attribution, attribute
+from .lpi import Attribution, attribute, relation_candidates
 
 PAPER_TASK_OF = {stem: task for task, stem in data.PAPER_TASKS.items()}
 DEFAULT_RELATIONS = tuple(data.PAPER_TASKS)
@@ -118,7 +118,10 @@ def scores(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
 
 
 def attribution(lm: LoadedModel, fr: pd.DataFrame, **kwargs) -> Attribution:
-    """LPI attribution of every prompt of ``fr`` (samples gain relation, task and family columns)."""
+    """LPI attribution of every prompt of ``fr`` (samples gain relation, task and family columns); under the
+    contrastive lens each prompt's gold is read against its relation's objects among ``fr``."""
+    if kwargs.get("lens") == "contrastive" and "candidates" not in kwargs:
+        kwargs["candidates"] = relation_candidates(fr)
     attr = attribute(lm.model, lm.tokenizer, list(fr.prompt), list(fr.object), progress=False, **kwargs)
     for col in ("relation", "task", "family"):
         attr.samples[col] = fr[col].values
