@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import paths
@@ -117,6 +118,67 @@ def facts_frame(relations: Iterable[Relation], template: int | None = 0) -> pd.D
         for sid, t, sample, prompt in rel._rows(template)
     ]
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+HELD_OUT, SELECTION, TEST = "held-out", "selection", "test"
+#: which held-out templates a study prompts with: every one, the selection half, the test half, or given indices
+Templates = str | int | Sequence[int]
+
+
+def held_out_templates(relation: Relation) -> list[str]:
+    """The relation's held-out templates, numbered as :func:`prompts_frame` numbers them: prompt_templates, then _zs."""
+    return [*relation.prompt_templates, *relation.prompt_templates_zs]
+
+
+def template_indices(relation: Relation, templates: Templates = HELD_OUT) -> list[int]:
+    """The template numbers ``templates`` names for ``relation`` (ValueError naming the range when out of it)."""
+    n = len(held_out_templates(relation))
+    if isinstance(templates, str):
+        halves = {HELD_OUT: range(n), SELECTION: range(0, n, 2), TEST: range(1, n, 2)}
+        if templates not in halves:
+            raise RelationError(f"templates must be {HELD_OUT!r}, {SELECTION!r}, {TEST!r}, a number or a list of "
+                             f"numbers, not {templates!r}")
+        return list(halves[templates])
+    out = [templates] if isinstance(templates, int) else [int(t) for t in templates]
+    bad = [t for t in out if not 0 <= t < n]
+    if bad or not out:
+        raise RelationError(f"{relation.stem}: template numbers {bad or out} out of range 0..{n - 1} (its held-out "
+                         "templates are prompt_templates then prompt_templates_zs)")
+    return out
+
+
+def stratified_facts(relation: Relation, n_samples: int | None, seed: int = 0) -> list[int]:
+    """Indices of ``n_samples`` facts of ``relation`` (all when None or larger), stratified by object: facts
+    ordered by object (seeded shuffle within each object), taken at positions floor((i + 1/2) N / n), i < n, so
+    every object keeps its share of the N facts up to rounding. Returned in file order."""
+    n_all = len(relation.samples)
+    if n_samples is None or n_samples >= n_all:
+        return list(range(n_all))
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1 (or None for every fact), not {n_samples}")
+    rng = np.random.default_rng(seed)
+    objects = np.array([s.object for s in relation.samples])
+    order = np.lexsort((rng.permutation(n_all), objects))
+    picked = order[((np.arange(n_samples) + 0.5) * n_all / n_samples).astype(int)]
+    return sorted(int(i) for i in picked)
+
+
+def prompts_frame(relations: Iterable[Relation], n_samples: int | None = None, templates: Templates = HELD_OUT,
+                  seed: int = 0) -> pd.DataFrame:
+    """Prompts of ``relations``: ``n_samples`` facts per relation (:func:`stratified_facts`; None: every fact),
+    each on every template ``templates`` names (:func:`template_indices`), fact-major. Columns: relation,
+    sample_id (row within the relation), fact (index in the relation file), subject, object, template (its
+    number among the held-out templates), prompt."""
+    rows = []
+    for rel in relations:
+        texts, which = held_out_templates(rel), template_indices(rel, templates)
+        for fact in stratified_facts(rel, n_samples, seed):
+            sample = rel.samples[fact]
+            rows += [(rel.stem, fact, sample.subject, sample.object, t, texts[t].replace("{}", sample.subject))
+                     for t in which]
+    frame = pd.DataFrame(rows, columns=["relation", "fact", "subject", "object", "template", "prompt"])
+    frame.insert(1, "sample_id", frame.groupby("relation", sort=False).cumcount())
+    return frame
 
 
 def data_hash(relations: Iterable[Relation]) -> str:

@@ -91,15 +91,15 @@ def test_facts_fill_every_held_out_template_and_split_them():
 def test_a_smaller_sample_is_stratified_by_object_not_the_files_first_rows():
     rel = data.load_relation("object_superclass")  # 80 facts, sorted by object in the file (10 classes)
     objects = pd.Series([s.object for s in rel.samples])
-    picked = tasks.stratified_facts(rel, 20, seed=0)
+    picked = data.stratified_facts(rel, 20, seed=0)
     assert len(set(picked)) == 20 and picked == sorted(picked)
     share = objects[picked].value_counts(normalize=True)
     assert set(share.index) == set(objects) and (share - objects.value_counts(normalize=True)).abs().max() <= 0.05
     assert objects[:20].nunique() < 5  # what head(20) took
-    assert tasks.stratified_facts(rel, 20, seed=1) != picked and tasks.stratified_facts(rel, 20, seed=0) == picked
-    assert tasks.stratified_facts(rel, None) == list(range(80)) == tasks.stratified_facts(rel, 500)
+    assert data.stratified_facts(rel, 20, seed=1) != picked and data.stratified_facts(rel, 20, seed=0) == picked
+    assert data.stratified_facts(rel, None) == list(range(80)) == data.stratified_facts(rel, 500)
     with pytest.raises(ValueError, match="at least 1"):
-        tasks.stratified_facts(rel, 0)
+        data.stratified_facts(rel, 0)
 
 
 def test_prior_mrr_ranks_objects_by_their_frequency():

@@ -77,7 +77,7 @@ CASES = [
     ("relation file not JSON", ["attribute", "--model", "olmoe-like", "--relation", "{root}/broken.json", "--out",
                                 "{root}/o"], 2, ["broken.json", "not valid JSON"]),
     ("template out of range", ["attribute", "--model", "olmoe-like", "--relation", "country_capital", "--template",
-                               "7", "--out", "{root}/o"], 2, ["template 7 out of range 0..1"]),
+                               "7", "--out", "{root}/o"], 2, ["template numbers [7] out of range 0..3"]),
     ("prompt longer than the context", ["attribute", "--model", "olmoe-like", "--prompt", LONG, "--target", "Ottawa",
                                         "--out", "{root}/o"], 2, ["has 102 tokens", "context (64)", "shorten it"]),
     ("empty object", ["attribute", "--model", "olmoe-like", "--prompt", CAPITAL, "--target", "", "--out", "{root}/o"],

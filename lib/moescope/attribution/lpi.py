@@ -486,18 +486,17 @@ def attribute_relations(
     tokenizer,
     relations: Sequence[data.Relation],
     n_samples: int | None = None,
-    template: int = 0,
+    templates: data.Templates = data.HELD_OUT,
     **kwargs,
 ) -> Attribution:
-    """:func:`attribute` over the first ``n_samples`` facts of each relation (prompt template ``template``).
+    """:func:`attribute` over ``n_samples`` facts of each relation, stratified by object (None: all), on the
+    held-out templates ``templates`` (:func:`moescope.data.prompts_frame`).
 
     The samples table gains relation, subject and object columns; sample ids run over all relations. With
     ``lens='contrastive'`` the candidates are, per prompt, the distinct objects of its relation among these facts
     (:func:`relation_candidates`).
     """
-    facts = data.facts_frame(relations, template)
-    if n_samples is not None:
-        facts = facts.groupby("relation", sort=False).head(n_samples).reset_index(drop=True)
+    facts = data.prompts_frame(relations, n_samples, templates)
     if kwargs.get("lens") == "contrastive" and kwargs.get("candidates") is None:
         kwargs["candidates"] = relation_candidates(facts)
     attr = attribute(model, tokenizer, list(facts.prompt), list(facts.object), **kwargs)

@@ -1,13 +1,9 @@
 """The paper's tasks as prompts, and what every finding needs first: a loaded model, its prompts, their scores,
 their attribution, and the facts about the model that decide whether a claim is testable.
 
-Prompts: by default every fact of each relation on every held-out template (the relation file's
-``prompt_templates`` then ``prompt_templates_zs``, numbered 0..T-1 in that order; none is trained on by the gen-2
-organisms). A smaller sample (``n_samples`` facts per relation) is stratified by object: the facts are ordered by
-object (shuffled within each object, seeded) and taken at evenly spaced positions, so each object keeps its share
-of the relation (never the file's first rows, which are sorted by object). A study that selects components and
-then tests them uses :data:`SELECTION` templates (even numbers) to select and :data:`TEST` templates (odd) to test,
-on the same facts. Metrics are on the gold object's first token: HIT@10 = mean 1[rank <= 10], MRR = mean 1/rank;
+Prompts (:func:`moescope.data.prompts_frame`): by default every fact of each relation on every held-out template;
+a smaller sample is stratified by object; a study that selects components and then tests them selects on the
+:data:`SELECTION` templates and tests on the :data:`TEST` templates of the same facts. Metrics are on the gold object's first token: HIT@10 = mean 1[rank <= 10], MRR = mean 1/rank;
 the relation's prior is the MRR of ranking its objects by how many of its facts have them (:func:`prior_mrr`).
 """
 from __future__ import annotations
@@ -25,6 +21,8 @@ from ..models import LoadedModel, load_model
 from . import paper
 from .lpi import Attribution, attribute, relation_candidates
 
+HELD_OUT, SELECTION, TEST, Templates = data.HELD_OUT, data.SELECTION, data.TEST, data.Templates
+
 PAPER_TASK_OF = {stem: task for task, stem in data.PAPER_TASKS.items()}
 DEFAULT_RELATIONS = tuple(data.PAPER_TASKS)
 GEOGRAPHY, OBJECTS = data.TASK_FAMILY["country_capital"], data.TASK_FAMILY["fruit_inside_color"]
@@ -35,64 +33,12 @@ def loaded(model: str | LoadedModel, device: str = "cpu", dtype: str | None = No
     return model if isinstance(model, LoadedModel) else load_model(model, device, dtype)
 
 
-HELD_OUT, SELECTION, TEST = "held-out", "selection", "test"
-#: which held-out templates a study prompts with: every one, the selection half, the test half, or given indices
-Templates = str | int | Sequence[int]
-
-
-def held_out_templates(relation: data.Relation) -> list[str]:
-    """The relation's held-out templates, numbered as :func:`facts` numbers them: prompt_templates, then _zs."""
-    return [*relation.prompt_templates, *relation.prompt_templates_zs]
-
-
-def template_indices(relation: data.Relation, templates: Templates = HELD_OUT) -> list[int]:
-    """The template numbers ``templates`` names for ``relation`` (ValueError naming the range when out of it)."""
-    n = len(held_out_templates(relation))
-    if isinstance(templates, str):
-        halves = {HELD_OUT: range(n), SELECTION: range(0, n, 2), TEST: range(1, n, 2)}
-        if templates not in halves:
-            raise ValueError(f"templates must be {HELD_OUT!r}, {SELECTION!r}, {TEST!r}, a number or a list of "
-                             f"numbers, not {templates!r}")
-        return list(halves[templates])
-    out = [templates] if isinstance(templates, int) else [int(t) for t in templates]
-    bad = [t for t in out if not 0 <= t < n]
-    if bad or not out:
-        raise ValueError(f"{relation.stem}: template numbers {bad or out} out of range 0..{n - 1} (its held-out "
-                         "templates are prompt_templates then prompt_templates_zs)")
-    return out
-
-
-def stratified_facts(relation: data.Relation, n_samples: int | None, seed: int = 0) -> list[int]:
-    """Indices of ``n_samples`` facts of ``relation`` (all when None or larger), stratified by object: facts
-    ordered by object (seeded shuffle within each object), taken at positions floor((i + 1/2) N / n), i < n, so
-    every object keeps its share of the N facts up to rounding. Returned in file order."""
-    n_all = len(relation.samples)
-    if n_samples is None or n_samples >= n_all:
-        return list(range(n_all))
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1 (or None for every fact), not {n_samples}")
-    rng = np.random.default_rng(seed)
-    objects = np.array([s.object for s in relation.samples])
-    order = np.lexsort((rng.permutation(n_all), objects))
-    picked = order[((np.arange(n_samples) + 0.5) * n_all / n_samples).astype(int)]
-    return sorted(int(i) for i in picked)
-
-
 def facts(relations: Iterable[str | data.Relation] = DEFAULT_RELATIONS, n_samples: int | None = None,
-          templates: Templates = HELD_OUT, seed: int = 0) -> pd.DataFrame:
-    """Prompts of ``relations``: ``n_samples`` facts per relation (:func:`stratified_facts`; None: every fact),
-    each on every template ``templates`` names (:func:`template_indices`), fact-major. Columns: relation,
-    sample_id (row within the relation), fact (index in the relation file), subject, object, template (its
-    number among the held-out templates), prompt, task (the paper's name), family."""
-    rows = []
-    for rel in (r if isinstance(r, data.Relation) else data.load_relation(r) for r in relations):
-        texts, which = held_out_templates(rel), template_indices(rel, templates)
-        for fact in stratified_facts(rel, n_samples, seed):
-            sample = rel.samples[fact]
-            rows += [(rel.stem, fact, sample.subject, sample.object, t, texts[t].replace("{}", sample.subject))
-                     for t in which]
-    frame = pd.DataFrame(rows, columns=["relation", "fact", "subject", "object", "template", "prompt"])
-    frame.insert(1, "sample_id", frame.groupby("relation", sort=False).cumcount())
+          templates: data.Templates = data.HELD_OUT, seed: int = 0) -> pd.DataFrame:
+    """:func:`moescope.data.prompts_frame` of ``relations`` (loaded by name where needed) with each prompt's
+    task (the paper's name) and family."""
+    rels = [r if isinstance(r, data.Relation) else data.load_relation(r) for r in relations]
+    frame = data.prompts_frame(rels, n_samples, templates, seed)
     frame["task"] = frame["relation"].map(lambda s: PAPER_TASK_OF.get(s, s))
     frame["family"] = frame["task"].map(lambda t: data.TASK_FAMILY.get(t, "other"))
     return frame

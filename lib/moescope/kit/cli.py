@@ -75,7 +75,7 @@ def _check_device(device: str) -> str:
 def _attribute(args: argparse.Namespace) -> int:
     from .. import attribution
 
-    if args.relation is None and (args.samples is not None or args.template != 0 or args.target_mode is not None):
+    if args.relation is None and (args.samples is not None or args.template is not None or args.target_mode is not None):
         raise UsageError("--samples, --template and --target-mode apply to --relation only; with --prompt use --target")
     if args.relation is not None and args.target is not None:
         raise UsageError("--target applies to --prompt only; a relation's objects come from its file")
@@ -85,7 +85,8 @@ def _attribute(args: argparse.Namespace) -> int:
     common = dict(neurons=not args.no_neurons, top_neurons=args.top_neurons, batch_size=args.batch_size)
     if rel is not None:
         attr = attribution.attribute_relations(lm.model, lm.tokenizer, [rel], n_samples=args.samples,
-                                               template=args.template, target=args.target_mode or "gold", **common)
+                                               templates=data.HELD_OUT if args.template is None else args.template,
+                                               target=args.target_mode or "gold", **common)
     else:
         objects = None if args.target is None else [args.target]
         mode = "top1" if args.target is None else "gold"
@@ -275,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--relation", help="a relation name, paper task name or relation file")
     p.add_argument("--target", help="with --prompt: the gold object (default: the model's top-1 prediction)")
     p.add_argument("--target-mode", choices=["gold", "top1"], help="with --relation (default gold)")
-    p.add_argument("--samples", type=_positive, help="with --relation: the first N facts (default: all)")
-    p.add_argument("--template", type=int, default=0, help="with --relation: prompt template index")
+    p.add_argument("--samples", type=_positive, help="with --relation: N facts, stratified by object (default: all)")
+    p.add_argument("--template", type=int, help="with --relation: one held-out template by number (default: every "
+                   "one: the file's prompt_templates, then prompt_templates_zs)")
     p.add_argument("--top-neurons", type=_positive, help="keep the N best neurons per sample (default: all)")
     p.add_argument("--no-neurons", action="store_true", help="skip the neuron level")
     p.add_argument("--batch-size", type=_positive, default=32)
