@@ -11,7 +11,8 @@ from moescope.attribution import claims, paper
 
 BASE = {"model": "m", "layers": 24, "moe": True, "softmax_router": True, "n_prompts": 100, "baseline_mrr": 0.6,
         "families": 2, "matched_groups": 2, "paired_groups": 2, "ablation_gap": 0.5, "inhibition_drop": 0.3,
-        "fraction": 0.01, "share_k": 10, "contrast": True, "equal_depth": True, "prior_mrr": 0.2, "beyond_prior": 0.4}
+        "fraction": 0.01, "share_k": 10, "contrast": True, "equal_depth": True, "prior_mrr": 0.2, "beyond_prior": 0.4,
+        "denominator_low": 0.1, "total_gain_low": 1.0}
 
 
 def facts_meeting(claim: v.Claim) -> dict:
@@ -144,3 +145,12 @@ def test_registry_table_and_unknown_ids():
     assert len(t) == len(claims.REGISTRY) and t.claim.is_unique
     with pytest.raises(KeyError, match="unknown claim"):
         claims.get("T9.nothing")
+
+
+def test_a_ratio_to_a_dense_gain_near_zero_is_not_testable():
+    """The advantage readings divide by the dense model's gain per layer: when its interval reaches 0 the ratio is
+    undefined (a row of 12.8 [-87, 66] says nothing), whatever the numerator."""
+    row = claims.decide("T1.advantage.direction", BASE | {"denominator_low": -0.02}, est(0.5))
+    assert row["verdict"] == ("not testable: the dense models' gain per layer has a 95% lower bound of -0.02: a ratio "
+                              "to it is undefined on these prompts")
+    assert claims.decide("T1.advantage.direction", BASE, est(0.5))["verdict"] == "reproduced"

@@ -428,3 +428,11 @@ def test_depth_claims_with_layer_zero_apart_and_their_survival():
     table = evidence.survival(evidence.depth_rows(dp) + evidence.depth_rows(dp, "without layer 0", without_layer0=True))
     late = table.set_index("claim").loc["depth.late_amplification"]
     assert late["paper"] == "not reproduced" and late["without layer 0"] == "reproduced" and not late["survives"]
+
+
+def test_stage_shares_of_a_total_gain_near_zero_are_not_testable():
+    dp = depth_of(paper.STAGE_SHARES)
+    dp.layers["ffn_gain"] = dp.layers.ffn_gain * np.where(dp.layers.sample_id % 2 == 0, 1.0, -1.02)  # total ~ 0
+    rows = by_claim(evidence.depth_rows(dp))
+    assert rows["depth.stage.early"]["verdict"].startswith("not testable: the summed FFN gain has a 95% lower bound")
+    assert rows["depth.late_amplification"]["verdict"].startswith("not testable: the summed FFN gain")

@@ -20,6 +20,7 @@ data); every precondition's key is checked against it when the registry is built
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -53,6 +54,8 @@ class Facts(TypedDict, total=False):
     families: int             #: task families among the prompts
     matched_groups: int       #: depth-matched MoE/dense groups
     paired_groups: int        #: one-to-one depth-matched MoE/dense pairs
+    denominator_low: float    #: lowest 95% lower bound of a dense model's gain per layer (the readings' divisor)
+    total_gain_low: float     #: lowest 95% lower bound over seeds of the summed FFN gain (the stage shares' divisor)
     ablation_gap: float       #: MRR lost when the shared and routed experts are both removed
     inhibition_drop: float    #: MRR drop when the key heads are inhibited
     fraction: float           #: share of (layer, expert) pairs blocked
@@ -82,12 +85,21 @@ PROMPTS = v.minimum("n_prompts", MIN_PROMPTS, "number of prompts")
 FAMILIES = v.minimum("families", 2, "number of task families")
 MATCHED = v.minimum("matched_groups", 1, "number of depth-matched MoE/dense groups")
 PAIRED = v.minimum("paired_groups", 1, "number of one-to-one depth-matched MoE/dense pairs")
+#: a ratio to a dense model's gain is defined only when that gain is clearly positive
+DIVISOR = v.Precondition("the dense models' gain per layer clearly above 0 (95% lower bound > 0)",
+                         lambda f: None if not f.get("denominator_low", math.nan) <= 0 else
+                         f"the dense models' gain per layer has a 95% lower bound of {f.get('denominator_low'):.3g}: "
+                         "a ratio to it is undefined on these prompts", keys=("denominator_low",))
 FLOOR_GAP = v.minimum("ablation_gap", MIN_GAP, "MRR lost when the shared and routed experts are both removed").gate()
 INHIBITS = v.minimum("inhibition_drop", MIN_DROP, "MRR drop when the key heads are inhibited").gate()
 FEW_BLOCKED = v.maximum("fraction", MAX_BLOCKED, "share of (layer, expert) pairs blocked")
 SHARE_K = v.minimum("share_k", 1, "number of pairs in the paper's top-10 share of this model's pairs")
 CONTRAST = v.flag("contrast", "a contrast in the run: a deeper MoE with a shared expert and a shallower one without")
 EQUAL_DEPTH = v.flag("equal_depth", "an MoE with a shared expert and one without, of the same depth, in the run")
+POSITIVE_TOTAL = v.Precondition("the summed FFN gain clearly above 0 (95% lower bound > 0)",
+                                lambda f: None if not f.get("total_gain_low", math.nan) <= 0 else
+                                f"the summed FFN gain has a 95% lower bound of {f.get('total_gain_low'):.3g}: a share "
+                                "of it is undefined on these prompts", keys=("total_gain_low",))
 NO_SHARED = v.Precondition("an MoE without a shared expert (OLMoE's architecture)",
                            lambda f: "the model has a shared expert, unlike OLMoE" if f.get("shared_expert") else None,
                            keys=("shared_expert",))
@@ -154,16 +166,16 @@ def _advantage_claims() -> list[v.Claim]:
     out = [_claim("T1.advantage.direction", "Table 1 / abstract",
                   "MoE models are more efficient per layer than dense models (of the same depth)",
                   "+31% (ACL), +37% (arXiv v1)", f"eff(MoE) / eff(dense) - 1 within each depth-matched group{BY_DEPTH}",
-                  v.above(0.0), "a dense model of the same depth (advantage 0)", (MATCHED,))]
+                  v.above(0.0), "a dense model of the same depth (advantage 0)", (MATCHED, DIVISOR))]
     for cid, (reading, value, statement) in ADVANTAGE.items():
         out.append(_claim(cid, "Table 1 / abstract", statement, f"{value:+.0%}",
                           f"{reading} - 1 within each depth-matched group{BY_DEPTH}", close(value),
                           "a dense model of the same depth (advantage 0)",
-                          (MATCHED, PAIRED) if "paired" in reading else (MATCHED,)))
+                          (MATCHED, PAIRED, DIVISOR) if "paired" in reading else (MATCHED, DIVISOR)))
     for cid, (reading, value, statement) in ATTENTION.items():
         out.append(_claim(cid, "Table 1 (attention column)", statement, f"{value:+.0%}",
                           f"{reading} - 1 of mean_i sum_l AttnGain_{{i,l}} / L within each depth-matched group{BY_DEPTH}",
-                          close(value), "a dense model of the same depth (advantage 0)", (MATCHED,)))
+                          close(value), "a dense model of the same depth (advantage 0)", (MATCHED, DIVISOR)))
     return out
 
 
@@ -173,13 +185,15 @@ def _depth_claims() -> list[v.Claim]:
                   f"the {s} stage (layers {b} of 24) holds {paper.STAGE_SHARES[s]:.1%} of the FFN gain",
                   f"{paper.STAGE_SHARES[s]:.3f}", "sum_i sum_{l in stage} FFNGain_{i,l} / sum_i sum_l FFNGain_{i,l} "
                   "(boundaries 13/24, 19/24 of the depth)", close(paper.STAGE_SHARES[s]),
-                  "the same share on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP))
+                  "the same share on the depth-matched dense model (shown, not used by the rule)",
+                  (MOE, DEEP, POSITIVE_TOTAL))
            for s, b in (("early", "1-13"), ("middle", "14-19"), ("late", "20-24"))]
     late_minus_early = paper.STAGE_SHARES["late"] - paper.STAGE_SHARES["early"]
     out.append(_claim("depth.late_amplification", "Sec. 4 / abstract",
                       "mid-activation, late amplification: the late stage holds more FFN gain than the early stage",
                       f"{late_minus_early:+.3f}", "late share - early share", v.above(0.0),
-                      "the same on the depth-matched dense model (shown, not used by the rule)", (MOE, DEEP)))
+                      "the same on the depth-matched dense model (shown, not used by the rule)",
+                      (MOE, DEEP, POSITIVE_TOTAL)))
     out.append(_claim("depth.screening", "abstract / Sec. 4 (stages)",
                       "early layers screen experts, late layers refine collaboratively: the router commits to few "
                       "experts early (high top-k mass) and spreads over many late", "qualitative",

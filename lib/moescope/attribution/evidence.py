@@ -159,9 +159,20 @@ def advantage_rows(eff: Efficiency) -> list[Row]:
     return rows
 
 
+def _denominator_low(eff: Efficiency, groups: Sequence, gain: str) -> float:
+    """The lowest 95% lower bound, over the dense models of ``groups``, of their mean gain per layer (FFN or
+    attention): the readings divide by it, so below 0 their ratio is undefined on these prompts."""
+    per_prompt = eff.ffn if gain == "ffn" else eff.attn
+    lows = [resample(lambda idx, x=per_prompt[d]: x[idx].mean(-1), len(per_prompt[d])).low
+            for g in groups for d in g.dense]
+    return float(min(lows)) if lows else math.nan
+
+
 def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: str, eff: Efficiency) -> Row:
     """One advantage row over the depth-matched ``groups`` of its scope (one depth, or all); ``model`` names it."""
-    facts = {"model": "all", "matched_groups": len(groups), "paired_groups": sum(g.pair is not None for g in groups)}
+    gain = "attn" if cid in claims.ATTENTION else "ffn"
+    facts = {"model": "all", "matched_groups": len(groups), "paired_groups": sum(g.pair is not None for g in groups),
+             "denominator_low": _denominator_low(eff, groups, gain)}
     return claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff), model=model)
 
 
@@ -194,6 +205,13 @@ def _depth_estimates(dp: DepthProfile, model: str, without_layer0: bool = False)
     return out
 
 
+def _total_gain_low(dp: DepthProfile, model: str, without_layer0: bool = False) -> float:
+    """95% lower bound of mean_i sum_l FFNGain_{i,l} (layers 1.. when ``without_layer0``): the stage shares'
+    denominator, so at or below 0 a share is undefined."""
+    g = gain_matrix(dp.layers, model)[:, 1 if without_layer0 else 0:].sum(-1)
+    return resample(lambda idx: g[idx].mean(-1), len(g)).low
+
+
 def _partner(dp: DepthProfile, model: str) -> str | None:
     """The registry's partner of ``model`` if it is in the profile, else a dense model of the same depth."""
     registered = replicas.partner(model)
@@ -212,7 +230,8 @@ def depth_rows(dp: DepthProfile, reading: str = v.PAPER_READING, without_layer0:
         per_seed = [_depth_estimates(dp, m, without_layer0) for m in names]
         partners = [_partner(dp, m) for m in names]
         controls = [_depth_estimates(dp, p, without_layer0) if p else None for p in partners]
-        facts = merged_facts([dp.facts[m] for m in names])
+        facts = merged_facts([dp.facts[m] for m in names], total_gain_low=min(
+            _total_gain_low(dp, m, without_layer0) for m in names))
         keys = ["peak"] + (["early", "middle", "late", "late_amplification"] if facts["moe"] else [])
         for key in keys:
             cid = "depth.peak" if key == "peak" else ("depth.late_amplification" if key == "late_amplification"
