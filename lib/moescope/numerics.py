@@ -65,6 +65,29 @@ def current() -> str:
     return "native" if os.environ.get(OPT_OUT) == "1" else "pinned"
 
 
+class NumericsError(RuntimeError):
+    """A notebook asks for numerics its kernel does not compute with."""
+
+
+def require(choice: str) -> str:
+    """Check that this process computes with ``choice``'s numerics (a notebook's ``numerics`` parameter) and
+    return it; NumericsError in one line naming how to start a kernel that does. Numerics are fixed when torch
+    starts, so a running kernel cannot switch: pinned needs the kit's kernel (its spec sets :data:`PINNED`),
+    native a kernel started with ``MOESCOPE_NATIVE_NUMERICS=1``."""
+    if choice not in CHOICES:
+        raise ValueError(f"numerics must be {' or '.join(map(repr, CHOICES))}, not {choice!r}")
+    if choice != current():
+        how = ("start JupyterLab with MOESCOPE_NATIVE_NUMERICS=1, or run `python -m moescope --numerics native run`"
+               if choice == "native" else "start JupyterLab without MOESCOPE_NATIVE_NUMERICS, or run `python -m "
+               "moescope run`")
+        raise NumericsError(f"this kernel computes with {current()} numerics, the notebook asks for {choice}: "
+                            f"numerics are fixed when torch starts; {how}")
+    if choice == "pinned" and problems():
+        raise NumericsError(f"pinned numerics are not in effect in this kernel ({problems()[0]}): use the kit's "
+                            "kernel 'Python 3 (moescope)' (make setup installs it)")
+    return choice
+
+
 def environment(choice: str, base: dict[str, str]) -> dict[str, str]:
     """``base`` (an environment) changed so that a new process starts with ``choice``'s numerics."""
     if choice not in CHOICES:

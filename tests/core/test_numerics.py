@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from moescope import numerics
 
 CHECK = "import moescope, torch; torch.randn(4, 4) @ torch.randn(4, 4); from moescope import numerics; print(numerics.problems())"
@@ -61,3 +63,17 @@ def test_the_command_line_choice_starts_the_command_with_native_numerics():
     helptext = subprocess.run([sys.executable, "-m", "moescope", "--help"], env=_clean_env(), capture_output=True,
                               text=True, check=True).stdout
     assert all(choice in helptext for choice in numerics.CHOICES) and "3x slower" in helptext
+
+
+def test_a_notebook_asking_for_other_numerics_than_its_kernel_fails_in_one_line(monkeypatch):
+    monkeypatch.delenv(numerics.OPT_OUT, raising=False)
+    assert numerics.require("pinned") == "pinned"  # the test process runs pinned (the Makefile sets it)
+    with pytest.raises(numerics.NumericsError, match="this kernel computes with pinned numerics, the notebook asks "
+                                                    "for native: numerics are fixed when torch starts"):
+        numerics.require("native")
+    with pytest.raises(ValueError, match="numerics must be 'pinned' or 'native', not 'fast'"):
+        numerics.require("fast")
+    monkeypatch.setenv(numerics.OPT_OUT, "1")
+    assert numerics.require("native") == "native"
+    with pytest.raises(numerics.NumericsError, match="asks for pinned"):
+        numerics.require("pinned")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from test_runner import write_notebook
 
-from moescope import plots
+from moescope import numerics, paths, plots
 from moescope.kit import cli, runner
 from moescope.organisms import training
 
@@ -170,3 +170,15 @@ def test_benchmark_writes_both_numerics_only_into_out(places):
     assert table.pinned_over_native.tolist() == pytest.approx(
         [table.kit_ms_per_prompt.iloc[0] / native.kit_ms_per_prompt] * 2)
     assert (table.max_abs_err <= 1e-5).all()
+
+
+def test_the_runner_tells_each_notebook_the_numerics_its_kernel_computes_with(monkeypatch, tmp_path):
+    nb = paths.NOTEBOOKS / "00_quick_tour.ipynb"
+    monkeypatch.delenv(numerics.OPT_OUT, raising=False)
+    (job,) = runner.plan([nb], None, runs_dir=tmp_path)
+    assert job.params["numerics"] == "pinned"
+    monkeypatch.setenv(numerics.OPT_OUT, "1")
+    (job,) = runner.plan([nb], None, runs_dir=tmp_path)
+    assert job.params["numerics"] == "native"
+    with pytest.raises(runner.PlanError, match="numerics"):
+        runner.plan([nb], None, overrides={"numerics": "native"}, runs_dir=tmp_path)

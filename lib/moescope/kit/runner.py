@@ -45,7 +45,7 @@ DEFAULT_CELL_TIMEOUT = 1800
 #: seconds a waiting kernel client sleeps at most before it looks at its socket again
 POLL_SLICE = 1.0
 #: parameters the runner sets itself, and the option that sets them
-RESERVED = {"out_dir": "--out", "model": "--models", "models": "--models"}
+RESERVED = {"out_dir": "--out", "model": "--models", "models": "--models", "numerics": "--numerics"}
 
 
 class PlanError(ValueError):
@@ -189,7 +189,7 @@ def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN
 
     Every job writes under ``<runs_dir>/<run>/<model_folder(model)>/``; its label (in the status table and the
     report) is the model as given. ``overrides`` go to every notebook that has the parameter; one that no notebook
-    has is an error.
+    has is an error. A notebook with a ``numerics`` parameter gets the numerics its kernel computes with.
     """
     overrides = overrides or {}
     defaults = {nb: notebook_parameters(nb) for nb in notebooks}
@@ -207,6 +207,8 @@ def plan(notebooks: list[Path], models: list[str] | None, run: str = DEFAULT_RUN
         for label, extra in targets:
             folder = root / model_folder(label)
             params = base | extra | {"out_dir": str(folder)}
+            if "numerics" in names:  # the kernel computes with the runner's numerics (kernel_env): say so
+                params["numerics"] = numerics.current()
             jobs.append(Job(nb, params, folder, folder / "figures", label))
     return jobs
 
