@@ -2,10 +2,12 @@
 the difference of slopes, and the shipped cache."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from moescope import configs, verdicts
@@ -203,3 +205,21 @@ def test_shipped_cache_loads_and_gives_the_notebook_tables():
     assert all(verdicts.is_verdict(r["verdict"]) for r in rows)
     size = sum(p.stat().st_size for p in experiments.GRID_FOLDER.glob("*.json"))
     assert size < 5 * 2**20
+
+
+def test_missing_run_facts_are_empty_exactly_when_the_runs_are_there(tmp_path):
+    """single_domain_missing counts the (domain, seed) single-domain runs the grid lacks; routing_errors_recorded is
+    '' once the ESFT-Gate + ALR runs record a routing."""
+    grid = write_grid(tmp_path, des_wins=True)
+    top = grid.at()
+    domains = top.domains.iloc[0].split("+")
+    single = pd.DataFrame([{"method": "fft", "n_domains": 1, "domains": d, "seed": s, "lr": grid.rates["fft"]}
+                           for d in domains for s in SEEDS])
+    some = dataclasses.replace(grid, runs=pd.concat([grid.runs, single.iloc[:-1]], ignore_index=True))
+    assert evidence.single_domain_missing(some, "fft").startswith("the grid holds 17 of the 18 single-domain runs")
+    full = dataclasses.replace(grid, runs=pd.concat([grid.runs, single], ignore_index=True))
+    assert evidence.single_domain_missing(full, "fft") == ""
+    assert evidence.single_domain_missing(full, "esft_gate") != ""
+    for run_id in top.query("method == 'esft_gate_alr'").id:
+        grid.raw[run_id]["method"]["routing"] = []
+    assert evidence.routing_errors_recorded(grid) == ""
