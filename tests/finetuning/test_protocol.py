@@ -6,7 +6,7 @@ import json
 import pytest
 
 from moescope import configs, verdicts
-from moescope.finetuning import claims, domains, findings, protocol, tables
+from moescope.finetuning import claims, domains, evidence, findings, protocol, tables
 from moescope.finetuning.base import Base
 from moescope.finetuning.batches import batch_cycle, domain_batches, encode
 from moescope.vocab import word_tokenizer
@@ -105,10 +105,10 @@ def test_any_model_tiny_grid_gives_a_verdict_for_every_claim(tiny_model_dir, tmp
     grid = tables.load(tmp_path)
     model = json.loads((tmp_path / "chosen_rates.json").read_text())["model"]
     prem = findings.premise_scores(base, batch_size=8)
-    rows = (claims.premise_rows(prem, model) + claims.table_rows(grid, model)
-            + claims.forgetting_rows(grid, model) + claims.convergence_rows(grid, model)
-            + claims.ablation_rows(grid, model) + claims.sequential_rows(grid, model))
-    assert {r["claim"] for r in rows} == {c.id for c in claims.REGISTRY}
+    rows = (evidence.premise_rows(prem, model) + evidence.table_rows(grid, model)
+            + evidence.forgetting_rows(grid, model) + evidence.convergence_rows(grid, model, base.load())
+            + evidence.ablation_rows(grid, model) + evidence.sequential_rows(grid, model))
+    assert {r["claim"] for r in rows} == set(claims.REGISTRY)
     assert all(verdicts.is_verdict(r["verdict"]) for r in rows), [r["verdict"] for r in rows]
     assert set(grid.runs.method) == set(protocol.METHODS)
 

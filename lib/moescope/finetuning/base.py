@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import arch, configs, numerics, paths
+from .. import arch, configs, numerics, paths, routing
 from ..determinism import EXPERTS_IMPLEMENTATION, TRAIN_THREADS, set_determinism
 from ..models import load_model, load_tokenizer
 from ..organisms.training import CALIBRATION_LR_FACTOR, PREFIX_STEPS, PrefixCheck, calibrate_prefix, save_organism
@@ -70,7 +69,9 @@ def deepseek_config(spec: BaseSpec, vocab: int):
 
 class BalancedPretraining(Method):
     """Full training plus ``coef`` * the switch load-balancing loss per MoE layer, E * sum_e f_e * P_e, where
-    f_e = share of (token, slot) assignments to expert e and P_e = mean router probability of e (real tokens)."""
+    f_e = share of (token, slot) assignments to expert e and P_e = mean over real tokens of the router's score of e
+    (:func:`moescope.routing.probabilities`: softmax over experts, or the sigmoid of sigmoid routers). The router's
+    output is read through :func:`moescope.routing.decision`."""
 
     name = "pretrain"
 
@@ -85,7 +86,7 @@ class BalancedPretraining(Method):
 
     def _recorder(self, row: int):
         def hook(module, args, output):
-            self._logits[row], self._index[row] = output[0], output[2]
+            self._logits[row], _, self._index[row] = routing.decision(module, output)
         return hook
 
     def hooks(self):
@@ -94,8 +95,8 @@ class BalancedPretraining(Method):
     def balance_loss(self, token_mask: torch.Tensor) -> torch.Tensor:
         keep = token_mask.reshape(-1).bool()
         losses = []
-        for logits, index in zip(self._logits, self._index):
-            probs = F.softmax(logits.float()[keep], dim=-1)
+        for router, logits, index in zip(self.routers, self._logits, self._index):
+            probs = routing.probabilities(router, logits[keep])
             n_experts = probs.shape[-1]
             share = torch.bincount(index[keep].reshape(-1), minlength=n_experts).float() / index[keep].numel()
             losses.append(n_experts * (share * probs.mean(0)).sum())

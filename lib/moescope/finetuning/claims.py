@@ -1,57 +1,87 @@
-"""Every DES-MoE claim (and the ESFT premise it rests on) as a :class:`moescope.verdicts.Claim`, and the functions
-that decide them on a cached grid. Rules and preconditions are fixed here, before any grid is read.
+"""Every DES-MoE claim (and the ESFT premise it rests on) as data: id, where the paper says it, the paper's value
+(from :mod:`.paper`, spelled once), the statistic the kit computes, the decision rule and the control fixed before
+any grid is read, and the preconditions. :mod:`.evidence` computes the statistics from the cached runs and decides
+with :func:`moescope.verdicts.decide`.
 
 Statistics are on the kit's 0-1 exact-match scale; differences between methods are paired by seed and carry a
-95% t-interval over seeds. Verdicts follow the four outcomes of :mod:`moescope.verdicts` (the same functions as
-the attribution paper): the whole interval on the paper's side is reproduced, wholly on the other side not
-reproduced, straddling inconclusive. Gates on a baseline (a ceiling on the baseline's test score, a minimum of
-its forgetting) are ``null_only``: they turn only an inconclusive result into not testable.
+95% t-interval over seeds (orders averaged within a seed). The four outcomes are those of :mod:`moescope.verdicts`.
+
+Preconditions of two kinds:
+
+- structural: routed experts, two seeds, and the **floor**: every method a comparison reads must have learned its
+  domains, test - base test >= :data:`LEARNED` at N_max (mean over seeds). A method that learned nothing forgets
+  nothing and trivially "wins" or "loses"; such a row is not testable, whatever its interval says. Claims that need
+  runs the grid lacks (single-domain runs, recorded routing of evaluation tokens) or a model property (sparse expert
+  gradients) name what is missing.
+- gates on a baseline (``null_only``: a ceiling on its test score, a minimum of its forgetting), which turn only an
+  inconclusive result into not testable.
+
+Facts read by the preconditions: :data:`Facts` (computed by :func:`.evidence.facts`); every precondition's key is
+checked against it when the registry is built.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import pandas as pd
 
 from .. import verdicts as v
-from ..verdicts import Claim, Estimate, Rule
-from . import findings, paper
-from .tables import Grid
+from ..verdicts import Claim, Rule
+from . import paper
 
 BASELINES = ("fft", "lora", "esft_gate", "esft_token")
-NAMES = {"fft": "full FT", "lora": "LoRA", "esft_gate": "ESFT-Gate", "esft_token": "ESFT-Token", "desmoe": "DES-MoE"}
+#: every method of the grid the claims read
+METHODS = (*BASELINES, "desmoe", "desmoe_no_alr", "desmoe_no_dges", "esft_gate_alr", "frozen_router")
+NAMES = {"fft": "full FT", "lora": "LoRA", "esft_gate": "ESFT-Gate", "esft_token": "ESFT-Token", "desmoe": "DES-MoE",
+         "desmoe_no_alr": "DES-MoE w/o ALR", "desmoe_no_dges": "DES-MoE w/o DGES", "esft_gate_alr": "ESFT-Gate + ALR",
+         "frozen_router": "frozen-router FT"}
+#: the methods whose single-domain runs the single-vs-mixed claims read
+SINGLE = ("fft", "esft_gate")
+#: the floor: a method learned its domains iff test - base test >= this at N_max (5 exact-match points)
+LEARNED = 0.05
 #: a baseline at or above this test score leaves no room for DES-MoE to beat it
 CEILING = 0.98
 #: forgetting below this (2 general-set points) is too small for "forgets less" to be testable
 MIN_FORGETTING = 0.02
-#: "equal" / "flat" means within one general-set point
+#: "equal" / "flat" / "does not help" means within one general-set point
 TOLERANCE = 0.01
-#: "x% less forgetting" is tested as a reduction of at least this share
+#: "x% less forgetting" (reading 1, absolute) is tested as a reduction of at least this share
 REDUCTION = 0.5
 
 
-#: What the preconditions read, one definition (keys not listed fail the registry at import); computed by
-#: :func:`facts` (per-method scores for every method of the grid).
+#: What the preconditions read, one definition (keys not listed fail the registry at import). Per method m:
+#: ``m_test``, ``m_forgetting``, ``m_val`` (means over seeds at N_max) and ``m_learned`` (test - base test);
+#: ``single_m_missing``: '' when the grid holds m's single-domain runs, else which runs are missing.
 Facts = TypedDict("Facts", {
     "name": str, "moe": bool, "routed_experts": int, "shared_expert": bool, "seeds": int, "n_span": int,
-    "sequences": int, "base_general": float, "fft_forgetting_min": float, "fft_drop": float, "law_and_code": bool,
-    "matched_reached": bool,
-    **{f"{m}_{what}": float for m in (*BASELINES, "desmoe") for what in ("test", "forgetting", "val")},
+    "sequences": int, "base_general": float, "law_and_code": bool, "matched_reached": bool,
+    "sparse_expert_gradients": str, "routing_errors_recorded": str,
+    **{f"{m}_{what}": float for m in METHODS for what in ("test", "forgetting", "val", "learned")},
+    **{f"single_{m}_missing": str for m in SINGLE},
 }, total=False)
 
 SEEDS = v.minimum("seeds", 2, "seeds per method (needed for an interval)")
 MOE = v.flag("moe", "routed experts")
-
-
 SEQUENCES = v.minimum("sequences", 20, "scored sequences per domain")
+SPAN = v.minimum("n_span", 4, "span of N (N_max - N_min)")
+
+
+def learned(method: str) -> v.Precondition:
+    """The floor: ``method``'s test - base test at N_max is at least :data:`LEARNED` (structural)."""
+    return v.minimum(f"{method}_learned", LEARNED, f"{NAMES[method]}'s domain gain (test - base test at N_max)")
+
+
+def present(key: str, what: str) -> v.Precondition:
+    """facts[key] == '' (the runs or property are there); else facts[key] is the computed reason."""
+    return v.Precondition(what, lambda f: None if f.get(key) == "" else (f.get(key) or f"{key} is unknown"),
+                          keys=(key,))
 
 
 def _claim(id: str, where: str, statement: str, paper_value: str, statistic: str, rule: Rule, control: str,
-           *pre: v.Precondition, source: str = paper.DES_MOE) -> Claim:
-    """A claim decided over seeds: it needs routed experts and at least two seeds, plus ``pre``."""
-    return Claim(id, source, where, statement, paper_value, statistic, rule, control, (MOE, SEEDS) + pre)
+           methods: tuple[str, ...], *pre: v.Precondition, source: str = paper.DES_MOE) -> Claim:
+    """A claim decided over seeds: routed experts, two seeds, the floor of every method in ``methods``, ``pre``."""
+    return Claim(id, source, where, statement, paper_value, statistic, rule, control,
+                 (MOE, SEEDS, *map(learned, methods), *pre))
 
 
 def _premise(id: str, where: str, statement: str, paper_value: str, statistic: str, control: str) -> Claim:
@@ -62,9 +92,11 @@ def _premise(id: str, where: str, statement: str, paper_value: str, statistic: s
 
 # ---------------------------------------------------------------- the registry
 
+_LOW, _HIGH = paper.ESFT_SHARE_RANGE
 PREMISE = (
     _premise("esft_few_experts", "ESFT §4 / Fig. 3", "a task's tokens concentrate on a few routed experts per layer",
-             "token score p=0.2 reached with 5-15% of 64 experts (e.g. law 5.9, translation 3.2 per layer)",
+             f"token score p=0.2 reached with {_LOW:.0%}-{_HIGH:.0%} of 64 experts (per layer: "
+             + ", ".join(f"{d} {n:g}" for d, n in paper.ESFT_EXPERTS_PER_LAYER.items()) + ")",
              "share of routed experts needed to reach token score p=0.2, base model (mean over domains, layers)",
              "uniform routing: each sequence's token scores permuted across experts"),
     _premise("esft_distinct_experts", "ESFT Fig. 3", "different tasks select different experts",
@@ -80,62 +112,112 @@ def _vs(baseline: str) -> tuple[Claim, Claim]:
         _claim(f"t1_domain_vs_{baseline}", "Table 1", f"DES-MoE learns the mixed domains better than {name}",
                f"{paper.TABLE1_DOWNSTREAM['desmoe']} vs {paper.TABLE1_DOWNSTREAM[baseline]}",
                f"test exact match at N=6, DES-MoE - {name}", v.above(0.0), f"{name} (mixed, own chosen rate)",
+               ("desmoe", baseline),
                v.maximum(f"{baseline}_test", CEILING, f"{name}'s test score (room above it)").gate()),
         _claim(f"t2_general_vs_{baseline}", "Table 2", f"DES-MoE keeps more general ability than {name}",
                f"{paper.TABLE2_GENERAL['desmoe']} vs {paper.TABLE2_GENERAL[baseline]}",
                f"general exact match at N=6, DES-MoE - {name}", v.above(0.0), f"{name} (mixed, own chosen rate)",
+               ("desmoe", baseline),
                v.minimum(f"{baseline}_forgetting", MIN_FORGETTING, f"{name}'s forgetting at N=6").gate()),
     )
 
 
+def _single(id: str, where: str, statement: str, paper_value: str, statistic: str, rule: Rule, control: str,
+            methods: tuple[str, ...], single: str) -> Claim:
+    """A claim that reads ``single``'s single-domain runs (one model per domain)."""
+    return _claim(id, where, statement, paper_value, statistic, rule, control, methods,
+                  present(f"single_{single}_missing", f"single-domain runs of {NAMES[single]}"))
+
+
+_D, _S = paper.TABLE1_DOWNSTREAM, paper.SINGLE_DOWNSTREAM
 TABLE = tuple(c for b in BASELINES for c in _vs(b)) + (
     _claim("fft_mixed_forgets", "Tables 1-2", "mixed-domain full fine-tuning forgets general ability",
            f"{paper.TABLE2_GENERAL['vanilla']} -> {paper.TABLE2_GENERAL['fft']}",
-           "forgetting F = general(base) - general(FFT) at N=6", v.above(0.0), "the base model (F = 0)"),
+           "forgetting F = general(base) - general(FFT) at N=6", v.above(0.0), "the base model (F = 0)", ("fft",)),
     _claim("t2_desmoe_equals_base", "Table 2", "DES-MoE's general score equals the base model's",
            f"{paper.TABLE2_GENERAL['desmoe']} = {paper.TABLE2_GENERAL['vanilla']}",
-           "general(DES-MoE) - general(base) at N=6", v.within(0.0, TOLERANCE), "the base model",
+           "general(DES-MoE) - general(base) at N=6", v.within(0.0, TOLERANCE), "the base model", ("desmoe",),
            v.minimum("base_general", 0.3, "the base model's general score").gate()),
     _claim("pareto_matched_vs_fft", "Tables 1-2 (matched learning)",
            "at the same domain score DES-MoE keeps more general ability than full FT",
-           "higher on both axes (51.6/62.4 vs 46.6/55.5)",
+           f"higher on both axes ({_D['desmoe']}/{paper.TABLE2_GENERAL['desmoe']} vs "
+           f"{_D['fft']}/{paper.TABLE2_GENERAL['fft']})",
            "general score at the first checkpoint reaching the matched validation level, DES-MoE - FFT",
-           v.above(0.0), "full FT at the same validation level",
+           v.above(0.0), "full FT at the same validation level", ("desmoe", "fft"),
            v.flag("matched_reached", "a validation level both methods reach in every seed")),
+    _single("t1_desmoe_vs_single_esft_gate", "Table 1 / abstract",
+            "mixed DES-MoE reaches single-domain ESFT-Gate's domain score",
+            f"{_D['desmoe']} vs {_S['esft_gate']}", "test at N=6, DES-MoE (mixed) - mean over the domains of "
+            "ESFT-Gate trained on that domain alone", v.above(0.0), "ESFT-Gate, one model per domain",
+            ("desmoe", "esft_gate"), "esft_gate"),
+    _single("t1_desmoe_vs_single_fft", "Table 1", "mixed DES-MoE reaches single-domain full FT's domain score",
+            f"{_D['desmoe']} vs {_S['fft']}", "test at N=6, DES-MoE (mixed) - mean over the domains of full FT "
+            "trained on that domain alone", v.above(0.0), "full FT, one model per domain", ("desmoe", "fft"), "fft"),
+    _single("t1_mixed_fft_below_single", "Table 1", "mixing the domains costs full FT domain score",
+            f"{_D['fft']} (mixed) vs {_S['fft']} (single)", "test at N=6, full FT mixed - mean over the domains of "
+            "full FT trained on that domain alone", v.below(0.0), "full FT, one model per domain", ("fft",), "fft"),
 )
 
+_DROP = paper.FIG2_DROP
 FORGETTING = (
     _claim("fig2_fft_drop", "Fig. 2", "full FT's general score falls as domains are added",
-           f"{paper.FIG2_GENERAL['fft'][0]} -> {paper.FIG2_GENERAL['fft'][1]} (-{paper.FIG2_DROP['fft']}) from N=2 to 6",
-           "general(N=2) - general(N=6), FFT, domain orders averaged", v.above(0.0), "no change (0)",
-           v.minimum("n_span", 4, "span of N (N_max - N_min)")),
+           f"{paper.FIG2_GENERAL['fft'][0]} -> {paper.FIG2_GENERAL['fft'][1]} (-{_DROP['fft']}) from N=2 to 6",
+           "general(N=2) - general(N=6), FFT, domain orders averaged", v.above(0.0), "no change (0)", ("fft",), SPAN),
+    _claim("fig2_lora_drop", "Fig. 2", "LoRA's general score falls as domains are added",
+           f"-{_DROP['lora']} from N=2 to 6", "general(N=2) - general(N=6), LoRA, orders averaged", v.above(0.0),
+           "no change (0)", ("lora",), SPAN),
+    _claim("fig2_esft_drop", "Fig. 2", "ESFT's general score falls as domains are added",
+           f"-{_DROP['esft']} from N=2 to 6", "general(N=2) - general(N=6), ESFT-Gate, orders averaged",
+           v.above(0.0), "no change (0)", ("esft_gate",), SPAN),
+    _claim("fig2_lora_less_than_fft", "Fig. 2", "LoRA's general score falls less than full FT's (moderately)",
+           f"-{_DROP['lora']} vs -{_DROP['fft']} ({_DROP['lora'] - _DROP['fft']:+.1f})",
+           "drop(N=2->6) LoRA - drop FFT, paired by seed", v.below(0.0), "full FT's drop", ("lora", "fft"), SPAN),
+    _claim("fig2_esft_less_than_fft", "Fig. 2", "ESFT's general score falls less than full FT's (moderately)",
+           f"-{_DROP['esft']} vs -{_DROP['fft']} ({_DROP['esft'] - _DROP['fft']:+.1f})",
+           "drop(N=2->6) ESFT-Gate - drop FFT, paired by seed", v.below(0.0), "full FT's drop", ("esft_gate", "fft"),
+           SPAN),
+    _claim("fig2_fft_steepens", "Fig. 2 text", "full FT's decline steepens as domains are added",
+           f"slope {paper.FIG2_FFT_SLOPES[0]:g}/domain (N 2->3), {paper.FIG2_FFT_SLOPES[1]:g}/domain beyond "
+           f"(steeper by {paper.FIG2_FFT_SLOPES[0] - paper.FIG2_FFT_SLOPES[1]:.1f})",
+           "per-domain drop of FFT's general score, (g(N_mid) - g(N_max)) / (N_max - N_mid) - (g(N_min) - g(N_mid)) "
+           "/ (N_mid - N_min), per seed", v.above(0.0), "a constant slope (0)", ("fft",), SPAN),
     _claim("fig2_desmoe_flat", "Fig. 2", "DES-MoE's general score stays flat as domains are added",
-           f"{paper.FIG2_GENERAL['desmoe'][0]} -> {paper.FIG2_GENERAL['desmoe'][1]} (-{paper.FIG2_DROP['desmoe']})",
+           f"{paper.FIG2_GENERAL['desmoe'][0]} -> {paper.FIG2_GENERAL['desmoe'][1]} (-{_DROP['desmoe']})",
            "general(N=2) - general(N=6), DES-MoE, orders averaged", v.within(0.0, TOLERANCE), "no change (0)",
-           v.minimum("n_span", 4, "span of N (N_max - N_min)")),
+           ("desmoe",), SPAN),
+    _claim("fig2_preserved_98", "Conclusion", "DES-MoE preserves 98% of its general ability from 2 to 6 domains",
+           f"{paper.PRESERVED:.0%} (Fig. 2: {paper.FIG2_GENERAL['desmoe'][1]} / {paper.FIG2_GENERAL['desmoe'][0]})",
+           "general(N=6) / general(N=2), DES-MoE, orders averaged, per seed", v.at_least(paper.PRESERVED),
+           "no loss (1)", ("desmoe",), SPAN),
     _claim("fig2_reduction_absolute", "Fig. 2 / abstract", "DES-MoE forgets 89% less than full FT (reading 1: "
            "forgetting at N=6)", f"{paper.FORGETTING_REDUCTION_TEXT:.0%} (text); "
            f"{paper.FORGETTING_REDUCTION_FIG2:.0%} from Fig. 2", "1 - F_DES(N=6) / F_FFT(N=6) per seed",
-           v.at_least(0.5), "full FT's forgetting",
+           v.at_least(REDUCTION), "full FT's forgetting", ("desmoe", "fft"),
            v.minimum("fft_forgetting", MIN_FORGETTING, "full FT's forgetting at N=6").gate()),
-    _claim("fig2_reduction_slope", "Fig. 2", "DES-MoE forgets 89% less than full FT (reading 2: the 2->6 drop)",
-           f"{paper.FORGETTING_REDUCTION_FIG2:.0%} = 1 - 0.1/6.2",
-           f"{REDUCTION:g} x drop_FFT(2->6) - drop_DES(2->6) per seed (>= 0 iff 1 - drop_DES / drop_FFT >= "
-           f"{REDUCTION:g} where FFT drops)", v.at_least(0.0), "full FT's drop",
-           v.minimum("fft_drop", MIN_FORGETTING / 2, "full FT's drop from N=2 to 6").gate(),
-           v.minimum("n_span", 4, "span of N (N_max - N_min)")),
+    _claim("fig2_reduction_slope", "Fig. 2", "DES-MoE's general score falls less than full FT's from N=2 to 6 "
+           "(reading 2 of '89% less forgetting': the slopes)",
+           f"-{_DROP['desmoe']} vs -{_DROP['fft']} ({_DROP['desmoe'] - _DROP['fft']:+.1f})",
+           "drop(N=2->6) DES-MoE - drop FFT, paired by seed (orders averaged within a seed)", v.below(0.0),
+           "full FT's drop", ("desmoe", "fft"), SPAN),
 )
 
+_MIN = paper.FIG3_MINUTES
 CONVERGENCE = (
     _claim("fig3_steps", "Fig. 3", "DES-MoE reaches full FT's level with less training (steps)",
-           f"'68% faster': 1 - 54.0/171.8 = {paper.SPEEDUP:.1%} less wall-clock",
+           f"'68% faster': 1 - {_MIN['desmoe']}/{_MIN['fft']} = {paper.SPEEDUP:.1%} less wall-clock",
            "1 - steps_DES / steps_FFT to reach 95% of FFT's validation score (censored if never)", v.above(0.0),
-           "full FT (0% speed-up)", v.minimum("fft_val", 0.1, "full FT's validation score")),
+           "full FT (0% speed-up)", ("desmoe", "fft"), v.minimum("fft_val", 0.1, "full FT's validation score")),
     _claim("fig3_wallclock", "Fig. 3", "DES-MoE reaches full FT's level in less wall-clock time",
-           f"'68% faster': 1 - 54.0/171.8 = {paper.SPEEDUP:.1%}",
+           f"'68% faster': 1 - {_MIN['desmoe']}/{_MIN['fft']} = {paper.SPEEDUP:.1%}",
            "1 - seconds_DES / seconds_FFT to the same target (training time only)", v.above(0.0),
-           "full FT (0% speed-up)", v.minimum("fft_val", 0.1, "full FT's validation score")),
+           "full FT (0% speed-up)", ("desmoe", "fft"), v.minimum("fft_val", 0.1, "full FT's validation score"),
+           present("sparse_expert_gradients", "sparse expert gradients (frozen experts cost no backward compute)")),
+    _single("fig3_mixed_vs_single_esft", "Fig. 3", "one mixed ESFT run is faster than six single-domain ESFT runs",
+            f"{_MIN['esft_mixed']} vs {_MIN['esft_single_x6']} minutes", "training seconds, ESFT-Gate mixed (N=6) - "
+            "sum over the domains of ESFT-Gate single-domain runs", v.below(0.0), "six single-domain ESFT-Gate runs",
+            ("esft_gate",), "esft_gate"),
 )
+
 
 def _t3(method: str, other: str, score: str) -> str:
     """Table 3's 'a vs b (b - a)' for ``score`` (downstream or general), from :data:`.paper.TABLE3`."""
@@ -145,156 +227,50 @@ def _t3(method: str, other: str, score: str) -> str:
 
 ABLATIONS = (
     _claim("t3_no_alr_general", "Table 3", "removing ALR costs general ability", _t3("desmoe", "desmoe_no_alr", "general"),
-           "general at N=6, DES-MoE - w/o ALR", v.above(0.0), "DES-MoE without ALR"),
+           "general at N=6, DES-MoE - w/o ALR", v.above(0.0), "DES-MoE without ALR", ("desmoe", "desmoe_no_alr")),
     _claim("t3_no_alr_domain", "Table 3", "removing ALR costs downstream score", _t3("desmoe", "desmoe_no_alr", "downstream"),
-           "test at N=6, DES-MoE - w/o ALR", v.above(0.0), "DES-MoE without ALR"),
+           "test at N=6, DES-MoE - w/o ALR", v.above(0.0), "DES-MoE without ALR", ("desmoe", "desmoe_no_alr")),
     _claim("t3_no_dges_general", "Table 3", "removing DGES costs general ability", _t3("desmoe", "desmoe_no_dges", "general"),
-           "general at N=6, DES-MoE - w/o DGES", v.above(0.0), "DES-MoE without DGES"),
+           "general at N=6, DES-MoE - w/o DGES", v.above(0.0), "DES-MoE without DGES", ("desmoe", "desmoe_no_dges")),
     _claim("t3_no_dges_domain", "Table 3", "removing DGES costs downstream score", _t3("desmoe", "desmoe_no_dges", "downstream"),
-           "test at N=6, DES-MoE - w/o DGES", v.above(0.0), "DES-MoE without DGES"),
+           "test at N=6, DES-MoE - w/o DGES", v.above(0.0), "DES-MoE without DGES", ("desmoe", "desmoe_no_dges")),
     _claim("t3_esft_alr", "Table 3", "adding ALR to (mixed) ESFT does not help general ability",
-           _t3("esft_mixed", "esft_mixed_alr", "general"), "general at N=6, ESFT-Gate + ALR - ESFT-Gate", v.at_most(TOLERANCE),
-           "ESFT-Gate (mixed)"),
+           _t3("esft_mixed", "esft_mixed_alr", "general"), "general at N=6, ESFT-Gate + ALR - ESFT-Gate",
+           v.at_most(TOLERANCE), "ESFT-Gate (mixed)", ("esft_gate", "esft_gate_alr")),
+    _claim("t3_esft_alr_domain", "Table 3", "adding ALR to (mixed) ESFT does not help downstream score",
+           _t3("esft_mixed", "esft_mixed_alr", "downstream"), "test at N=6, ESFT-Gate + ALR - ESFT-Gate",
+           v.at_most(TOLERANCE), "ESFT-Gate (mixed)", ("esft_gate", "esft_gate_alr")),
+    _claim("t3_esft_alr_routing_errors", "Table 3 text", "ALR without DGES raises routing-assignment errors",
+           f"+{paper.ROUTING_ERRORS_ALR:.0%} routing-assignment errors (the error is not defined)",
+           "1 - share of evaluation tokens routed as ESFT-Gate's router routes them, ESFT-Gate + ALR",
+           v.above(0.0), "ESFT-Gate's own routing (0 errors)", ("esft_gate", "esft_gate_alr"),
+           present("routing_errors_recorded", "recorded routing of evaluation tokens under both routers")),
     _claim("t3_overlap", "Table 3 text", "DGES separates the experts of different domains (Law vs Code)",
            f"overlap {paper.OVERLAP_LAW_CODE['desmoe']} with DGES vs {paper.OVERLAP_LAW_CODE['desmoe_no_dges']} without",
            "Jaccard(M_law, M_code) at T, DES-MoE - w/o DGES", v.below(0.0), "DES-MoE without DGES",
-           v.flag("law_and_code", "law and code among the trained domains")),
+           ("desmoe", "desmoe_no_dges"), v.flag("law_and_code", "law and code among the trained domains")),
 )
 
 SEQUENTIAL = (
     _claim("ext_sequential", "extension (not in the paper)", "DES-MoE forgets earlier domains less than full FT "
            "when domains arrive one after another", "not claimed (the paper trains domains jointly)",
-           "earlier-domain forgetting, DES-MoE - FFT", v.below(0.0), "full FT, same sequence",
+           "earlier-domain forgetting, DES-MoE - FFT", v.below(0.0), "full FT, same sequence", (),
            source=f"{paper.DES_MOE}, extension"),
 )
 
-REGISTRY: tuple[Claim, ...] = PREMISE + TABLE + FORGETTING + CONVERGENCE + ABLATIONS + SEQUENTIAL
-v.check_facts(REGISTRY, Facts)
+REGISTRY: dict[str, Claim] = {c.id: c for c in PREMISE + TABLE + FORGETTING + CONVERGENCE + ABLATIONS + SEQUENTIAL}
+v.check_facts(REGISTRY.values(), Facts)
 
 
-# ---------------------------------------------------------------- facts (preconditions) from the model and data
-
-def _model_facts(model: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's name (for the report) and whether it is an MoE."""
-    return {"name": model.get("name", ""), "moe": bool(model.get("moe_layers"))}
-
-
-def facts(grid: Grid, model: Mapping[str, Any]) -> dict[str, Any]:
-    """What the preconditions read, computed from the grid and the model description (``arch.describe``)."""
-    top = grid.at()
-    ns = sorted(grid.chosen().n_domains.unique())
-    out: dict[str, Any] = {**_model_facts(model), "routed_experts": model.get("experts"),
-                           "shared_expert": model.get("shared_expert"),
-                           "seeds": int(top.groupby("method").seed.nunique().min()),
-                           "n_span": int(ns[-1] - ns[0]) if ns else 0,
-                           "base_general": float(top.base_general.mean())}
-    for method, g in top.groupby("method"):
-        out[f"{method}_test"] = float(g.test.mean())
-        out[f"{method}_forgetting"] = float(g.forgetting.mean())
-        out[f"{method}_val"] = float(g.val.mean())
-    if "fft" in set(top.method):
-        out["fft_forgetting_min"] = float(top[top.method == "fft"].forgetting.min())
-    if len(ns) > 1 and "fft" in set(top.method):
-        out["fft_drop"] = float(findings.per_seed_drop(grid, "fft", int(ns[0]), int(ns[-1])).mean())
-    domains = set(top.domains.iloc[0].split("+")) if len(top) else set()
-    out["law_and_code"] = {"law", "code"} <= domains
-    return out
+def get(claim_id: str) -> Claim:
+    """The registered claim ``claim_id``."""
+    if claim_id not in REGISTRY:
+        raise KeyError(f"unknown DES-MoE claim {claim_id!r}")
+    return REGISTRY[claim_id]
 
 
-def _row(claim_id: str, f: Mapping[str, Any], kit: Estimate | None, control: Estimate | None = None,
-         note: str = "") -> dict:
-    claim = next(c for c in REGISTRY if c.id == claim_id)
-    return v.decide(claim, f, kit, control, note, model=f.get("name", ""))
-
-
-def _score(grid: Grid, method: str, column: str) -> Estimate:
-    g = grid.at().query("method == @method")
-    return v.over_seeds(g[column].tolist()) if len(g) else Estimate(math.nan)
-
-
-# ---------------------------------------------------------------- deciding, one function per notebook
-
-def premise_rows(prem: findings.Premise, model: Mapping[str, Any]) -> list[dict]:
-    """The ESFT premise on the base model, against its two nulls."""
-    f = {**_model_facts(model), "routed_experts": model.get("experts"),
-         "sequences": min(len(t) for t in prem.token.values())}
-    share, uniform = findings.experts_needed_share(prem)
-    overlap, shuffled = findings.domain_overlap(prem)
-    return [_row("esft_few_experts", f, share, uniform),  # the row's note: one model, interval over sequences
-            _row("esft_distinct_experts", f, overlap, shuffled)]
-
-
-def table_rows(grid: Grid, model: Mapping[str, Any], share: float = 0.9) -> list[dict]:
-    """Tables 1-2 (DES-MoE vs each mixed baseline), FFT's forgetting, DES-MoE = base, and the matched view."""
-    f = facts(grid, model)
-    rows = []
-    for b in BASELINES:
-        rows.append(_row(f"t1_domain_vs_{b}", f, findings.paired_difference(grid, "desmoe", b, "test"),
-                         _score(grid, b, "test")))
-        rows.append(_row(f"t2_general_vs_{b}", f, findings.paired_difference(grid, "desmoe", b, "general"),
-                         _score(grid, b, "general")))
-    rows.append(_row("fft_mixed_forgets", f, findings.forgetting_at(grid, "fft")))
-    minus_f = findings.forgetting_at(grid, "desmoe")
-    rows.append(_row("t2_desmoe_equals_base", f, Estimate(-minus_f.value, -minus_f.high, -minus_f.low, minus_f.n,
-                                                         minus_f.over)))
-    level = findings.matched_level(grid, ("desmoe", "fft"), share)
-    diff = findings.matched_difference(grid, "desmoe", "fft", level)
-    rows.append(_row("pareto_matched_vs_fft", f | {"matched_reached": diff.finite and level > 0}, diff,
-                     note=f"matched validation level {level:.3f}"))
-    return rows
-
-
-def forgetting_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
-    """Fig. 2 under both readings (absolute at N_max, and the N_min -> N_max drop)."""
-    f = facts(grid, model)
-    ns = sorted(grid.chosen().n_domains.unique())
-    lo, hi = int(ns[0]), int(ns[-1])
-    return [_row("fig2_fft_drop", f, findings.drop_between(grid, "fft", lo, hi)),
-            _row("fig2_desmoe_flat", f, findings.drop_between(grid, "desmoe", lo, hi)),
-            _row("fig2_reduction_absolute", f, findings.reduction_absolute(grid, least=MIN_FORGETTING / 2),
-                 findings.forgetting_at(grid, "fft")),
-            _row("fig2_reduction_slope", f, findings.reduction_margin(grid, REDUCTION),
-                 findings.drop_between(grid, "fft", lo, hi),
-                 note=f"reduction 1 - drop_DES / drop_FFT: {findings.reduction_slope(grid).value:.3g}")]
-
-
-def convergence_rows(grid: Grid, model: Mapping[str, Any], target: float = 0.95) -> list[dict]:
-    """Fig. 3: steps and wall-clock to FFT's level."""
-    f = facts(grid, model)
-    conv = findings.convergence(grid, target)
-    note = "training seconds measured on a shared, loaded CPU; fused expert tensors compute full gradients"
-    return [_row("fig3_steps", f, findings.speedup(conv, "steps")),
-            _row("fig3_wallclock", f, findings.speedup(conv, "seconds"), note=note)]
-
-
-def ablation_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
-    """Table 3 and the Law-Code expert overlap."""
-    f = facts(grid, model)
-    diff = lambda m, col: findings.paired_difference(grid, "desmoe", m, col)  # noqa: E731
-    with_dges, without = findings.expert_overlap(grid, "desmoe"), findings.expert_overlap(grid, "desmoe_no_dges")
-    overlap = findings.overlap_difference(grid)
-    return [_row("t3_no_alr_general", f, diff("desmoe_no_alr", "general"), _score(grid, "desmoe_no_alr", "general")),
-            _row("t3_no_alr_domain", f, diff("desmoe_no_alr", "test"), _score(grid, "desmoe_no_alr", "test")),
-            _row("t3_no_dges_general", f, diff("desmoe_no_dges", "general"), _score(grid, "desmoe_no_dges", "general")),
-            _row("t3_no_dges_domain", f, diff("desmoe_no_dges", "test"), _score(grid, "desmoe_no_dges", "test")),
-            _row("t3_esft_alr", f, findings.paired_difference(grid, "esft_gate_alr", "esft_gate", "general"),
-                 _score(grid, "esft_gate", "general")),
-            _row("t3_overlap", f, overlap, without,
-                 note=f"overlap with DGES {with_dges.value:.2f}, without {without.value:.2f}")]
-
-
-def sequential_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
-    """The sequential extension: earlier-domain forgetting, DES-MoE - FFT, paired by seed."""
-    table = findings.sequential_forgetting(grid)
-    f = {**_model_facts(model), "seeds": int(table.groupby("method").seed.nunique().min()) if len(table) else 0}
-    if table.empty:
-        return [_row("ext_sequential", f, None)]
-    wide = table.pivot(index="seed", columns="method", values="earlier_domain_forgetting")
-    diff = (wide.get("desmoe") - wide.get("fft")).dropna() if {"desmoe", "fft"} <= set(wide.columns) else []
-    kit = v.over_seeds(list(diff)) if len(diff) else None
-    return [_row("ext_sequential", f, kit)]
-
-
-def summary(rows: list[dict]) -> pd.DataFrame:
-    """The rows as :func:`moescope.verdicts.show` prints them (the same table as the attribution notebooks)."""
-    return v.show(rows)
+def table() -> pd.DataFrame:
+    """The registry as a DataFrame: id, where, statement, paper value, statistic, rule, control, preconditions."""
+    return pd.DataFrame([{"claim": c.id, "where": c.where, "statement": c.statement, "paper_value": c.paper_value,
+                          "statistic": c.statistic, "rule": c.rule.text, "control": c.control,
+                          "preconditions": "; ".join(p.text for p in c.preconditions)} for c in REGISTRY.values()])

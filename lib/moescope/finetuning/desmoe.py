@@ -5,7 +5,9 @@ Choices where the paper is ambiguous (see /work/shared/papers/des-moe-emnlp2025.
 
 - ALR in residual form: R_adapt(h) = R_orig(h) + W2 GELU(W1 h + b1) + b2 with W1 [4d, d] Kaiming-initialised
   and W2, b2 zero, so routing starts exactly at the pretrained router's; R_orig stays frozen.
-- L_KD = mean over real tokens of KL(softmax(R_orig/tau) || softmax(R_adapt/tau)), tau = 0.7 (no tau^2 factor).
+- L_KD = mean over real tokens of KL(softmax(R_orig/tau) || softmax(R_adapt/tau)), tau = 0.7 (no tau^2 factor);
+  for sigmoid routers (each expert's score an independent sigmoid) the KL of the experts' Bernoulli scores,
+  sum_e KL(Bern(sigmoid(R_orig,e/tau)) || Bern(sigmoid(R_adapt,e/tau))) (:func:`router_kl`).
 - Router gradient = lambda * grad L_KD + (1 - lambda) * grad L_task with lambda(alpha) = max(0, 1 - alpha),
   alpha = fraction of training done; the backbone and experts get grad L_task only.
 - DGES affinity A[d,l,e] = share of domain-d tokens whose top-K in layer l holds e; M = A >= phi * max_e A,
@@ -22,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import arch
-from ..routing import route
+from .. import arch, routing
 
 WARMUP, STABILIZE, CONSOLIDATE = "warmup", "stabilize", "consolidate"
 
@@ -44,8 +45,10 @@ class ALR(nn.Module):
 
 
 class AdaptiveRouting:
-    """One ALR per MoE layer, applied by a forward hook on ``mlp.gate`` that returns
-    (R_orig(h) + ALR(h), route(router, those logits)); it keeps both logits of the last forward for L_KD."""
+    """One ALR per MoE layer, applied by a forward hook on ``mlp.gate`` that reads the router's decision through
+    :func:`moescope.routing.decision` and returns the router's own output convention (:func:`moescope.routing.repack`)
+    for the logits R_orig(h) + ALR(h) and ``routing.route`` of them; it keeps both logits of the last forward for
+    L_KD."""
 
     def __init__(self, model: nn.Module, expansion: int = 4):
         arch.require_moe(model, "the adaptive lightweight router")
@@ -61,12 +64,12 @@ class AdaptiveRouting:
 
     def _hook(self, row: int):
         def hook(router, args, output):
-            logits, weights, _ = output
-            hidden = args[0].reshape(-1, router.weight.shape[1])
+            logits, weights, _ = routing.decision(router, output)
+            hidden = args[0].reshape(-1, args[0].shape[-1])
             adapted = logits + self.heads[row](hidden.to(self.heads[row].up.weight.dtype)).to(logits.dtype)
             self.last[row] = (logits, adapted)
-            new_w, new_idx = route(router, adapted)
-            return adapted, new_w.to(weights.dtype), new_idx
+            new_w, new_idx = routing.route(router, adapted, bias=args[1] if len(args) > 1 else None)
+            return routing.repack(router, adapted, new_w.to(weights.dtype), new_idx, output)
         return hook
 
     def hooks(self) -> list[tuple[nn.Module, str, object]]:
@@ -74,17 +77,29 @@ class AdaptiveRouting:
         return [(r, "forward_prepend", self._hook(i)) for i, r in enumerate(self.routers)]
 
     def kd_loss(self, token_mask: torch.Tensor, tau: float = 0.7) -> torch.Tensor:
-        """mean over layers and real tokens of KL(softmax(R_orig/tau) || softmax(R_adapt/tau))."""
+        """mean over layers of :func:`router_kl` (teacher R_orig, detached; student R_adapt) on the real tokens."""
         keep = token_mask.reshape(-1).bool()
         losses = []
-        for pair in self.last:
+        for router, pair in zip(self.routers, self.last):
             if pair is None:
                 raise RuntimeError("kd_loss needs a forward pass with the ALR hooks installed")
             orig, adapted = pair
-            teacher = F.log_softmax(orig.detach().float()[keep] / tau, dim=-1)
-            student = F.log_softmax(adapted.float()[keep] / tau, dim=-1)
-            losses.append(F.kl_div(student, teacher, log_target=True, reduction="batchmean"))
+            losses.append(router_kl(router, orig.detach()[keep], adapted[keep], tau))
         return torch.stack(losses).mean()
+
+
+def router_kl(router: nn.Module, teacher: torch.Tensor, student: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean over tokens of KL(teacher's routing || student's) from logits [T, E] at temperature ``tau``.
+
+    Softmax routers: KL(softmax(z_t/tau) || softmax(z_s/tau)). Sigmoid routers (``routing.SIGMOID_FAMILIES``),
+    whose experts' scores are independent: sum_e KL(Bern(p_e) || Bern(q_e)) with p = sigmoid(z_t/tau),
+    q = sigmoid(z_s/tau), i.e. sum_e p_e (log p_e - log q_e) + (1 - p_e)(log(1 - p_e) - log(1 - q_e))."""
+    t, s = teacher.float() / tau, student.float() / tau
+    if routing.family(router) in routing.SIGMOID_FAMILIES:
+        log_p, log_q, log_not_p, log_not_q = F.logsigmoid(t), F.logsigmoid(s), F.logsigmoid(-t), F.logsigmoid(-s)
+        kl = log_p.exp() * (log_p - log_q) + log_not_p.exp() * (log_not_p - log_not_q)
+        return kl.sum(-1).mean()
+    return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean")
 
 
 def distilled_backward(routing: AdaptiveRouting, loss: torch.Tensor, token_mask: torch.Tensor, lam: float,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import arch
+from .. import arch, routing
 from ..hooks import hooked
 
 
@@ -28,7 +28,8 @@ from ..hooks import hooked
 def routing_log(model: nn.Module) -> Iterator[list[list[tuple[torch.Tensor, torch.Tensor]]]]:
     """Record (top_k_weights [T,k], top_k_index [T,k]) of every router call, one list per MoE layer.
 
-    The hooks are appended after any routing edit, so they see the routing the experts actually received.
+    The hooks are appended after any routing edit, so they see the routing the experts actually received. The
+    router's output is read through :func:`moescope.routing.decision` (Llama 4's (scores, logits) as well).
     """
     arch.require_moe(model, "routing_log")
     routers = [p.router for p in arch.layers(model) if p.is_moe]
@@ -36,7 +37,8 @@ def routing_log(model: nn.Module) -> Iterator[list[list[tuple[torch.Tensor, torc
 
     def recorder(row: int):
         def hook(module, args, output):
-            log[row].append((output[1].detach(), output[2].detach()))
+            _, weights, index = routing.decision(module, output)
+            log[row].append((weights.detach(), index.detach()))
         return hook
 
     with hooked((r, "forward", recorder(i)) for i, r in enumerate(routers)):

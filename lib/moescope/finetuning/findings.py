@@ -180,6 +180,23 @@ def forgetting_curve(grid: Grid) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def general_parts(grid: Grid) -> pd.DataFrame:
+    """The general score split into its parts (:class:`.evaluate.Evaluator`: ``facts``, the general facts, and
+    ``text``, the copy task on the domain vocabulary) per method and N: the base model's part, the chosen
+    checkpoint's (mean over orders, then seeds) and the part's forgetting, base - chosen."""
+    rows = []
+    base = grid.history[grid.history.step == 0]
+    for (method, n), g in grid.chosen().groupby(["method", "n_domains"]):
+        row = {"method": method, "n_domains": n}
+        for part in ("facts", "text"):
+            col = f"general_{part}"
+            before = float(base[base.id.isin(g.id)][col].mean())
+            after = float(g.groupby("seed")[col].mean().mean())
+            row |= {f"{part}_base": before, part: after, f"{part}_forgetting": before - after}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _per_seed(grid: Grid, method: str, n: int, column: str) -> pd.Series:
     frame = grid.chosen()
     g = frame[(frame.method == method) & (frame.n_domains == n)]
@@ -211,25 +228,40 @@ def reduction_absolute(grid: Grid, method: str = "desmoe", reference: str = "fft
     return _guarded(values)
 
 
-def reduction_slope(grid: Grid, method: str = "desmoe", reference: str = "fft", least: float = 0.0) -> Estimate:
-    """Second reading: 1 - drop_method(N_min -> N_max) / drop_reference(N_min -> N_max), per seed (guarded)."""
-    ns = sorted(grid.chosen().n_domains.unique())
-    lo, hi = int(ns[0]), int(ns[-1])
+def drop_difference(grid: Grid, method: str, reference: str = "fft") -> Estimate:
+    """The slope reading of "x% less forgetting" as a difference of slopes: drop_method(N_min -> N_max) -
+    drop_reference(N_min -> N_max), general(N_min) - general(N_max) per seed (orders averaged), paired by seed, over
+    seeds. Negative: ``method`` falls less. Defined on every seed (no ratio, so no guard on a small reference
+    drop)."""
+    lo, hi = span(grid)
     d_m, d_r = per_seed_drop(grid, method, lo, hi), per_seed_drop(grid, reference, lo, hi)
-    values = [forgetting_reduction(d_m[s], d_r[s], least) for s in d_m.index.intersection(d_r.index)]
-    return _guarded(values)
+    return _estimate((d_m - d_r).dropna().tolist())
 
 
-def reduction_margin(grid: Grid, share: float = 0.5, method: str = "desmoe", reference: str = "fft") -> Estimate:
-    """The slope reading as a margin defined on every seed: share x drop_reference - drop_method (N_min -> N_max),
-    per seed, over seeds. It is >= 0 exactly when 1 - drop_method / drop_reference >= share on a seed where the
-    reference drops, and < 0 whenever the method drops more than ``share`` of the reference's drop (whatever the
-    reference did), so no guard on a small reference drop is needed."""
-    ns = sorted(grid.chosen().n_domains.unique())
-    lo, hi = int(ns[0]), int(ns[-1])
-    d_m, d_r = per_seed_drop(grid, method, lo, hi), per_seed_drop(grid, reference, lo, hi)
-    seeds = d_m.index.intersection(d_r.index)
-    return _guarded([float(share * d_r[s] - d_m[s]) for s in seeds])
+def steepening(grid: Grid, method: str = "fft") -> Estimate:
+    """Per seed: (g(N_mid) - g(N_max)) / (N_max - N_mid) - (g(N_min) - g(N_mid)) / (N_mid - N_min), the per-domain
+    drop of the general score g (orders averaged) after N_mid minus before it, N_mid the middle N of the grid; over
+    seeds. Positive: the decline steepens. Undefined (nan) with fewer than three N."""
+    ns = sorted(int(n) for n in grid.chosen().n_domains.unique())
+    if len(ns) < 3:
+        return Estimate(math.nan)
+    lo, mid, hi = ns[0], ns[len(ns) // 2], ns[-1]
+    late = per_seed_drop(grid, method, mid, hi) / (hi - mid)
+    early = per_seed_drop(grid, method, lo, mid) / (mid - lo)
+    return _estimate((late - early).dropna().tolist())
+
+
+def preserved(grid: Grid, method: str = "desmoe") -> Estimate:
+    """general(N_max) / general(N_min) of ``method`` per seed (orders averaged), over seeds."""
+    lo, hi = span(grid)
+    ratio = _per_seed(grid, method, hi, "general") / _per_seed(grid, method, lo, "general")
+    return _estimate(ratio.dropna().tolist())
+
+
+def span(grid: Grid) -> tuple[int, int]:
+    """(N_min, N_max) of the chosen-rate runs."""
+    ns = sorted(int(n) for n in grid.chosen().n_domains.unique())
+    return ns[0], ns[-1]
 
 
 def _guarded(values: list[float]) -> Estimate:

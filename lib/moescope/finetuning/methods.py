@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import arch
+from .. import arch, routing
 from . import desmoe, esft
 from .batches import Encoded
 from .domains import GENERAL
@@ -203,7 +203,7 @@ class DESMoE(Method):
 
     def _recorder(self, row: int):
         def hook(module, args, output):
-            self._index[row] = output[2].detach()
+            self._index[row] = routing.decision(module, output)[2].detach()
         return hook
 
     def hooks(self):
