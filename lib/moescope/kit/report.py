@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import paths
+from ..display import OUTCOME_COLOURS
 from ..finetuning.paper import DES_MOE, ESFT
 from ..results import write_csv_atomic, write_text_atomic
 from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, kind
@@ -263,9 +264,8 @@ def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
 
 CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse;
 font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
-.reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.inconclusive{background:#fdf5dc}
-.not-testable{background:#f0f0f0}
-img{max-width:100%}figure{margin:.5em 0}figcaption{font-style:italic}summary{cursor:pointer;margin:.5em 0}"""
+img{max-width:100%}figure{margin:.5em 0}figcaption{font-style:italic}summary{cursor:pointer;margin:.5em 0}
+""" + "".join(f".{k.replace(' ', '-')}{{background:{c}}}" for k, c in OUTCOME_COLOURS.items())
 
 
 def _html_rows(rows: pd.DataFrame) -> str:
