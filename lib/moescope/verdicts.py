@@ -302,10 +302,10 @@ def table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
     """Rows as a compact table to display: claim, model, paper value, kit [interval], control [interval],
-    kit - control [interval] (when any row has a control), verdict. It is a :class:`moescope.display.Table`: as a
+    kit - control [interval] (when any row has a control), verdict. It is a :class:`moescope.tables.Table`: as a
     notebook cell's last expression it shows as HTML with wrapping cells and the verdict in bold on its outcome's
     colour, and as the stable text ``to_string(index=False)``."""
-    from .display import Table  # display reads verdicts' outcomes: imported here, not at the top, to avoid a cycle
+    from .tables import Table  # tables reads verdicts' outcomes: imported here, not at the top, to avoid a cycle
 
     def fmt(value: float, low: float, high: float) -> str:
         if value is None or not math.isfinite(value):

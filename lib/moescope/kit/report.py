@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import paths
-from ..display import OUTCOME_COLOURS
+from ..tables import OUTCOME_COLOURS
 from ..finetuning.paper import DES_MOE, ESFT
 from ..results import write_csv_atomic, write_text_atomic
 from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, kind
