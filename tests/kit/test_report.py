@@ -175,6 +175,7 @@ def test_figures_are_captioned_from_what_save_fig_wrote(run_dir):
     fig.suptitle("Blocking the attributed experts lowers MRR")
     plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")
     page = report.write(run_dir)[1].read_text()
+    assert 'alt="fig_a"' in page  # the figure's name, as the browser test reads it
     assert "<figcaption>Blocking the attributed experts lowers MRR <small>(fig_a)</small></figcaption>" in page
 
 

@@ -257,7 +257,7 @@ def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
         found = next((d / f"{name}.png" for d in folders if (d / f"{name}.png").is_file()), None)
         if found is not None:
             data, text = base64.b64encode(found.read_bytes()).decode(), html.escape(caption(found))
-            tags.append(f'<figure><img alt="{text}" src="data:image/png;base64,{data}">'
+            tags.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{text} <small>({html.escape(name)})</small></figcaption></figure>")
     return tags
 
