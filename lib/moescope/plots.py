@@ -26,18 +26,19 @@ def use_style() -> None:
 
 
 def caption(fig: plt.Figure) -> str:
-    """A figure's caption: its suptitle, else its axes' titles joined by '; ' ('' when it has neither)."""
-    return fig.get_suptitle() or "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
+    """A figure's caption: its label (``fig.set_label(...)``, set by the figure functions), else its suptitle, else
+    its axes' titles joined by '; ' ('' when it has none of them)."""
+    return fig.get_label() or fig.get_suptitle() or "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
 
 
-def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None, caption_text: str | None = None) -> list[Path]:
+def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> list[Path]:
     """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES), each through a temporary
     file and a rename (an interrupted write leaves the previous file whole); returns the paths. Both files carry
-    ``caption_text`` (default :func:`caption`) as their ``Description``, which the report shows under the figure."""
+    :func:`caption` as their ``Description``, which the report shows under the figure."""
     folder = Path(folder) if folder is not None else paths.FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
-    text = caption(fig) if caption_text is None else caption_text
+    text = caption(fig)
     for path in files:
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
         try:

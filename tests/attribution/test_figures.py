@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
 
+from moescope import plots
 from moescope.attribution import claims, figures, paper
 from moescope.attribution.ablation import NEITHER, Ablation
 from moescope.attribution.blocking import Blocking
@@ -49,6 +50,7 @@ def test_table2_chart_shows_the_recovered_share_of_every_seed_and_explains_every
     assert labels == ["kit, with the shared expert", "kit, without it (routed only, neither)",
                       "paper (Table 2; no 'neither' row)"]
     assert "recovered" in ax.get_ylabel() and "2 seeds" in ax.get_title() and _legend_is_outside(ax, fig)
+    assert plots.caption(fig).startswith("Table 2: the share of MRR")  # the report's caption, not the file stem
 
 
 def test_depth_profile_draws_seeds_as_a_band_and_the_papers_peak_span():
@@ -74,7 +76,7 @@ def test_blocking_marks_the_papers_table5_and_keeps_its_legend_off_the_data():
     ref = paper.TABLE5.set_index(["model", "task"]).loc[("OLMoE", "country_capital")]
     assert list(crosses[0].get_ydata()) == [ref.orig, ref.block1, ref.block5, ref.block10]
     assert list(ax.lines[0].get_xdata()) == [0, 1, 5, 10]  # the unblocked MRR at k = 0
-    assert _integer_ticks(ax.xaxis) and _legend_is_outside(ax, fig)
+    assert _integer_ticks(ax.xaxis) and _legend_is_outside(ax, fig) and plots.caption(fig).startswith("Table 5")
 
 
 def test_layer_axes_have_integer_ticks_and_legends_sit_off_the_data():

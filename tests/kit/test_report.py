@@ -175,8 +175,13 @@ def test_figures_are_captioned_from_what_save_fig_wrote(run_dir):
     fig.suptitle("Blocking the attributed experts lowers MRR")
     plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")
     page = report.write(run_dir)[1].read_text()
-    assert 'alt="fig_a"' in page  # the figure's name, as the browser test reads it
     assert "<figcaption>Blocking the attributed experts lowers MRR <small>(fig_a)</small></figcaption>" in page
+    fig.set_label("Table 9: MRR falls as attributed experts are blocked.")  # a figure function's caption wins
+    plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")
+    page = report.write(run_dir)[1].read_text()
+    assert 'alt="fig_a"' in page  # the figure's name, as the browser test reads it
+    assert "<figcaption>Table 9: MRR falls as attributed experts are blocked. <small>(fig_a)</small></figcaption>" \
+        in page
 
 
 def test_executed_notebooks_are_rendered_beside_the_report_and_linked(run_dir, tmp_path):

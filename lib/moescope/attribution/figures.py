@@ -43,6 +43,7 @@ def efficiency(eff: Efficiency) -> plt.Figure:
     axes[1].set(ylabel="FFN gain / L", title="paper (Table 1)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=45)
+    fig.set_label("Per-layer efficiency (FFN gain / L) of each kit model, MoE and dense, beside the paper's Table 1.")
     return fig
 
 
@@ -71,6 +72,8 @@ def depth_profile(dp: DepthProfile) -> plt.Figure:
            title="FFN gain by depth (dotted: the paper's stage boundaries; band: lowest to highest seed)")
     ax.title.set_fontsize(9)
     _legend_outside(ax)
+    fig.set_label("Mean FFN gain by relative depth per design (seeds as mean and band), with the paper's stage "
+                  "boundaries and Table 1 peak positions.")
     return fig
 
 
@@ -107,6 +110,8 @@ def ablation(results: Sequence[Ablation]) -> plt.Figure:
                        Patch(color=PALETTE["routed"], label="kit, without it (routed only, neither)"),
                        Patch(color=PALETTE["paper"], label="paper (Table 2; no 'neither' row)")],
               fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.set_label("Table 2: the share of MRR each shared/routed configuration recovers between 'neither' and the "
+                  "default, kit seeds beside the paper.")
     return fig
 
 
@@ -136,6 +141,8 @@ def blocking(results: Sequence[Blocking]) -> plt.Figure:
         ax.set(xlabel="(layer, expert) pairs blocked (re-routed)", ylabel="MRR", title=b.facts["model"], ylim=(0, 1.05))
         _integer_ticks(ax)
     _legend_outside(axes[0][-1])
+    fig.set_label("Table 5: MRR as attributed (layer, expert) pairs are blocked, against random pairs, with the paper's"
+                  " values.")
     return fig
 
 
@@ -156,6 +163,8 @@ def coordination(co: Coordination, within: pd.DataFrame) -> plt.Figure:
     axes[1].tick_params(axis="x", rotation=20)
     for label in axes[1].get_xticklabels():
         label.set_ha("right")
+    fig.set_label("Head-expert coordination: within-layer correlation of head and expert gains, and MRR under head "
+                  "inhibition and routing interventions.")
     return fig
 
 
@@ -177,4 +186,6 @@ def neuron_roles(nr: NeuronRoles, top: int) -> plt.Figure:
     axes[1].set_yticks(range(len(heat)), [f.split(" (")[0] for f in heat.index])
     axes[1].set_title("shared share of the positive expert gain")
     fig.colorbar(im, ax=axes[1], label="shared share (0-1)")
+    fig.set_label("Basic-refinement neurons: where the per-prompt top neurons sit by kind, and the shared expert's "
+                  "share of the expert gain per stage.")
     return fig
