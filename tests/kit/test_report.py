@@ -171,6 +171,7 @@ def test_figures_are_captioned_from_what_save_fig_wrote(run_dir):
 
     from moescope import plots
 
+    assert "<figcaption>fig_a</figcaption>" in report.write(run_dir)[1].read_text()  # a PNG without a caption
     fig, ax = plt.subplots()
     fig.suptitle("Blocking the attributed experts lowers MRR")
     plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")

@@ -245,10 +245,10 @@ def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.Da
 
 
 def caption(png: Path) -> str:
-    """A figure's caption: the ``Description`` that :func:`moescope.plots.save_fig` writes into the PNG, else the
-    file's stem."""
+    """A figure's caption: the ``Description`` that :func:`moescope.plots.save_fig` writes into the PNG ('' for a
+    PNG written without one)."""
     with Image.open(png) as image:
-        return image.info.get("Description") or png.stem
+        return image.info.get("Description", "")
 
 
 def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
@@ -257,8 +257,9 @@ def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
         found = next((d / f"{name}.png" for d in folders if (d / f"{name}.png").is_file()), None)
         if found is not None:
             data, text = base64.b64encode(found.read_bytes()).decode(), html.escape(caption(found))
+            under = f"{text} <small>({html.escape(name)})</small>" if text else html.escape(name)
             tags.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{text} <small>({html.escape(name)})</small></figcaption></figure>")
+                        f"<figcaption>{under}</figcaption></figure>")
     return tags
 
 
