@@ -25,17 +25,26 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
+def caption(fig: plt.Figure) -> str:
+    """A figure's caption: its label (``fig.set_label(...)``, set by the figure functions), else its suptitle, else
+    its axes' titles joined by '; ' ('' when it has none of them)."""
+    return fig.get_label() or fig.get_suptitle() or "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
+
+
 def save_fig(fig: plt.Figure, name: str, folder: Path | str | None = None) -> list[Path]:
     """Write ``fig`` as ``<folder>/<name>.png`` and ``.svg`` (default folder: paths.FIGURES), each through a temporary
-    file and a rename (an interrupted write leaves the previous file whole); returns the paths."""
+    file and a rename (an interrupted write leaves the previous file whole); returns the paths. Both files carry
+    :func:`caption` as their ``Description``, which the report shows under the figure."""
     folder = Path(folder) if folder is not None else paths.FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{name}.{ext}" for ext in ("png", "svg")]
+    text = caption(fig)
     for path in files:
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
         try:
             fig.savefig(tmp, bbox_inches="tight", format=path.suffix[1:],
-                        metadata={"Date": None} if path.suffix == ".svg" else {"Software": None})
+                        metadata={"Date": None, "Description": text} if path.suffix == ".svg" else
+                        {"Software": None, "Description": text})
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

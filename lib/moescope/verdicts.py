@@ -306,8 +306,12 @@ def table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
-    """Rows as a compact table to print: claim, model, paper value, kit [interval], control [interval],
-    kit - control [interval] (when any row has a control), verdict."""
+    """Rows as a compact table to display: claim, model, paper value, kit [interval], control [interval],
+    kit - control [interval] (when any row has a control), verdict. It is a :class:`moescope.tables.Table`: as a
+    notebook cell's last expression it shows as HTML with wrapping cells and the verdict in bold on its outcome's
+    colour, and as the stable text ``to_string(index=False)``."""
+    from .tables import Table  # tables reads verdicts' outcomes: imported here, not at the top, to avoid a cycle
+
     def fmt(value: float, low: float, high: float) -> str:
         if value is None or not math.isfinite(value):
             return ""
@@ -321,7 +325,7 @@ def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
                         "control": [fmt(*x) for x in zip(t.control_value, t.control_low, t.control_high)],
                         "kit - control": [fmt(*x) for x in zip(t["diff"], t.diff_low, t.diff_high)],
                         "verdict": t.verdict})
-    return out if (out["kit - control"] != "").any() else out.drop(columns="kit - control")
+    return Table(out if (out["kit - control"] != "").any() else out.drop(columns="kit - control"))
 
 
 def kind(verdict: str) -> str:

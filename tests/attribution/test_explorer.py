@@ -52,3 +52,12 @@ def test_controls_only_with_a_frontend_and_no_drawing_while_built(monkeypatch):
     relation_w.value = "fruit_inside_color"
     assert drawn[-1] == ("olmoe-like", "fruit_inside_color", 0) and len(drawn) == 2
     assert len(index_w.options) == len(data.load_relation("fruit_inside_color"))
+
+
+def test_the_explorer_figure_carries_its_caption_for_the_report():
+    from moescope import plots
+
+    lm = models.load_model("olmoe-like")
+    fact, views = explorer.views(lm, "country_capital", 0)
+    assert plots.caption(explorer.draw(fact, views)) == \
+        f"Explorer: layer, head and expert LPI gains of {fact.prompt!r} -> {fact.object}."

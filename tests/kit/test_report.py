@@ -132,3 +132,71 @@ def test_the_report_says_which_numerics_produced_the_rows(run_dir):
     md, page = (p.read_text() for p in report.write(run_dir))
     assert "Numerics: pinned for 40_blocking; native for 62_forgetting" in md and "native for 62_forgetting" in page
     assert set(pd.read_csv(run_dir / "claims.csv").numerics) == {"pinned", "native"}
+
+
+def test_controls_without_a_value_say_so_and_html_cells_are_not_markdown_escaped(tmp_path):
+    """A control that is a fixed reference ('the base model (F = 0)') never ends in a bare ':'; HTML cells keep '|'."""
+    claim = v.Claim("F.1", "DES-MoE (EMNLP 2025)", "Table 1", "forgets", "62 -> 55", "F", v.above(0.0),
+                    "the base model (F = 0)")
+    row = v.decide(claim, {}, v.Estimate(0.09, 0.08, 0.1, 3, "seeds"), model="m") | {"note": "max |planted|"}
+    (tmp_path / "r" / "m").mkdir(parents=True)
+    (tmp_path / "r" / "m" / "61_t.metrics.json").write_text(json.dumps({"claims": [row]}, default=lambda x: None))
+    md, page = (p.read_text() for p in report.write(tmp_path / "r"))
+    assert "| the base model (F = 0) (fixed reference) |" in md and "(F = 0): |" not in md
+    assert "max |planted|" in page and "\\|planted" not in page and "max \\|planted\\|" in md
+
+
+def test_sections_put_esft_premise_under_des_moe_and_long_notebooks_get_a_summary(tmp_path):
+    esft = v.Claim("E.1", "ESFT (EMNLP 2024)", "Fig. 1", "experts specialise", "yes", "x", v.above(0.0))
+    t5 = [v.Claim(f"T5.M.task{t}.top{k}", "attribution (ACL 2025)", "Table 5", "drop", "0.1", "x", v.above(0.0))
+          for t in range(3) for k in (1, 5, 10)]
+    run = tmp_path / "r"
+    (run / "m").mkdir(parents=True)
+    rows = [v.decide(c, {}, v.Estimate(1.0, 0.5, 1.5), model=m) for c in t5 for m in ("a", "b", "c")]
+    for name, claims in (("40_t5", rows), ("60_premise", [v.decide(esft, {}, v.Estimate(1.0), model="a")]),
+                         ("61_t1", [v.decide(OTHER, {}, v.Estimate(0.6), model="a")])):
+        (run / "m" / f"{name}.metrics.json").write_text(json.dumps({"claims": claims}, default=lambda x: None))
+    md = report.write(run)[0].read_text()
+    des = md.index("## DES-MoE (EMNLP 2025)")
+    assert "## ESFT" not in md and des < md.index("### 60_premise") < md.index("### 61_t1")
+    whole = v.decide(v.Claim("T5.core", "attribution (ACL 2025)", "Sec. 5", "core", "0.1", "x", v.above(0.0)), {},
+                     v.Estimate(1.0), model="a")
+    summary = report.family_summary(pd.DataFrame([*rows, whole]))
+    assert len(summary) == 10 and summary.claims.iloc[-1] == "T5.core" and list(summary.iloc[0][["claims", "model", "reproduced", "rows"]]) == ["T5.M.task0", "a", 3, 3]
+    assert "| T5.M.task0 | a | 3 | 0 | 0 | 0 | 3 |" in md and "<details><summary>all 27 rows</summary>" in md
+
+
+def test_figures_are_captioned_from_what_save_fig_wrote(run_dir):
+    import matplotlib.pyplot as plt
+
+    from moescope import plots
+
+    assert "<figcaption>fig_a</figcaption>" in report.write(run_dir)[1].read_text()  # a PNG without a caption
+    fig, ax = plt.subplots()
+    fig.suptitle("Blocking the attributed experts lowers MRR")
+    plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")
+    page = report.write(run_dir)[1].read_text()
+    assert "<figcaption>Blocking the attributed experts lowers MRR <small>(fig_a)</small></figcaption>" in page
+    fig.set_label("Table 9: MRR falls as attributed experts are blocked.")  # a figure function's caption wins
+    plots.save_fig(fig, "fig_a", run_dir / "default" / "figures")
+    page = report.write(run_dir)[1].read_text()
+    assert 'alt="fig_a"' in page  # the figure's name, as the browser test reads it
+    assert "<figcaption>Table 9: MRR falls as attributed experts are blocked. <small>(fig_a)</small></figcaption>" \
+        in page
+
+
+def test_executed_notebooks_are_rendered_beside_the_report_and_linked(run_dir, tmp_path):
+    """Each executed notebook of the run becomes <folder>/<notebook>.html, linked from report.html; nothing is
+    written outside the run folder."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Table 9"),
+                                         nbformat.v4.new_code_cell("1 + 1", outputs=[nbformat.v4.new_output(
+                                             "execute_result", {"text/plain": "2"}, execution_count=1)])])
+    nbformat.write(nb, run_dir / "default" / "40_blocking.ipynb")
+    outside = {p for p in tmp_path.rglob("*") if not p.is_relative_to(run_dir)}
+    page = report.write(run_dir)[1].read_text()
+    rendered = run_dir / "default" / "40_blocking.html"
+    assert rendered.is_file() and "Table 9" in rendered.read_text()
+    assert '<a href="default/40_blocking.html">40_blocking</a>' in page
+    assert not (run_dir / "default" / "62_forgetting.html").exists()  # no executed copy, no page
+    assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(run_dir)} == outside
+    assert not list(run_dir.rglob("*.tmp"))

@@ -89,6 +89,7 @@ def draw(row: pd.Series, v: dict[str, pd.DataFrame]) -> plt.Figure:
     fig.colorbar(im, ax=axes[2], label="LPI (nats)")
     for axis in (axes[1].xaxis, axes[1].yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
+    fig.set_label(f"Explorer: layer, head and expert LPI gains of {row.prompt!r} -> {row.object}.")
     return fig
 
 

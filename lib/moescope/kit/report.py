@@ -6,7 +6,11 @@ value and interval, control, rule, verdict, note). :func:`write` collects them f
 
     runs/<run>/claims.csv   every row (the data the two documents and the README table are made from)
     runs/<run>/report.md    the tallies by claim, then per paper every row; notebooks that recorded no rows
-    runs/<run>/report.html  the same with each notebook's figures inline
+    runs/<run>/report.html  the same with each notebook's figures inline (captioned) and a link to its executed copy
+    runs/<run>/<folder>/<notebook>.html   each executed notebook rendered to HTML, to browse without a Jupyter server
+
+Rows are grouped by paper section (:data:`SECTIONS`: ESFT's premise and the sequential extension sit under DES-MoE);
+a notebook with more than :data:`LONG` rows gets a summary per claim family and model, its rows below (collapsed).
 
 :func:`update_readme` writes the README's claim table (between ``<!-- claims:start -->`` and
 ``<!-- claims:end -->``) from a run's claims.csv: ``python -m moescope.kit.report readme [--run default]``.
@@ -23,11 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from .. import paths
+from ..tables import OUTCOME_COLOURS
+from ..finetuning.paper import DES_MOE, ESFT
 from ..results import write_csv_atomic, write_text_atomic
 from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, kind
-from .runner import folder_label
+from .runner import folder_label, render_html
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
 README = paths.ROOT / "README.md"
@@ -36,6 +43,12 @@ KINDS = OUTCOMES
 MIXED = "differs by model"
 #: how the tallies name each role of a claim row (verdicts.ROLES)
 ROLE_NAMES = {"claim": "claims", "control": "controls", "self-check": "method self-checks"}
+#: the report section of a row's paper, where it is not the paper itself (DES-MoE's notebooks test ESFT's premise)
+SECTIONS = {ESFT: DES_MOE, f"{DES_MOE}, extension": DES_MOE}
+#: a notebook with more rows than this gets a summary table, its rows collapsed below
+LONG = 20
+#: what a control without a value of its own is called (a fixed reference such as 'the base model (F = 0)')
+REFERENCE = "fixed reference"
 
 
 class ReportError(ValueError):
@@ -122,13 +135,20 @@ def interval(value, low, high, n=None, over: str = "") -> str:
     return text
 
 
+def _text(text) -> str:
+    return str(text).replace("\n", " ") if text is not None and text == text else ""
+
+
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ") if text is not None and text == text else ""
+    """A Markdown table cell ('|' escaped)."""
+    return _text(text).replace("|", "\\|")
 
 
 def _control(r) -> str:
-    """'control: value [interval]', then 'kit - control: value [interval]' when the row has the difference."""
-    text = f"{r.control}: {interval(r.control_value, r.control_low, r.control_high)}" if r.control else ""
+    """'control: value [interval]' ('control (fixed reference)' for a control without a value of its own), then
+    'kit - control: value [interval]' when the row has the difference."""
+    value = interval(r.control_value, r.control_low, r.control_high)
+    text = (f"{r.control}: {value}" if value else f"{r.control} ({REFERENCE})") if _text(r.control) else ""
     diff = interval(getattr(r, "diff", math.nan), getattr(r, "diff_low", math.nan), getattr(r, "diff_high", math.nan))
     return f"{text}; kit - control: {diff}" if text and diff else text
 
@@ -150,11 +170,35 @@ def markdown_table(rows: pd.DataFrame, compact: bool = False) -> list[str]:
     return lines
 
 
-def _count_lines(rows: pd.DataFrame) -> list[str]:
-    c = counts(rows)
-    head = list(c.columns)
+def _frame_lines(frame: pd.DataFrame) -> list[str]:
+    head = list(frame.columns)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in c.itertuples(index=False)]
+    return lines + ["| " + " | ".join(_cell(x) for x in r) + " |" for r in frame.itertuples(index=False)]
+
+
+def _count_lines(rows: pd.DataFrame) -> list[str]:
+    return _frame_lines(counts(rows))
+
+
+def family_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per claim family (a claim name of three or more parts without its last part, e.g. 'T5.OLMoE.name_birthplace'
+    for its top1, top5, top10 and share rows; a shorter name is its own family) and model, in order of appearance:
+    the number of rows of each outcome."""
+    family = rows.claim.where(rows.claim.str.count(r"\.") < 2, rows.claim.str.rsplit(".", n=1).str[0])
+    r = rows.assign(family=family, outcome=rows.verdict.map(kind))
+    table = (r.groupby(["family", "model"], sort=False).outcome.value_counts().unstack(fill_value=0)
+             .reindex(columns=list(KINDS), fill_value=0))
+    return table.assign(rows=table.sum(axis=1)).reset_index().rename(columns={"family": "claims"})
+
+
+def sections(rows: pd.DataFrame) -> dict[str, list[tuple[str, str, pd.DataFrame]]]:
+    """Rows by report section (the row's paper, or its :data:`SECTIONS` entry), then by (notebook, folder), both in
+    order of appearance."""
+    out: dict[str, list[tuple[str, str, pd.DataFrame]]] = {}
+    section = rows.paper.map(lambda p: SECTIONS.get(p, p))
+    for (name, notebook, folder), g in rows.groupby([section, "notebook", "folder"], sort=False):
+        out.setdefault(name, []).append((notebook, folder, g))
+    return out
 
 
 OUTCOME_TEXT = ("Counts are of claims, not rows: a claim tested on several models counts once, under the outcome its "
@@ -187,11 +231,24 @@ def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.Da
     if missing:
         lines += ["**Notebooks that recorded no claim rows:** " + ", ".join(f"`{m}`" for m in missing), ""]
     lines += _status_lines(status)
-    for paper_name, g in rows.groupby("paper", sort=False):
-        lines += [f"## {paper_name}", ""]
-        for (notebook, folder), h in g.groupby(["notebook", "folder"], sort=False):
-            lines += [f"### {notebook} ({folder})", "", *markdown_table(h), ""]
+    for name, notebooks in sections(rows).items():
+        lines += [f"## {name}", ""]
+        for notebook, folder, h in notebooks:
+            lines += [f"### {notebook} ({folder})", ""]
+            if len(h) > LONG:
+                lines += ["Summary (rows per outcome):", "", *_frame_lines(family_summary(h)), "",
+                          f"<details><summary>all {len(h)} rows</summary>", "", *markdown_table(h), "", "</details>"]
+            else:
+                lines += markdown_table(h)
+            lines += [""]
     return "\n".join(lines) + "\n"
+
+
+def caption(png: Path) -> str:
+    """A figure's caption: the ``Description`` that :func:`moescope.plots.save_fig` writes into the PNG ('' for a
+    PNG written without one)."""
+    with Image.open(png) as image:
+        return image.info.get("Description", "")
 
 
 def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
@@ -199,17 +256,17 @@ def _figure_tags(names: Sequence[str], folders: Sequence[Path]) -> list[str]:
     for name in names:
         found = next((d / f"{name}.png" for d in folders if (d / f"{name}.png").is_file()), None)
         if found is not None:
-            data = base64.b64encode(found.read_bytes()).decode()
+            data, text = base64.b64encode(found.read_bytes()).decode(), html.escape(caption(found))
+            under = f"{text} <small>({html.escape(name)})</small>" if text else html.escape(name)
             tags.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(name)}</figcaption></figure>")
+                        f"<figcaption>{under}</figcaption></figure>")
     return tags
 
 
 CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}table{border-collapse:collapse;
 font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
-.reproduced{background:#e6f4e6}.not-reproduced{background:#fbe3e3}.inconclusive{background:#fdf5dc}
-.not-testable{background:#f0f0f0}
-img{max-width:100%}figure{margin:.5em 0}"""
+img{max-width:100%}figure{margin:.5em 0}figcaption{font-style:italic}summary{cursor:pointer;margin:.5em 0}
+""" + "".join(f".{k.replace(' ', '-')}{{background:{c}}}" for k, c in OUTCOME_COLOURS.items())
 
 
 def _html_rows(rows: pd.DataFrame) -> str:
@@ -220,43 +277,70 @@ def _html_rows(rows: pd.DataFrame) -> str:
         cells = [r.claim, r.where, r.model, r.paper_value, interval(r.kit, r.kit_low, r.kit_high, r.n, r.over),
                  control, r.rule, r.verdict, r.note]
         css = kind(r.verdict).replace(" ", "-")
-        out.append(f'<tr class="{css}">' + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in cells) + "</tr>")
+        out.append(f'<tr class="{css}">' + "".join(f"<td>{html.escape(_text(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])
 
 
-def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: dict[tuple[str, str], list[str]]) -> str:
-    """The report as one HTML page with the figures inline (``figures``: (notebook, folder) -> img tags)."""
-    c = counts(rows)
+def _html_frame(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in frame.columns)
+    body = ["<tr>" + "".join(f"<td>{html.escape(_text(x))}</td>" for x in r) + "</tr>"
+            for r in frame.itertuples(index=False)]
+    return "\n".join([f"<table><tr>{head}</tr>", *body, "</table>"])
+
+
+def _link(page: str | None, text: str) -> str:
+    return f'<a href="{html.escape(page)}">{html.escape(text)}</a>' if page else html.escape(text)
+
+
+def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: dict[tuple[str, str], list[str]],
+                pages: dict[tuple[str, str], str] | None = None) -> str:
+    """The report as one HTML page with the figures inline (``figures``: (notebook, folder) -> img tags) and each
+    notebook's heading linking to its executed copy rendered to HTML (``pages``: (notebook, folder) -> a path
+    relative to the report)."""
+    pages = pages or {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>moescope: {html.escape(run)}</title>"
              f"<style>{CSS}</style></head><body><h1>moescope: paper vs kit ({html.escape(run)})</h1>",
-             c.to_html(index=False), f"<p>{html.escape(OUTCOME_TEXT)}</p>",
+             _html_frame(counts(rows)), f"<p>{html.escape(OUTCOME_TEXT)}</p>",
              f"<p>{html.escape(numerics_line(rows))}</p>"]
     if missing:
         parts.append("<p><b>Notebooks that recorded no claim rows:</b> " + html.escape(", ".join(missing)) + "</p>")
-    for paper_name, g in rows.groupby("paper", sort=False):
-        parts.append(f"<h2>{html.escape(paper_name)}</h2>")
-        for (notebook, folder), h in g.groupby(["notebook", "folder"], sort=False):
-            parts += [f"<h3>{html.escape(notebook)} ({html.escape(folder)})</h3>", _html_rows(h),
-                      *figures.get((notebook, folder), [])]
+    if pages:
+        parts.append("<p><b>Executed notebooks:</b> " +
+                     ", ".join(_link(page, f"{folder}/{nb}") for (nb, folder), page in pages.items()) + "</p>")
+    for name, notebooks in sections(rows).items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        for notebook, folder, h in notebooks:
+            parts.append(f"<h3>{_link(pages.get((notebook, folder)), notebook)} ({html.escape(folder)})</h3>")
+            if len(h) > LONG:
+                parts += ["<p>Summary (rows per outcome):</p>", _html_frame(family_summary(h)),
+                          f"<details><summary>all {len(h)} rows</summary>", _html_rows(h), "</details>"]
+            else:
+                parts.append(_html_rows(h))
+            parts += figures.get((notebook, folder), [])
     return "\n".join(parts + ["</body></html>"])
 
 
 # ---------------------------------------------------------------------------------------------------- write
 def write(run_dir: Path, figure_dirs: Sequence[Path] = (paths.FIGURES,)) -> tuple[Path, Path]:
-    """claims.csv, report.md and report.html of the run in ``run_dir``; returns (report.md, report.html)."""
+    """claims.csv, report.md and report.html of the run in ``run_dir``, and each executed notebook of the run as
+    HTML beside it (:func:`.runner.render_html`; nothing is written outside ``run_dir``); returns (report.md,
+    report.html)."""
     run_dir = Path(run_dir)
     if not metrics_files(run_dir):
         raise ReportError(f"{run_dir} holds no <notebook>.metrics.json: run the notebooks first")
     rows, missing = collect(run_dir), missing_claims(run_dir)
     write_csv_atomic(run_dir / "claims.csv", rows)
-    figures = {}
+    figures, pages = {}, {}
     for f in metrics_files(run_dir):
+        key = (f.name.removesuffix(".metrics.json"), folder_label(f.parent))
         names = json.loads(f.read_text()).get("figures") or []
-        figures[(f.name.removesuffix(".metrics.json"), folder_label(f.parent))] = _figure_tags(
-            names, [f.parent / "figures", *map(Path, figure_dirs)])
+        figures[key] = _figure_tags(names, [f.parent / "figures", *map(Path, figure_dirs)])
+        executed = f.with_name(f"{key[0]}.ipynb")
+        if executed.is_file():
+            pages[key] = render_html(executed).relative_to(run_dir).as_posix()
     status = pd.read_csv(run_dir / "status.csv") if (run_dir / "status.csv").is_file() else None
     md = write_text_atomic(run_dir / "report.md", markdown(rows, missing, run_dir.name, status))
-    page = write_text_atomic(run_dir / "report.html", html_report(rows, missing, run_dir.name, figures))
+    page = write_text_atomic(run_dir / "report.html", html_report(rows, missing, run_dir.name, figures, pages))
     return md, page
 
 

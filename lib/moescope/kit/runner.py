@@ -31,13 +31,14 @@ import pandas as pd
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
+from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
 from traitlets import DottedObjectName, Type, Unicode
 from traitlets.config import Config
 
 from .. import numerics, paths
 from ..frontend import HEADLESS
-from ..results import write_csv_atomic, write_json_atomic
+from ..results import write_csv_atomic, write_json_atomic, write_text_atomic
 
 DEFAULT_RUN = "default"
 #: seconds one cell may run; the slowest shipped cell (62_desmoe_forgetting_vs_domains, training) takes ~1100 s
@@ -420,3 +421,10 @@ def run_jobs(jobs: list[Job], force: bool = False, figures: Path | None = None,
         write_csv_atomic(status_file, pd.DataFrame(status))
     return status
 
+
+
+def render_html(notebook: Path) -> Path:
+    """``<notebook>.html`` beside an executed notebook (nbconvert's HTMLExporter, the JupyterLab template; outputs
+    as the run left them, images inline), written through a temporary file and a rename; returns its path."""
+    body, _ = HTMLExporter().from_filename(str(notebook))
+    return write_text_atomic(Path(notebook).with_suffix(".html"), body)
