@@ -306,8 +306,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
-    """Rows as a compact table to display: claim, model, paper value, kit [interval], control [interval],
-    kit - control [interval] (when any row has a control), verdict. It is a :class:`moescope.tables.Table`: as a
+    """Rows as a compact table to display: claim, model, reading (when any row has a variant), paper value, kit
+    [interval], control [interval], kit - control [interval] (when any row has a control), verdict. It is a :class:`moescope.tables.Table`: as a
     notebook cell's last expression it shows as HTML with wrapping cells and the verdict in bold on its outcome's
     colour, and as the stable text ``to_string(index=False)``."""
     from .tables import Table  # tables reads verdicts' outcomes: imported here, not at the top, to avoid a cycle
@@ -320,12 +320,13 @@ def show(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> pd.DataFrame:
                        high is not None and math.isfinite(high) else "")
 
     t = table(rows)
-    out = pd.DataFrame({"claim": t.claim, "model": t.model, "paper": t.paper_value,
+    out = pd.DataFrame({"claim": t.claim, "model": t.model, "reading": t.reading.fillna(""), "paper": t.paper_value,
                         "kit": [fmt(*x) for x in zip(t.kit, t.kit_low, t.kit_high)],
                         "control": [fmt(*x) for x in zip(t.control_value, t.control_low, t.control_high)],
                         "kit - control": [fmt(*x) for x in zip(t["diff"], t.diff_low, t.diff_high)],
                         "verdict": t.verdict})
-    return Table(out if (out["kit - control"] != "").any() else out.drop(columns="kit - control"))
+    out = out if (out["kit - control"] != "").any() else out.drop(columns="kit - control")
+    return Table(out if (out.reading != PAPER_READING).any() else out.drop(columns="reading"))
 
 
 def kind(verdict: str) -> str:

@@ -200,3 +200,17 @@ def test_executed_notebooks_are_rendered_beside_the_report_and_linked(run_dir, t
     assert not (run_dir / "default" / "62_forgetting.html").exists()  # no executed copy, no page
     assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(run_dir)} == outside
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_tallies_count_the_papers_reading_and_the_variants_have_their_own_table():
+    base = {"paper": "p", "where": "w", "statement": "s", "paper_value": "1", "statistic": "x", "rule": "r",
+            "note": "", "role": "claim", "notebook": "20_depth_profile", "folder": "default", "numerics": "pinned"}
+    rows = pd.DataFrame([base | {"claim": "c1", "model": "m", "reading": "", "verdict": "reproduced"},
+                         base | {"claim": "c1", "model": "m", "reading": "without layer 0", "verdict": "not reproduced"},
+                         base | {"claim": "c2", "model": "m", "reading": "", "verdict": "reproduced"}])
+    t = report.counts(rows)
+    assert int(t.claims.sum()) == 2 and int(t.rows.sum()) == 2  # the variant row is not a claim of its own
+    varied = report.readings(rows)
+    assert list(varied.columns) == ["claim", "model", "paper", "without layer 0", "survives"]
+    assert varied.iloc[0].tolist() == ["c1", "m", "reproduced", "not reproduced", "no"]
+    assert "## Claims under the lens variants" in report.markdown(rows, [], "r")

@@ -33,7 +33,7 @@ from .. import paths
 from ..tables import OUTCOME_COLOURS
 from ..finetuning.paper import DES_MOE, ESFT
 from ..results import write_csv_atomic, write_text_atomic
-from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, kind
+from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, PAPER_READING, kind
 from .runner import folder_label, render_html
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
@@ -56,6 +56,12 @@ class ReportError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------- collect
+READINGS_TEXT = ("The same claims, by the same rules, under the paper's reading (LPI through the final norm's frozen "
+                 "scale, every layer) and its variants: each layer at its own scale, the gold against the relation's "
+                 "other objects, layer 0 set apart. A claim survives when it is reproduced under all of them. The "
+                 "tallies count the paper's reading only.")
+
+
 def metrics_files(run_dir: Path) -> list[Path]:
     """Every ``<notebook>.metrics.json`` of a run, in notebook order, then folder order."""
     return sorted(Path(run_dir).glob("*/*.metrics.json"), key=lambda p: (p.name, p.parent.name))
@@ -102,9 +108,33 @@ def claim_outcome(verdicts: pd.Series) -> str:
     return tested.pop() if len(tested) == 1 else MIXED
 
 
+def paper_reading(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows decided under the paper's own reading (the variants of a claim under other lenses are apart)."""
+    reading = rows.get("reading", pd.Series("", index=rows.index)).fillna("")
+    return rows[reading == PAPER_READING]
+
+
+def readings(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and model that was also decided under a variant (another lens, layer 0 set apart): its verdict
+    under the paper's reading and each variant, and whether it is reproduced under all (``survives``)."""
+    reading = rows.get("reading", pd.Series("", index=rows.index)).fillna("")
+    varied = rows.assign(reading=reading.replace(PAPER_READING, "paper"))
+    keys = varied.loc[reading != PAPER_READING, ["claim", "model"]].drop_duplicates()
+    if keys.empty:
+        return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
+    varied = varied.merge(keys, on=["claim", "model"])
+    wide = varied.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first",
+                              sort=False)
+    wide = wide[["paper", *[c for c in wide.columns if c != "paper"]]]
+    wide["survives"] = (wide.map(kind) == "reproduced").all(axis=1).map({True: "yes", False: "no"})
+    return wide.reset_index()
+
+
 def counts(rows: pd.DataFrame) -> pd.DataFrame:
     """Claims (not rows) of each outcome per paper and role (papers in order of first appearance; the papers'
-    claims, then their control families, then method self-checks), with the number of rows they come from."""
+    claims, then their control families, then method self-checks), with the number of rows they come from; only
+    the rows decided under the paper's own reading (:func:`paper_reading`)."""
+    rows = paper_reading(rows)
     r = rows.assign(role=rows.get("role", pd.Series("claim", index=rows.index)).replace("", "claim").fillna("claim"))
     out = []
     for paper in dict.fromkeys(r.paper):
@@ -231,6 +261,9 @@ def markdown(rows: pd.DataFrame, missing: Sequence[str], run: str, status: pd.Da
     if missing:
         lines += ["**Notebooks that recorded no claim rows:** " + ", ".join(f"`{m}`" for m in missing), ""]
     lines += _status_lines(status)
+    varied = readings(rows)
+    if len(varied):
+        lines += ["## Claims under the lens variants", "", READINGS_TEXT, "", *_frame_lines(varied), ""]
     for name, notebooks in sections(rows).items():
         lines += [f"## {name}", ""]
         for notebook, folder, h in notebooks:
@@ -307,6 +340,10 @@ def html_report(rows: pd.DataFrame, missing: Sequence[str], run: str, figures: d
     if pages:
         parts.append("<p><b>Executed notebooks:</b> " +
                      ", ".join(_link(page, f"{folder}/{nb}") for (nb, folder), page in pages.items()) + "</p>")
+    varied = readings(rows)
+    if len(varied):
+        parts += ["<h2>Claims under the lens variants</h2>", f"<p>{html.escape(READINGS_TEXT)}</p>",
+                  _html_frame(varied)]
     for name, notebooks in sections(rows).items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for notebook, folder, h in notebooks:
