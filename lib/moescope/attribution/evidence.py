@@ -254,10 +254,12 @@ DEPTH_VARIANTS = (("lens: local scale", "local", False), ("lens: contrastive", "
 
 
 def survival(rows: Sequence[Row]) -> pd.DataFrame:
-    """Per claim and model: its verdict under each reading (columns), and whether it is reproduced under all of
-    them (``survives``): which claims hold beyond the paper's own lens."""
+    """Per claim and model: its outcome under each reading (columns; a not-testable row's reason is in the row
+    itself), and whether it is reproduced under all of them (``survives``): which claims hold beyond the paper's
+    own lens."""
     t = pd.DataFrame(list(rows))
     t["reading"] = t.reading.replace(v.PAPER_READING, "paper")
+    t["verdict"] = t.verdict.map(v.kind)
     wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
     wide["survives"] = (wide == v.REPRODUCED).all(axis=1)
     return wide.reset_index()

@@ -115,10 +115,10 @@ def paper_reading(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def readings(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per claim and model that was also decided under a variant (another lens, layer 0 set apart): its verdict
-    under the paper's reading and each variant, and whether it is reproduced under all (``survives``)."""
+    """Per claim and model that was also decided under a variant (another lens, layer 0 set apart): its outcome
+    under the paper's reading and each variant (the reasons stay in the rows), and whether it is reproduced under all (``survives``)."""
     reading = rows.get("reading", pd.Series("", index=rows.index)).fillna("")
-    varied = rows.assign(reading=reading.replace(PAPER_READING, "paper"))
+    varied = rows.assign(reading=reading.replace(PAPER_READING, "paper"), verdict=rows.verdict.map(kind))
     keys = varied.loc[reading != PAPER_READING, ["claim", "model"]].drop_duplicates()
     if keys.empty:
         return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
@@ -126,7 +126,7 @@ def readings(rows: pd.DataFrame) -> pd.DataFrame:
     wide = varied.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first",
                               sort=False)
     wide = wide[["paper", *[c for c in wide.columns if c != "paper"]]]
-    wide["survives"] = (wide.map(kind) == "reproduced").all(axis=1).map({True: "yes", False: "no"})
+    wide["survives"] = (wide == "reproduced").all(axis=1).map({True: "yes", False: "no"})
     return wide.reset_index()
 
 
