@@ -67,7 +67,7 @@ def test_depth_profile_draws_seeds_as_a_band_and_the_papers_peak_span():
 
 def test_blocking_marks_the_papers_table5_and_keeps_its_legend_off_the_data():
     ranks = pd.DataFrame([("country_capital", sel, "reroute", k, k, k / 64, 1.0 / (1 + k) if sel == "attributed" else 0.9)
-                          for sel in ("attributed", "random") for k in (1, 5, 10)],
+                          for sel in ("attributed", "frequency", "random") for k in (1, 5, 10)],
                          columns=["task", "selection", "method", "k", "n_blocked", "fraction", "rr"])
     b = Blocking(ranks, pd.DataFrame(), {}, {"model": "m", "shared_expert": False, "task_mrr": {"country_capital": 1.0}})
     fig = figures.blocking([b])
@@ -76,6 +76,7 @@ def test_blocking_marks_the_papers_table5_and_keeps_its_legend_off_the_data():
     ref = paper.TABLE5.set_index(["model", "task"]).loc[("OLMoE", "country_capital")]
     assert list(crosses[0].get_ydata()) == [ref.orig, ref.block1, ref.block5, ref.block10]
     assert list(ax.lines[0].get_xdata()) == [0, 1, 5, 10]  # the unblocked MRR at k = 0
+    assert ax.lines[1].get_linestyle() == ":" and list(ax.lines[1].get_xdata()) == [0, 1, 5, 10]  # most-routed
     assert _integer_ticks(ax.xaxis) and _legend_is_outside(ax, fig) and plots.caption(fig).startswith("Table 5")
 
 
@@ -89,7 +90,7 @@ def test_layer_axes_have_integer_ticks_and_legends_sit_off_the_data():
     assert fig.axes[-1].get_ylabel() == "shared share (0-1)"
     prompts = pd.DataFrame({c: [0.5, 0.6] for c in ("rr_clean", "rr_inhibited", "rr_mediated", "rr_forced",
                                                        "gate_clean", "gate_inhibited")})
-    co = Coordination(pd.DataFrame(), pd.DataFrame(), prompts, pd.DataFrame({"rr": [0.4], "gate_inhibited": [0.3]}),
+    co = Coordination(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), prompts, pd.DataFrame({"rr": [0.4], "gate_inhibited": [0.3]}),
                       pd.DataFrame(), {})
     within = pd.DataFrame({"layer": [0, 1, 2], "r": [0.1, 0.2, 0.3], "low": [0.0] * 3, "high": [0.5] * 3})
     fig = figures.coordination(co, within)

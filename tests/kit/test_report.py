@@ -208,6 +208,7 @@ def test_tallies_count_the_papers_reading_and_the_variants_have_their_own_table(
     rows = pd.DataFrame([base | {"claim": "c1", "model": "m", "reading": "", "verdict": "reproduced"},
                          base | {"claim": "c1", "model": "m", "reading": "without layer 0", "verdict": "not reproduced"},
                          base | {"claim": "c2", "model": "m", "reading": "", "verdict": "reproduced"}])
+    rows = rows.reindex(columns=[*report.COLUMNS, "notebook", "folder", "numerics"])
     t = report.counts(rows)
     assert int(t.claims.sum()) == 2 and int(t.rows.sum()) == 2  # the variant row is not a claim of its own
     varied = report.readings(rows)
