@@ -436,3 +436,16 @@ def test_stage_shares_of_a_total_gain_near_zero_are_not_testable():
     rows = by_claim(evidence.depth_rows(dp))
     assert rows["depth.stage.early"]["verdict"].startswith("not testable: the summed FFN gain has a 95% lower bound")
     assert rows["depth.late_amplification"]["verdict"].startswith("not testable: the summed FFN gain")
+
+
+def test_top_neurons_late_against_neurons_spread_evenly():
+    """24 layers (paper stages: 13 early, 6 middle, 5 late layers); every prompt puts its top neurons in the
+    last 5 layers: late - early share 1, against 5/24 - 13/24 for neurons spread evenly."""
+    nr = roles_of(1.0)
+    nr.by_prompt = pd.DataFrame([(i, l, 10 if l >= 19 else 0) for i in range(50) for l in range(24)],
+                                columns=["sample_id", "layer", "count"])
+    row = by_claim(evidence.roles_rows([nr]))["NR.late_neurons"]
+    assert row["kit"] == pytest.approx(1.0) and row["control_value"] == pytest.approx(5 / 24 - 13 / 24)
+    assert row["verdict"] == "reproduced" and row["diff"] == pytest.approx(1 - (5 / 24 - 13 / 24))
+    nr.by_prompt["count"] = 1  # spread evenly: no difference to the control
+    assert by_claim(evidence.roles_rows([nr]))["NR.late_neurons"]["verdict"] == "not reproduced"

@@ -309,6 +309,9 @@ def test_neuron_roles_counts_and_shares(qwen):
     assert n.layer_counts["count"].sum() == len(tasks.facts(RELS, N)) * 10 and n.layer_counts.share.sum() == pytest.approx(1)
     assert n.contributions.shared_share.dropna().between(0, 1).all()
     assert set(n.gains.columns) >= {"sample_id", "stage", "shared", "routed", "family"}
+    per_prompt = n.by_prompt.groupby("sample_id")["count"].sum()
+    assert (per_prompt == 10).all() and len(per_prompt) == len(tasks.facts(RELS, N))  # every prompt's top 10
+    assert n.by_prompt.groupby("layer")["count"].sum().to_dict() == n.layer_counts.groupby("layer")["count"].sum().to_dict()
 
 
 def test_prompt_views_and_telescoping(qwen, fr):

@@ -377,6 +377,16 @@ def _roles_claims() -> list[v.Claim]:
     ]
 
 
+def _neuron_claims() -> list[v.Claim]:
+    return [_claim("NR.late_neurons", "Sec. 4 (top-1,500 neuron counts by layer)",
+                   "the top expert neurons concentrate late (mid-activation, late amplification at the neuron level)",
+                   "qualitative (the paper's counting plots of the top 1,500 expert neurons per layer)",
+                   "per prompt, the share of its top neurons in the late stage - in the early stage (the paper's "
+                   "stage boundaries as relative depth), mean over prompts; kit - control",
+                   v.exceeds_control(), "the same for neurons spread evenly over the layers (late layers' fraction - "
+                   "early layers' fraction)", (MOE, DEEP))]
+
+
 def _method_claims() -> list[v.Claim]:
     return [_claim("LPI.telescoping", "Sec. 3 (method)",
                    "layer gains decompose the log-probability: sum_l (AttnGain_l + FFNGain_l) = log p(w|h_L) - "
@@ -387,7 +397,7 @@ def _method_claims() -> list[v.Claim]:
 
 REGISTRY: dict[str, v.Claim] = {c.id: c for c in (*_table1_claims(), *_advantage_claims(), *_depth_claims(),
                                                   *_table2_claims(), *_table5_claims(), *_coordination_claims(),
-                                                  *_roles_claims(), *_method_claims())}
+                                                  *_roles_claims(), *_neuron_claims(), *_method_claims())}
 v.check_facts(REGISTRY.values(), Facts)
 
 

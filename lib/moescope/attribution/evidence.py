@@ -592,6 +592,19 @@ def _roles_estimates(nr: NeuronRoles) -> dict[str, v.Estimate]:
 FAMILY_SHUFFLES = 20
 
 
+def late_neurons(nr: NeuronRoles) -> tuple[v.Estimate, v.Estimate]:
+    """(late share - early share of each prompt's top neurons, mean over prompts with its bootstrap; the same for
+    neurons spread evenly over the layers: late layers' fraction - early layers' fraction), on the paper's stage
+    boundaries carried over as relative depth."""
+    counts = nr.by_prompt.pivot(index="sample_id", columns="layer", values="count").to_numpy(dtype=float)
+    n_layers = counts.shape[1]
+    stage = np.array([paper.stage_of((l + 1) / n_layers) for l in range(n_layers)])
+    share = counts / counts.sum(1, keepdims=True)
+    diff = share[:, stage == "late"].sum(1) - share[:, stage == "early"].sum(1)
+    even = float(np.mean(stage == "late") - np.mean(stage == "early"))
+    return resample(lambda idx: diff[idx].mean(-1), len(diff)), v.Estimate(even)
+
+
 def roles_rows(results: Sequence[NeuronRoles]) -> list[Row]:
     """Shared early / routed late, and routed experts as domain refiners against the same statistic with the task
     families shuffled across prompts (paired over the same resamples; seeds pooled)."""
@@ -603,8 +616,15 @@ def roles_rows(results: Sequence[NeuronRoles]) -> list[Row]:
         return over_seeds([e[key] for e in ests]) if ests else None
 
     kit, ctl = pooled("BR.routed_refine"), pooled("BR.routed_refine.control")
-    return [claims.decide("BR.shared_early", facts, pooled("BR.shared_early"), model=label(names)),
+    rows = [claims.decide("BR.shared_early", facts, pooled("BR.shared_early"), model=label(names)),
             claims.decide("BR.routed_refine", facts, kit, ctl, model=label(names), diff=paired_difference(kit, ctl))]
+    counted = facts["moe"] and all(len(r.by_prompt) for r in results)
+    late = [late_neurons(r) for r in results] if counted else None
+    k, c = (over_seeds([e[0] for e in late]), late[0][1]) if late else (None, None)
+    d = None if k is None or not k.finite else v.Estimate(k.value - c.value, k.low - c.value, k.high - c.value, k.n,
+                                                            k.over)
+    rows.append(claims.decide("NR.late_neurons", facts, k, c, model=label(names), diff=d))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- method

@@ -8,7 +8,7 @@ sum_i max(shared_i,S, 0) / sum_i (max(shared_i,S, 0) + max(routed_i,S, 0)).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,15 @@ from . import summaries, tasks
 class NeuronRoles:
     """``layer_counts``: layer, kind, count, share of the per-prompt top neurons. ``top_neurons``: the most
     frequent top neurons per layer. ``gains``: per prompt (sample_id, task, family) and stage, shared and
-    routed gain. ``contributions``: family, stage, mean gains and shared_share. ``facts``: model and prompts."""
+    routed gain. ``contributions``: family, stage, mean gains and shared_share. ``facts``: model and prompts.
+    ``by_prompt``: sample_id, layer, count of each prompt's top neurons in each layer (every layer, 0 included)."""
 
     layer_counts: pd.DataFrame
     top_neurons: pd.DataFrame
     gains: pd.DataFrame
     contributions: pd.DataFrame
     facts: dict
+    by_prompt: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def kind(expert: pd.Series) -> np.ndarray:
@@ -40,6 +42,12 @@ def layer_counts(neurons: pd.DataFrame) -> pd.DataFrame:
     counts = neurons.assign(kind=kind(neurons.expert)).groupby(["layer", "kind"]).size().rename("count").reset_index()
     counts["share"] = counts["count"] / counts["count"].sum()
     return counts
+
+
+def prompt_layer_counts(neurons: pd.DataFrame, n_prompts: int, n_layers: int) -> pd.DataFrame:
+    """sample_id, layer, count: how many of each prompt's top neurons sit in each layer (0 where none does)."""
+    full = pd.MultiIndex.from_product([range(n_prompts), range(n_layers)], names=["sample_id", "layer"])
+    return neurons.groupby(["sample_id", "layer"]).size().reindex(full, fill_value=0).rename("count").reset_index()
 
 
 def top_neurons(neurons: pd.DataFrame, per_layer: int) -> pd.DataFrame:
@@ -81,4 +89,4 @@ def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: 
     facts = tasks.model_facts(lm) | tasks.data_facts(attr.samples.assign(rr=1 / attr.samples["rank"]), fr)
     gains = stage_gains(attr.experts, attr.samples, facts["layers"])
     return NeuronRoles(layer_counts(attr.neurons), top_neurons(attr.neurons, per_layer), gains, contributions(gains),
-                       facts)
+                       facts, prompt_layer_counts(attr.neurons, len(fr), facts["layers"]))
