@@ -20,6 +20,7 @@ from papermill.parameterize import parameterize_notebook
 
 from conftest import tiny_model
 from moescope import data, paths, verdicts
+from moescope.attribution import tasks
 from moescope.kit.runner import notebook_parameters
 from moescope.vocab import word_tokenizer
 

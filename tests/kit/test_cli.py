@@ -25,7 +25,7 @@ def test_attribute_prompt_writes_the_contracted_csvs(tmp_path):
 
 
 def test_attribute_relation_with_top_neurons(tmp_path):
-    cli.main(["attribute", "--model", "olmoe-like", "--relation", "country_capital", "--samples", "5",
+    cli.main(["attribute", "--model", "olmoe-like", "--relation", "country_capital", "--samples", "5", "--template", "0",
               "--top-neurons", "10", "--out", str(tmp_path)])
     samples = pd.read_csv(tmp_path / "samples.csv")
     assert len(samples) == 5 and (samples.relation == "country_capital_city").all()

@@ -110,9 +110,10 @@ def show(lm: LoadedModel, relation: str, index: int, top: int = 10) -> dict[str,
     return v
 
 
-def prompt_options(relation: str) -> list[tuple[str, int]]:
-    """(``prompt -> object``, index) for every fact of ``relation``, the prompt dropdown's options."""
-    facts = tasks.facts([relation])
+def prompt_options(relation: str, template: int = 0) -> list[tuple[str, int]]:
+    """(``prompt -> object``, index) for every fact of ``relation`` on held-out template ``template`` (the
+    prompts :func:`views` indexes), the prompt dropdown's options."""
+    facts = tasks.facts([relation], templates=template)
     return [(f"{p} -> {o}", i) for i, (p, o) in enumerate(zip(facts.prompt, facts.object))]
 
 
