@@ -106,3 +106,26 @@ def test_gen2_design_has_early_mid_and_late_single_and_redundant_plants():
     assert 1 in sizes and max(sizes) >= 2
     assert "fruit_inside_color" not in planted.GEN2_PLANT and len(planted.GEN2_NAMES) >= 3
     assert planted.card_extra()["router_loss_weight"] == planted.GEN2_ROUTER_LOSS_WEIGHT > 0.1
+
+
+def test_router_loss_trains_the_routers_only():
+    """The gen-2 router loss reads the routers' inputs detached: its gradient reaches the planted layers' router
+    weights and nothing else (not the embeddings, attention or experts that make the residual stream)."""
+    from types import SimpleNamespace
+
+    model = tiny_model("olmoe", layers=3, experts=8, top_k=2).train()
+    relations = ["A", "B", "", "C"]
+    corpus = SimpleNamespace(train=SimpleNamespace(relation=relations))
+    extras = planted.gen2_extras(PLANT, seed=0)(model, corpus)
+    ids = torch.randint(4, 128, (4, 5), generator=torch.Generator().manual_seed(1))
+    real = torch.ones_like(ids, dtype=torch.bool)
+    rows = list(range(4))
+    model.zero_grad()
+    with hooked(extras["step_hooks"](rows, real)):
+        out = model(input_ids=ids, output_router_logits=True)
+    loss = extras["extra_loss"](out, rows, real)
+    assert loss > 0
+    loss.backward()
+    routers = {f"model.layers.{l}.mlp.gate.weight" for l in planted.planted_by_layer(PLANT)}
+    touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == routers, touched

@@ -387,6 +387,38 @@ def router_leak(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant) -> pd
     return planted_organisms.plant_leak(lm.model, lm.tokenizer, plant, facts)
 
 
+def leak_summary(leak: pd.DataFrame, bound: float = planted_organisms.LEAK_BOUND) -> pd.DataFrame:
+    """Per model and planted layer: the router's probability of the layer's plant at the last position for the
+    relation planted there (``own``), the largest over the relations not planted there (``leak_max``: relation
+    ``worst``) and their mean, the share of those last positions with a planted expert in the top-k, and whether
+    ``leak_max`` stays below ``bound`` (:data:`moescope.organisms.planted.LEAK_BOUND`)."""
+    rows = []
+    for (model, layer), g in leak.groupby(["model", "layer"], sort=False):
+        other, own = g[~g.planted_here], g[g.planted_here]
+        worst = other.loc[other.p_last.idxmax()]
+        rows.append({"model": model, "layer": layer, "own": own.p_last.mean(), "leak_mean": other.p_last.mean(),
+                     "leak_max": worst.p_last, "worst": worst.relation, "topk_share": other.topk_last.mean(),
+                     "below_bound": bool(worst.p_last < bound)})
+    return pd.DataFrame(rows)
+
+
+def precondition_table(evidence: Sequence[dict], names: Sequence[str], plant: Plant) -> pd.DataFrame:
+    """Per planted relation, seed and over the seeds: MRR above the prior and the plant's drop above matched random
+    blocking (value and 95% interval), with whether each precondition holds (:data:`KNOWN`, :data:`CONFIRMED`)."""
+    rows = []
+    for relation in plant:
+        per = [(n, [e]) for n, e in zip(names, evidence)] + ([(seed_label(names), list(evidence))]
+                                                              if len(names) > 1 else [])
+        for name, ev in per:
+            known, confirmed = (_combined(ev, relation, k, "kit") for k in ("known", "confirmed"))
+            rows.append({"relation": relation, "model": name, "beyond_prior": known.value,
+                         "beyond_prior_low": known.bounds()[0], "beyond_prior_high": known.bounds()[1],
+                         "known": known.bounds()[0] >= KNOWN_MARGIN, "plant_excess": confirmed.value,
+                         "plant_excess_low": confirmed.bounds()[0], "plant_excess_high": confirmed.bounds()[1],
+                         "confirmed": confirmed.bounds()[0] >= CONFIRM_MARGIN})
+    return pd.DataFrame(rows)
+
+
 def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int], n_samples: int | None,
         seed: int = 0, templates: tasks.Templates = tasks.HELD_OUT, draws: int = CONTROL_DRAWS, device: str = "cpu",
         dtype: str | None = None, across_seeds: bool = True, reps: int = 1000) -> dict[str, pd.DataFrame]:
@@ -418,4 +450,6 @@ def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int],
             evidence.append(seed_evidence(gains, blocking, facts, plant, n_pairs, reps, seed))
     tables = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
     return {"plant": plant_table(plant), **tables, "evidence": evidence,
+            "leak_summary": leak_summary(tables["leak"]) if len(tables["leak"]) else pd.DataFrame(),
+            "preconditions": precondition_table(evidence, names, plant) if evidence else pd.DataFrame(),
             "claims": claim_rows(evidence, plant, model=seed_label(names))}

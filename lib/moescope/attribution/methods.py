@@ -481,6 +481,17 @@ def interval_table(per_seed: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def show_intervals(table: pd.DataFrame, scope: str = SCOPES[0], digits: int = 2) -> pd.DataFrame:
+    """:func:`interval_table` rows of ``scope`` as text, 'value [low, high]' per statistic, one row per relation and
+    method."""
+    t = table[table.scope == scope]
+    out = t[["relation", "method"]].copy()
+    for stat in TABLE_STATISTICS:
+        out[stat] = [f"{v:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi)
+                     else "") for v, lo, hi in zip(t[stat], t[f"{stat}_low"], t[f"{stat}_high"])]
+    return out.reset_index(drop=True)
+
+
 def claim_rows(per_seed: Sequence[dict], evidence: Sequence[dict], plant: Plant, model: str = "") -> pd.DataFrame:
     """One verdict row per planted relation and check (:data:`CLAIMS`) over the seeds' :func:`seed_estimates`, by the
     rules fixed above, with the ground-truth preconditions (:data:`moescope.attribution.ground_truth.GROUND_TRUTH`:
