@@ -42,6 +42,16 @@ for the relations a layer does not plant, the router's mean probability of that 
 prompt's last position (:func:`plant_leak`, held-out templates, no hook) must stay below 0.02 per relation. Notebook
 45 prints it for every seed; the "spares unplanted relations" check (moescope.attribution.ground_truth) is its
 behavioural counterpart, two-sided.
+
+Outcome (recorded after training, the design unchanged): read through the model's own router logits, the loss at
+1.0 reshaped the residual stream and left the first two seeds at their priors (held-out MRR of the paper's tasks
+0.16-0.18), so the loss now trains the routers only (their inputs detached). The shipped seeds (training 694, 697 and
+351 s on the shared 2-core machine) know their relations again (0.41-0.51), but miss LEAK_BOUND in every planted
+layer: a linear router on a residual stream it may not shape does not route by relation (0.02-0.10 of the plant's
+probability on other relations on average, the planted relation's own plant 0.08-0.43). The plant is where a
+relation was learnt, not where the router sends it without hooks. verb_past_tense, the late plant, is not known
+clearly beyond its prior over the seeds and its plant barely beats random blocking: notebook 45's preconditions make
+its checks not testable.
 """
 from __future__ import annotations
 
