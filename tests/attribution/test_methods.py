@@ -11,6 +11,7 @@ from moescope.attribution import methods
 from moescope.capture import capture
 from moescope.hooks import hooked
 from moescope.prompts import encode
+from moescope.statistics import Estimate
 from moescope.vocab import word_tokenizer
 from test_lpi import OBJECTS, PROMPTS, WORDS
 
@@ -165,13 +166,31 @@ def test_faithfulness_curves_and_areas(setup):
     assert floor.auc == pytest.approx(0.5, abs=0.1)
     assert floor.precision == pytest.approx(floor.chance_precision, abs=0.05)
     assert len(table) == 2 * 2 and table.faithfulness.notna().all()
-    rows = methods.claim_rows(sc, curves, plant, reps=50)
+    per_seed = methods.seed_estimates(sc, curves, plant, reps=50) | {
+        "_pairs": {scope: len(sc.columns(scope)) for scope in methods.SCOPES}}
+    est = per_seed[("A", "all layers", "lpi")]
+    assert est["faithfulness"].value == pytest.approx(row.faithfulness)
+    assert est["excess"].value == pytest.approx(row.excess)  # paired with the matched random area
+    assert est["precision"].value == ranks[(ranks.method == "lpi") & (ranks.scope == "all layers")].precision.iloc[0]
+    known = {"A": {"known": {"kit": Estimate(0.5, 0.4, 0.6)}, "confirmed": {"kit": Estimate(0.3, 0.2, 0.4)}}}
+    rows = methods.claim_rows([per_seed], [known], plant)
     assert {r.split(" (")[0] for r in rows.claim} == {methods.CLAIMS[k].id for k in ("lpi", "lpi_without_layer0",
                                                                                       "lpi_faithful")}
+    assert not any(v.startswith("not testable") for v in rows.verdict)
+    # the ground-truth preconditions apply to every method check: an unconfirmed plant makes them not testable
+    weak = {"A": {"known": {"kit": Estimate(0.5, 0.4, 0.6)}, "confirmed": {"kit": Estimate(0.02, -0.01, 0.05)}}}
+    rows = methods.claim_rows([per_seed], [weak], plant)
+    assert all(v.startswith("not testable: the plant's MRR drop above matched random blocking") for v in rows.verdict)
+    # over seeds: the table's intervals resample seeds, then prompts; the random floor gets a t interval
+    table = methods.interval_table([{k: v for k, v in per_seed.items() if k != "_pairs"}] * 3)
+    lpi = table[(table.method == "lpi") & (table.scope == "all layers")].iloc[0]
+    assert lpi.seeds == 3 and lpi.faithfulness == pytest.approx(row.faithfulness)
+    assert lpi.faithfulness_low <= lpi.faithfulness <= lpi.faithfulness_high
+    assert {f"{s}_low" for s in methods.TABLE_STATISTICS} <= set(table.columns)
 
 
 def test_without_a_plant_every_check_is_not_testable():
-    rows = methods.claim_rows(None, None, {}, model="some/model")
+    rows = methods.claim_rows([], [], {}, model="some/model")
     assert len(rows) == len(methods.CLAIMS) and set(rows.model) == {"some/model"}
     assert all(v.startswith("not testable: the model lacks a planted ground truth") for v in rows.verdict)
     with pytest.raises(ValueError, match="unknown methods"):

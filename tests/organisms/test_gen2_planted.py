@@ -64,3 +64,68 @@ def test_router_loss_matches_a_per_token_reference():
                     terms.append(-torch.log1p(-p[b, s, experts].sum()))
         per_layer.append(torch.stack(terms).mean())
     assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-6)
+
+
+def test_plant_leak_reads_the_router_without_hooks():
+    """A router with zero weights is uniform: each layer's planted experts get |experts| / E of the probability, for
+    the relations planted there (their own experts) and for the others (the layer's whole plant) alike."""
+    from moescope.vocab import word_tokenizer
+    import pandas as pd
+
+    tok = word_tokenizer(["a b c d e f g"])
+    model = tiny_model("olmoe", layers=3, experts=8, top_k=2, vocab=len(tok))
+    for p in arch.layers(model):
+        torch.nn.init.zeros_(p.router.weight)
+    frame = pd.DataFrame({"prompt": ["a b c", "d e", "f g a b"], "relation": ["A", "B", "C"]})
+    got = planted.plant_leak(model, tok, PLANT, frame).set_index(["layer", "relation"])
+    assert set(got.index) == {(1, "A"), (1, "B"), (1, "C"), (2, "A"), (2, "B"), (2, "C")}
+    assert got.loc[(1, "A"), "planted_here"] and not got.loc[(1, "C"), "planted_here"]
+    for (layer, relation), row in got.iterrows():
+        n = len(PLANT[relation][layer]) if layer in PLANT.get(relation, {}) else len(planted.planted_by_layer(PLANT)[layer])
+        assert abs(row.p_last - n / 8) < 1e-6 and abs(row.p_all - n / 8) < 1e-6, (layer, relation)
+    # random routers: the last positions' probabilities are those the kit's capture records (an independent path)
+    from moescope.capture import capture
+
+    model = tiny_model("olmoe", layers=3, experts=8, top_k=2, vocab=len(tok))
+    enc = tok(list(frame.prompt), return_tensors="pt", padding=True)
+    trace = capture(model, enc["input_ids"], enc["attention_mask"])
+    got = planted.plant_leak(model, tok, PLANT, frame).set_index(["layer", "relation"])
+    for (layer, relation), row in got.iterrows():
+        b = list(frame.relation).index(relation)
+        own = list(PLANT[relation][layer]) if layer in PLANT.get(relation, {}) else planted.planted_by_layer(PLANT)[layer]
+        probs = trace.layers[layer].router_probs[b]
+        assert abs(row.p_last - float(probs[own].sum())) < 1e-5, (layer, relation)
+        top = set(probs.topk(2).indices.tolist())
+        assert row.topk_last == float(bool(top & set(own)))
+
+
+def test_gen2_design_has_early_mid_and_late_single_and_redundant_plants():
+    layers = [l for p in planted.GEN2_PLANT.values() for l in p]
+    sizes = [len(e) for p in planted.GEN2_PLANT.values() for e in p.values()]
+    assert min(layers) <= 2 and any(3 <= l <= 5 for l in layers) and max(layers) >= 6 and 0 not in layers
+    assert 1 in sizes and max(sizes) >= 2
+    assert "fruit_inside_color" not in planted.GEN2_PLANT and len(planted.GEN2_NAMES) >= 3
+    assert planted.card_extra()["router_loss_weight"] == planted.GEN2_ROUTER_LOSS_WEIGHT > 0.1
+
+
+def test_router_loss_trains_the_routers_only():
+    """The gen-2 router loss reads the routers' inputs detached: its gradient reaches the planted layers' router
+    weights and nothing else (not the embeddings, attention or experts that make the residual stream)."""
+    from types import SimpleNamespace
+
+    model = tiny_model("olmoe", layers=3, experts=8, top_k=2).train()
+    relations = ["A", "B", "", "C"]
+    corpus = SimpleNamespace(train=SimpleNamespace(relation=relations))
+    extras = planted.gen2_extras(PLANT, seed=0)(model, corpus)
+    ids = torch.randint(4, 128, (4, 5), generator=torch.Generator().manual_seed(1))
+    real = torch.ones_like(ids, dtype=torch.bool)
+    rows = list(range(4))
+    model.zero_grad()
+    with hooked(extras["step_hooks"](rows, real)):
+        out = model(input_ids=ids, output_router_logits=True)
+    loss = extras["extra_loss"](out, rows, real)
+    assert loss > 0
+    loss.backward()
+    routers = {f"model.layers.{l}.mlp.gate.weight" for l in planted.planted_by_layer(PLANT)}
+    touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == routers, touched

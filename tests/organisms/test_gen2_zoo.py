@@ -132,13 +132,55 @@ def test_shipped_card_matches_weights_spec_and_data(name, data):
         assert set(card["eval"][relation]) >= {"mrr", "hit@10", "rare_mrr", "rare_hit@10", "n"}
 
 
-def test_planted_gen2_card_records_redundant_and_late_plants():
-    card = zoo.load_card(planted.GEN2_NAME)
+@pytest.mark.parametrize("name", planted.GEN2_NAMES)
+def test_planted_gen2_cards_record_the_design(name):
+    """Every seed of the planted design records its plant (early single, mid and late redundant) and router loss."""
+    card = zoo.load_card(name)
     plant = {r: {int(l): tuple(e) for l, e in p.items()} for r, p in card["plant"].items()}
-    assert plant == planted.GEN2_PLANT
-    assert card["architecture"]["layers"] >= 8
+    assert plant == planted.GEN2_PLANT and card["router_loss_weight"] == planted.GEN2_ROUTER_LOSS_WEIGHT
+    assert card["seed"] == zoo.GEN2_ZOO[name].seed and zoo.seeds_of(name) == list(planted.GEN2_NAMES)
+    layers = card["architecture"]["layers"]
+    assert layers >= 8
     assert any(len(e) >= 2 for p in plant.values() for e in p.values())  # redundant
-    assert any(l >= card["architecture"]["layers"] - 2 for p in plant.values() for l in p)  # late
+    assert any(len(e) == 1 for p in plant.values() for e in p.values())  # single
+    assert any(l >= layers - 2 for p in plant.values() for l in p)  # late
+    assert any(0 < l <= 2 for p in plant.values() for l in p)  # early (not layer 0)
+
+
+@pytest.mark.parametrize("name", planted.GEN2_NAMES)
+def test_planted_relations_are_known_beyond_their_prior(name):
+    """On the held-out evaluation of the card, each planted relation's MRR is at least 0.1 above its prior."""
+    from moescope import data as data_
+
+    card = zoo.load_card(name)
+    for relation in planted.GEN2_PLANT:
+        rel = data_.load_relation(relation)
+        frame = data_.prompts_frame([rel])
+        counts = {}
+        for s in rel.samples:
+            counts[s.object] = counts.get(s.object, 0) + 1
+        rank = {o: sum(1 for c in counts.values() if c >= n) for o, n in counts.items()}
+        prior = sum(1 / rank[o] for o in frame.object) / len(frame)
+        assert card["eval"][relation]["mrr"] >= prior + 0.1, (relation, card["eval"][relation]["mrr"], prior)
+
+
+def test_the_router_leak_onto_the_plant_is_measured_without_hooks():
+    """The router's probability of each planted layer's plant at the last position, with no hook on the model:
+    probabilities, one row per (layer, relation), the planted relation flagged. Whether the leak stays below
+    LEAK_BOUND is a finding of the shipped organisms (notebook 45's leak table), not a property of the code: the
+    seeds trained with the router-only loss miss it."""
+    from moescope import data as data_
+    from moescope.attribution import ground_truth
+
+    lm = models.load_model(planted.GEN2_NAMES[0])
+    frame = data_.prompts_frame(data_.load_relations(list(planted.GEN2_PLANT) + ["country_language"]), 3)
+    leak = planted.plant_leak(lm.model, lm.tokenizer, planted.GEN2_PLANT, frame)
+    assert leak.p_last.between(0, 1).all() and leak.topk_last.between(0, 1).all()
+    planted_layers = {int(l) for p in planted.GEN2_PLANT.values() for l in p}
+    assert set(leak.layer) == planted_layers and leak.groupby("layer").planted_here.sum().eq(1).all()
+    summary = ground_truth.leak_summary(leak.assign(model="m"))
+    assert (summary.below_bound == (summary.leak_max < planted.LEAK_BOUND)).all()
+    assert (summary.own > 0).all()
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)

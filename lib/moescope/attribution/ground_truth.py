@@ -11,7 +11,23 @@ For a model with such a card this module computes
 - blocking effects: the MRR drop of every relation when a planted relation's experts are removed from routing,
   against a negative control that blocks the same number of random unplanted experts in the same layers
   (``CONTROL_DRAWS`` draws), and, for redundant plants, when each planted expert is blocked alone;
-- verdict rows (:mod:`moescope.verdicts`) for four checks whose rules are fixed here, before anything runs.
+- verdict rows (:mod:`moescope.verdicts`) for four checks whose rules are fixed here, before anything runs, over
+  the seeds of the planted design (:func:`moescope.organisms.zoo.seeds_of`): each seed's estimate is a bootstrap
+  over its prompts, the seeds are combined by :func:`moescope.statistics.over_seeds` (seeds, then prompts), and a
+  control is paired with the kit on the same prompts and seeds (per prompt: kit - control, then resampled).
+
+Every check has two preconditions besides the plant itself, computed on the same prompts and combined over seeds:
+
+- the relation is **known beyond its prior**: the 95% lower bound of mean_i (rr_i - prior_rr_i) is at least
+  :data:`KNOWN_MARGIN` (prior_rr_i: 1 / rank of the gold object when the relation's objects are ranked by how many
+  of its facts have them, :func:`prior_rr`; its mean is :func:`moescope.attribution.tasks.prior_mrr`);
+- the plant is **causally confirmed**: blocking it lowers the relation's MRR more than blocking as many random
+  unplanted experts of the same layers (per prompt: rr after random, averaged over the draws, minus rr after the
+  plant), with a 95% lower bound of at least :data:`CONFIRM_MARGIN`. (The blocking check is this confirmation; it
+  needs only the first precondition.)
+
+"Spares unplanted relations" is two-sided: the unplanted relations' MRR change when the plant is blocked must lie
+within +/- :data:`SPARE_BOUND` (a plant that *raises* other relations when blocked is not specific either).
 """
 from __future__ import annotations
 
@@ -25,6 +41,7 @@ import pandas as pd
 import torch
 
 from .. import arch, data, interventions, models, statistics, verdicts
+from ..organisms import planted as planted_organisms
 from ..organisms import zoo
 from . import tasks
 from .blocking import all_pairs
@@ -32,6 +49,12 @@ from .lpi import attribute
 from .summaries import expert_ranking
 
 CONTROL_DRAWS = 10
+#: the relation's MRR above its object-frequency prior (95% lower bound) for it to count as known
+KNOWN_MARGIN = 0.1
+#: the plant's MRR drop above matched random blocking (95% lower bound) for it to count as causally confirmed
+CONFIRM_MARGIN = 0.05
+#: the most the unplanted relations' MRR may move, either way, when a plant is blocked
+SPARE_BOUND = 0.05
 BLOCKING_COLUMNS = ["blocked_for", "condition", "kind", "experts", "relation", "planted_relation", "mrr_before",
                     "mrr_after", "drop", "rr_before", "rr_after"]
 PAPER = "planted ground truth"
@@ -149,90 +172,154 @@ def blocking_table(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, dr
     return pd.DataFrame(rows, columns=BLOCKING_COLUMNS)
 
 
-def _drop_estimate(row: pd.Series, reps: int, seed: int) -> verdicts.Estimate:
-    b, a = np.asarray(row.rr_before), np.asarray(row.rr_after)
-    return verdicts.bootstrap(lambda i: float(b[i].mean() - a[i].mean()), len(b), reps, seed)
+def prior_rr(facts: pd.DataFrame) -> np.ndarray:
+    """Per prompt: 1 / rank of its gold object among its relation's objects ranked by how many of the relation's facts
+    have them (ties share the worse rank); the mean over prompts is :func:`moescope.attribution.tasks.prior_mrr`."""
+    out = np.empty(len(facts))
+    for stem, idx in facts.groupby("relation", sort=False).indices.items():
+        counts = pd.Series([s.object for s in data.load_relation(stem).samples]).value_counts()
+        rank = {o: int((counts >= c).sum()) for o, c in counts.items()}
+        out[idx] = [1.0 / rank[o] for o in facts.object.to_numpy()[idx]]
+    return out
 
 
-def _spread(values: Sequence[float], over: str) -> verdicts.Estimate:
-    """Mean of ``values`` with the central 95% of the values (:func:`moescope.statistics.percentiles`) as interval."""
+def _mean(values: np.ndarray) -> verdicts.Estimate:
+    """The mean of per-prompt values with the kit's resamples (:func:`moescope.statistics.resample`): estimates of
+    one relation's prompts share their resamples, so their draws pair."""
     v = np.asarray(values, dtype=float)
-    return verdicts.Estimate(float(v.mean()), *statistics.percentiles(v), len(v), over)
+    return statistics.resample(lambda idx: v[idx].mean(-1), len(v))
+
+
+def _rr(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """[conditions, prompts] reciprocal ranks of ``rows`` (one blocking condition each)."""
+    return np.array([np.asarray(x, dtype=float) for x in rows[column]])
+
+
+def seed_evidence(gains: pd.DataFrame, blocking: pd.DataFrame, facts: pd.DataFrame, plant: Plant, n_pairs: int,
+                  reps: int = 1000, seed: int = 0) -> dict[str, dict[str, dict[str, verdicts.Estimate | None]]]:
+    """{relation: {check or precondition: {kit, control, diff}}} of one seed (see the module docstring).
+
+    Per prompt i of the relation: drop_i = rr_i - rr_i(plant blocked); the matched control rr_i - mean over draws of
+    rr_i(random blocked); known_i = rr_i - prior_rr_i; redundancy control rr_i - mean over single planted experts of
+    rr_i(one blocked). Precision is a bootstrap re-ranking each resample; its control is chance."""
+    out: dict[str, dict[str, dict[str, verdicts.Estimate | None]]] = {}
+    prior = prior_rr(facts)
+    index = facts.groupby("relation", sort=False).indices
+    for relation in plant:
+        b = blocking[blocking.blocked_for == relation]
+        own = b[b.planted_relation]
+        before = np.asarray(own[own.kind == "planted"].rr_before.iloc[0], dtype=float)
+        plant_after = _rr(own[own.kind == "planted"], "rr_after")[0]
+        random_after = _rr(own[own.kind == "random"], "rr_after").mean(0)
+        planted = planted_pairs(plant, relation)
+        g = gains[gains.relation == relation] if len(gains) else gains
+        est: dict[str, dict[str, verdicts.Estimate | None]] = {
+            "known": {"kit": _mean(before - prior[index[relation]])},
+            "blocking": {"kit": _mean(before - plant_after), "control": _mean(before - random_after),
+                         "diff": _mean(random_after - plant_after)},
+            "precision": {"kit": _bootstrap_precision(g, planted, reps, seed) if len(g) else None,
+                          "control": verdicts.Estimate(len(planted) / n_pairs)},
+        }
+        est["confirmed"] = {"kit": est["blocking"]["diff"]}
+        other = b[(b.kind != "single") & ~b.planted_relation]
+        if len(other):
+            o_before = np.concatenate(other[other.kind == "planted"].rr_before.map(np.asarray).tolist())
+            o_plant = np.concatenate(other[other.kind == "planted"].rr_after.map(np.asarray).tolist())
+            draws = [np.concatenate(g_.rr_after.map(np.asarray).tolist())
+                     for _, g_ in other[other.kind == "random"].groupby("condition", sort=False)]
+            o_random = np.mean(draws, axis=0)
+            est["specific"] = {"kit": _mean(o_before - o_plant), "control": _mean(o_before - o_random),
+                               "diff": _mean(o_random - o_plant)}
+        singles = own[own.kind == "single"]
+        if len(singles):
+            single_after = _rr(singles, "rr_after").mean(0)
+            est["redundant"] = {"kit": est["blocking"]["kit"], "control": _mean(before - single_after),
+                                "diff": _mean(single_after - plant_after)}
+        out[relation] = est
+    return out
 
 
 #: What the checks' preconditions read (one definition, checked against every precondition at import)
-Facts = TypedDict("Facts", {"planted": bool, "baseline_mrr": float, "planted_experts": int}, total=False)
+Facts = TypedDict("Facts", {"planted": bool, "planted_experts": int, "beyond_prior_low": float,
+                            "plant_excess_low": float}, total=False)
 
 #: The precondition of every ground-truth check (here and in :mod:`.methods`): the model has a planted answer
 PLANTED = verdicts.flag("planted", "a planted ground truth (card 'plant')")
+#: ... the relation is known beyond its object-frequency prior
+KNOWN = verdicts.minimum("beyond_prior_low", KNOWN_MARGIN,
+                         "the relation's MRR above its object-frequency prior (95% lower bound)")
+#: ... and its plant is causally confirmed against matched random blocking
+CONFIRMED = verdicts.minimum("plant_excess_low", CONFIRM_MARGIN,
+                             "the plant's MRR drop above matched random blocking (95% lower bound)")
+#: every ground-truth check but the confirmation itself
+GROUND_TRUTH = (PLANTED, KNOWN, CONFIRMED)
 
 CLAIMS = {
     "precision": verdicts.Claim(
         "planted: attribution ranks the plant first", PAPER, "attribution.ground_truth",
         "LPI expert attribution ranks a relation's planted experts above every other (layer, expert) pair",
-        "ground truth", "precision@|planted| of the expert ranking (bootstrap over prompts)",
-        verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)",
-        (PLANTED,), role="self-check"),
+        "ground truth", "precision@|planted| of the expert ranking (seeds, then prompts re-ranked)",
+        verdicts.at_least(0.5), "random ranking: |planted| / (layers x experts)", GROUND_TRUTH, role="self-check"),
     "blocking": verdicts.Claim(
         "planted: blocking the plant hurts its relation", PAPER, "attribution.ground_truth",
-        "blocking a relation's planted experts lowers its MRR more than blocking as many random experts of the same "
-        "layers", "ground truth", "MRR drop of the relation (bootstrap over prompts)", verdicts.exceeds_control(0.0),
-        f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws)",
-        (PLANTED,
-         verdicts.minimum("baseline_mrr", 0.3, "the relation's baseline MRR").gate()), role="self-check"),
+        "blocking a relation's planted experts lowers its MRR clearly more than blocking as many random experts of "
+        "the same layers", "ground truth", "MRR drop of the relation (seeds, then prompts)",
+        verdicts.exceeds_control(CONFIRM_MARGIN),
+        f"the same number of random unplanted experts in the same layers ({CONTROL_DRAWS} draws, mean per prompt)",
+        (PLANTED, KNOWN), role="self-check"),
     "specific": verdicts.Claim(
         "planted: blocking the plant spares unplanted relations", PAPER, "attribution.ground_truth",
-        "blocking a relation's planted experts leaves the unplanted relations' MRR nearly unchanged",
-        "ground truth", "mean MRR drop over the unplanted relations' prompts (bootstrap over prompts)",
-        verdicts.at_most(0.05), "", (PLANTED,),
-        role="self-check"),
+        f"blocking a relation's planted experts moves the unplanted relations' MRR by at most {SPARE_BOUND:g} either "
+        "way", "ground truth", "mean MRR drop over the unplanted relations' prompts (seeds, then prompts)",
+        verdicts.within(0.0, SPARE_BOUND), "(shown, not deciding) the same drop under matched random blocking",
+        GROUND_TRUTH, role="self-check"),
     "redundant": verdicts.Claim(
         "planted: a redundant plant survives one expert", PAPER, "attribution.ground_truth",
         "each expert of a redundant plant carries the relation alone: blocking one costs less than blocking all",
-        "ground truth", "MRR drop when blocking all planted experts (bootstrap over prompts)",
-        verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, spread over them)",
-        (PLANTED,
-         verdicts.minimum("planted_experts", 2, "planted experts of the relation")), role="self-check"),
+        "ground truth", "MRR drop when blocking all planted experts (seeds, then prompts)",
+        verdicts.exceeds_control(0.0), "MRR drop when blocking one planted expert (mean over them, per prompt)",
+        (*GROUND_TRUTH, verdicts.minimum("planted_experts", 2, "planted experts of the relation")), role="self-check"),
 }
 
 
 verdicts.check_facts(CLAIMS.values(), Facts)
 
 
-def claim_rows(gains: pd.DataFrame, blocking: pd.DataFrame, plant: Plant, n_pairs: int, reps: int = 1000,
-               seed: int = 0, model: str = "") -> pd.DataFrame:
-    """One verdict row per planted relation and check (:data:`CLAIMS`), decided by the rules fixed above; without a
-    plant, one 'not testable' row per check."""
-    if not plant:
+def _combined(evidence: Sequence[dict], relation: str, check: str, part: str) -> verdicts.Estimate | None:
+    """One part of a check over the seeds (:func:`moescope.statistics.over_seeds`); None where a seed lacks it."""
+    got = [e[relation].get(check, {}).get(part) for e in evidence]
+    if any(g is None for g in got):
+        return None
+    if all(not g.has_interval and not len(g.draws) for g in got):  # constants (chance): their mean
+        return verdicts.Estimate(float(np.mean([g.value for g in got])))
+    return statistics.over_seeds(got)
+
+
+def relation_facts(evidence: Sequence[dict], plant: Plant, relation: str) -> dict:
+    """The :data:`Facts` of ``relation`` over the seeds' :func:`seed_evidence`."""
+    known, confirmed = (_combined(evidence, relation, k, "kit") for k in ("known", "confirmed"))
+    return {"planted": True, "planted_experts": len(planted_pairs(plant, relation)),
+            "beyond_prior_low": known.bounds()[0] if known is not None else None,
+            "plant_excess_low": confirmed.bounds()[0] if confirmed is not None else None}
+
+
+def claim_rows(evidence: Sequence[dict], plant: Plant, model: str = "") -> pd.DataFrame:
+    """One verdict row per planted relation and check (:data:`CLAIMS`) over the seeds' :func:`seed_evidence`,
+    decided by the rules fixed above; without a plant (or any seed), one 'not testable' row per check."""
+    if not plant or not evidence:
         return verdicts.table([verdicts.decide(c, {"planted": False}, None, model=model) for c in CLAIMS.values()])
     rows = []
     for relation in plant:
-        planted = planted_pairs(plant, relation)
-        b = blocking[blocking.blocked_for == relation]
-        own = b[b.planted_relation].set_index("condition")
-        facts = {"planted": True, "baseline_mrr": float(own.loc["planted", "mrr_before"]),
-                 "planted_experts": len(planted)}
-        note = f"relation {relation}; plant {sorted(planted)}"
-        g = gains[gains.relation == relation]
-        precision = _bootstrap_precision(g, planted, reps, seed) if len(g) else None
-        chance = verdicts.Estimate(len(planted) / n_pairs)
-        rows.append(_row("precision", facts, precision, chance, note, relation, model))
-        control = _spread(own[own.kind == "random"]["drop"], "draws")
-        drop = _drop_estimate(own.loc["planted"], reps, seed)
-        rows.append(_row("blocking", facts, drop, control, note, relation, model))
-        other = b[(b.condition == "planted") & ~b.planted_relation]
-        rr_b = np.concatenate([np.asarray(x) for x in other.rr_before])
-        rr_a = np.concatenate([np.asarray(x) for x in other.rr_after])
-        spared = verdicts.bootstrap(lambda i: float(rr_b[i].mean() - rr_a[i].mean()), len(rr_b), reps, seed)
-        rows.append(_row("specific", facts, spared, None, note, relation, model))
-        singles = own[own.kind == "single"]["drop"]
-        single = _spread(singles, "planted experts") if len(singles) else None
-        rows.append(_row("redundant", facts, drop, single, note, relation, model))
+        facts = relation_facts(evidence, plant, relation)
+        note = f"relation {relation}; plant {sorted(planted_pairs(plant, relation))}"
+        for check in CLAIMS:
+            kit, control, diff = (_combined(evidence, relation, check, part) for part in ("kit", "control", "diff"))
+            rows.append(_row(check, facts, kit, control, note, relation, model, diff))
     return verdicts.table(rows)
 
 
-def _row(check: str, facts: dict, kit, control, note: str, relation: str, model: str) -> dict:
-    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note, model=model)
+def _row(check: str, facts: dict, kit, control, note: str, relation: str, model: str, diff=None) -> dict:
+    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note, model=model, diff=diff)
     return row | {"claim": f"{row['claim']} ({relation})"}
 
 
@@ -281,21 +368,88 @@ def plant_table(plant: Plant) -> pd.DataFrame:
                         columns=["relation", "layer", "experts"])
 
 
-def run(model: str, relations: Sequence[str], ks: Sequence[int], n_samples: int | None, seed: int = 0,
-        templates: tasks.Templates = tasks.HELD_OUT, draws: int = CONTROL_DRAWS, device: str = "cpu",
-        dtype: str | None = None) -> dict[str, pd.DataFrame]:
-    """Every table of the ground-truth analysis in one call: plant, precision@k, blocking (full and summary), verdict
-    rows. Blocking scores the prompts once per condition: the plant, each redundant expert alone, ``draws`` controls.
+def seed_models(model: str | Sequence[str], across_seeds: bool = True) -> list[str]:
+    """The organisms to run: ``model`` and its registered seeds (:func:`moescope.organisms.zoo.seeds_of`) with
+    ``across_seeds``, else ``model`` alone; a list is taken as given."""
+    if not isinstance(model, str):
+        return list(model)
+    return zoo.seeds_of(model) if across_seeds else [model]
+
+
+def seed_label(names: Sequence[str]) -> str:
+    """The model column of rows combined over ``names``."""
+    return names[0] if len(names) == 1 else f"{names[0]} ({len(names)} seeds)"
+
+
+def router_leak(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant) -> pd.DataFrame:
+    """:func:`moescope.organisms.planted.plant_leak` on the prompts: how much the router, without any hook, sends
+    the relations a layer does not plant to that layer's planted experts (and the planted relation to its own)."""
+    return planted_organisms.plant_leak(lm.model, lm.tokenizer, plant, facts)
+
+
+def leak_summary(leak: pd.DataFrame, bound: float = planted_organisms.LEAK_BOUND) -> pd.DataFrame:
+    """Per model and planted layer: the router's probability of the layer's plant at the last position for the
+    relation planted there (``own``), the largest over the relations not planted there (``leak_max``: relation
+    ``worst``) and their mean, the share of those last positions with a planted expert in the top-k, and whether
+    ``leak_max`` stays below ``bound`` (:data:`moescope.organisms.planted.LEAK_BOUND`)."""
+    rows = []
+    for (model, layer), g in leak.groupby(["model", "layer"], sort=False):
+        other, own = g[~g.planted_here], g[g.planted_here]
+        worst = other.loc[other.p_last.idxmax()]
+        rows.append({"model": model, "layer": layer, "own": own.p_last.mean(), "leak_mean": other.p_last.mean(),
+                     "leak_max": worst.p_last, "worst": worst.relation, "topk_share": other.topk_last.mean(),
+                     "below_bound": bool(worst.p_last < bound)})
+    return pd.DataFrame(rows)
+
+
+def precondition_table(evidence: Sequence[dict], names: Sequence[str], plant: Plant) -> pd.DataFrame:
+    """Per planted relation, seed and over the seeds: MRR above the prior and the plant's drop above matched random
+    blocking (value and 95% interval), with whether each precondition holds (:data:`KNOWN`, :data:`CONFIRMED`)."""
+    rows = []
+    for relation in plant:
+        per = [(n, [e]) for n, e in zip(names, evidence)] + ([(seed_label(names), list(evidence))]
+                                                              if len(names) > 1 else [])
+        for name, ev in per:
+            known, confirmed = (_combined(ev, relation, k, "kit") for k in ("known", "confirmed"))
+            rows.append({"relation": relation, "model": name, "beyond_prior": known.value,
+                         "beyond_prior_low": known.bounds()[0], "beyond_prior_high": known.bounds()[1],
+                         "known": known.bounds()[0] >= KNOWN_MARGIN, "plant_excess": confirmed.value,
+                         "plant_excess_low": confirmed.bounds()[0], "plant_excess_high": confirmed.bounds()[1],
+                         "confirmed": confirmed.bounds()[0] >= CONFIRM_MARGIN})
+    return pd.DataFrame(rows)
+
+
+def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int], n_samples: int | None,
+        seed: int = 0, templates: tasks.Templates = tasks.HELD_OUT, draws: int = CONTROL_DRAWS, device: str = "cpu",
+        dtype: str | None = None, across_seeds: bool = True, reps: int = 1000) -> dict[str, pd.DataFrame]:
+    """Every table of the ground-truth analysis in one call, for ``model`` and (``across_seeds``) its registered
+    seeds: plant, precision@k, blocking (full and summary), the router's leak onto the plant, each with a model
+    column, and verdict rows combined over the seeds. Blocking scores the prompts once per condition: the plant, each
+    redundant expert alone, ``draws`` controls. Every seed shares the plant and the prompts.
 
     A model without a plant (or a dense one) gets empty tables and 'not testable' verdicts.
     """
-    torch.manual_seed(seed)
-    lm = models.load_model(zoo.require_trained(model), device=device, dtype=dtype)
-    plant = load_plant(model, relations)
+    names = seed_models(model, across_seeds)
+    plant = load_plant(names[0], relations)
     facts = tasks.facts(relations, n_samples, templates)
-    gains = expert_gains(lm, facts, plant)
-    blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
-    n_pairs = len(all_pairs(lm.model))
-    return {"plant": plant_table(plant), "precision": precision_table(gains, plant, ks, n_pairs), "blocking": blocking,
-            "blocking_summary": summary(blocking),
-            "claims": claim_rows(gains, blocking, plant, n_pairs, seed=seed, model=model)}
+    out: dict[str, list[pd.DataFrame]] = {"precision": [], "blocking": [], "blocking_summary": [], "leak": []}
+    evidence = []
+    for name in names:
+        torch.manual_seed(seed)
+        if load_plant(name, relations) != plant:
+            raise ValueError(f"{name} has another plant than {names[0]}: seeds of one design share the plant")
+        lm = models.load_model(zoo.require_trained(name), device=device, dtype=dtype)
+        gains = expert_gains(lm, facts, plant)
+        blocking = blocking_table(lm, facts, plant, draws=draws, seed=seed)
+        n_pairs = len(all_pairs(lm.model))
+        out["precision"].append(precision_table(gains, plant, ks, n_pairs).assign(model=name))
+        out["blocking"].append(blocking.assign(model=name))
+        out["blocking_summary"].append(summary(blocking).assign(model=name))
+        if plant:
+            out["leak"].append(router_leak(lm, facts, plant).assign(model=name))
+            evidence.append(seed_evidence(gains, blocking, facts, plant, n_pairs, reps, seed))
+    tables = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
+    return {"plant": plant_table(plant), **tables, "evidence": evidence,
+            "leak_summary": leak_summary(tables["leak"]) if len(tables["leak"]) else pd.DataFrame(),
+            "preconditions": precondition_table(evidence, names, plant) if evidence else pd.DataFrame(),
+            "claims": claim_rows(evidence, plant, model=seed_label(names))}

@@ -41,14 +41,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import arch, interventions, metrics, verdicts
+from .. import arch, interventions, metrics, statistics, verdicts
 from ..capture import capture, last_positions
 from ..hooks import hooked
 from ..models import LoadedModel
 from ..prompts import context_length, encode
 from ..organisms import zoo
 from . import blocking, ground_truth, summaries, tasks
-from .ground_truth import PLANTED, Plant, planted_pairs
+from .ground_truth import GROUND_TRUTH, Plant, planted_pairs
 from .lpi import relation_candidates
 
 METHODS = ("lpi", "lpi_local", "lpi_contrastive", "gate_frequency", "gate_x_norm", "grad_x_act",
@@ -358,27 +358,26 @@ CLAIMS = {
     "reference": verdicts.Claim(
         "planted: the causal reference ranks the plant first", PAPER, "attribution.methods",
         "the total effect of removing each expert at the last position ranks the relation's planted experts first",
-        "ground truth", "precision@|planted| of the total-effect ranking, all layers (bootstrap over prompts)",
+        "ground truth", "precision@|planted| of the total-effect ranking, all layers (seeds, then prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / pairs",
-        (PLANTED,), role="self-check"),
+        GROUND_TRUTH, role="self-check"),
     "lpi": verdicts.Claim(
         "planted: paper LPI ranks the plant first", PAPER, "attribution.methods",
         "LPI under the paper's lens ranks the relation's planted experts first", "ground truth",
-        "precision@|planted| of the LPI ranking, all layers (bootstrap over prompts)", verdicts.at_least(0.5),
-        "random ranking: |planted| / pairs", (PLANTED,),
-        role="self-check"),
+        "precision@|planted| of the LPI ranking, all layers (seeds, then prompts)", verdicts.at_least(0.5),
+        "random ranking: |planted| / pairs", GROUND_TRUTH, role="self-check"),
     "lpi_without_layer0": verdicts.Claim(
         "planted: paper LPI ranks the plant first with layer 0 set apart", PAPER, "attribution.methods",
         "LPI under the paper's lens ranks the planted experts first among the pairs of layers 1..L-1",
-        "ground truth", "precision@|planted| of the LPI ranking without layer 0 (bootstrap over prompts)",
+        "ground truth", "precision@|planted| of the LPI ranking without layer 0 (seeds, then prompts)",
         verdicts.at_least(0.5), "random ranking: |planted| / pairs of layers 1..L-1",
-        (PLANTED,), role="self-check"),
+        GROUND_TRUTH, role="self-check"),
     "lpi_faithful": verdicts.Claim(
         "planted: blocking paper LPI's top experts hurts more than random", PAPER, "attribution.methods",
         "blocking the top-k LPI pairs (k = 1..K) lowers the relation's MRR more than blocking k random pairs",
-        "ground truth", "faithfulness area of the LPI ranking, all layers (bootstrap over prompts)",
-        verdicts.exceeds_control(0.0), "k random pairs (draws: mean, 2.5-97.5% range)",
-        (PLANTED,), role="self-check"),
+        "ground truth", "faithfulness area of the LPI ranking, all layers (seeds, then prompts)",
+        verdicts.exceeds_control(0.0), "k random pairs of the scope (mean over the draws), paired on the same prompts",
+        GROUND_TRUTH, role="self-check"),
 }
 
 
@@ -396,67 +395,176 @@ def _precision_estimate(sc: Scores, method: str, relation: str, scope: str, plan
     return verdicts.bootstrap(statistic, len(rows), reps, seed)
 
 
-def _area_estimate(curves: pd.DataFrame, relation: str, scope: str, method: str, reps: int,
-                   seed: int) -> verdicts.Estimate:
+def _auc_estimate(sc: Scores, method: str, relation: str, scope: str, planted: set, reps: int,
+                  seed: int) -> verdicts.Estimate:
+    rows = sc.rows(relation)
+    is_planted = np.array([sc.pairs[c] in planted for c in sc.columns(scope)])
+    return verdicts.bootstrap(lambda idx: ranking_scores(sc.total(method, relation, scope, rows[idx]), is_planted)["auc"],
+                              len(rows), reps, seed)
+
+
+def _area_statistic(curves: pd.DataFrame, relation: str, scope: str, method: str):
+    """statistic(idx) -> the faithfulness area on the prompts ``idx`` (for 'matched random': the mean over draws)."""
     c = curves[(curves.relation == relation) & (curves.scope == scope) & (curves.method == method) & (curves.k > 0)]
-    after, before = np.array(c.rr.tolist()), np.asarray(c.rr_before.iloc[0])
+    after = np.array(c.rr.tolist()).reshape(c.draw.nunique(), c.k.nunique(), -1)  # [draws, ks, prompts]
+    before = np.asarray(c.rr_before.iloc[0])
 
     def statistic(idx):
-        return float((1 - after[:, idx].mean(1) / before[idx].mean()).mean()) if before[idx].mean() else np.nan
+        b = before[idx].mean()
+        return float((1 - after[:, :, idx].mean(-1) / b).mean()) if b else np.nan
 
-    return verdicts.bootstrap(statistic, len(before), reps, seed)
+    return statistic
 
 
-def claim_rows(sc: Scores | None, curves: pd.DataFrame | None, plant: Plant, reps: int = 1000, seed: int = 0,
-               model: str = "") -> pd.DataFrame:
-    """One verdict row per planted relation and check (:data:`CLAIMS`), by the rules fixed above; without a plant,
-    one 'not testable' row per check."""
-    if not plant or sc is None:
+def _area_estimate(curves: pd.DataFrame, relation: str, scope: str, method: str, reps: int,
+                   seed: int) -> verdicts.Estimate:
+    return verdicts.bootstrap(_area_statistic(curves, relation, scope, method), len(_prompts(curves, relation)),
+                              reps, seed)
+
+
+def _prompts(curves: pd.DataFrame, relation: str) -> list:
+    return curves[curves.relation == relation].rr_before.iloc[0]
+
+
+def _excess_estimate(curves: pd.DataFrame, relation: str, scope: str, method: str, reps: int,
+                     seed: int) -> verdicts.Estimate:
+    """The area minus the matched random area, paired over the same prompt resamples."""
+    kit, rnd = (_area_statistic(curves, relation, scope, m) for m in (method, "matched random"))
+    return verdicts.bootstrap(lambda idx: kit(idx) - rnd(idx), len(_prompts(curves, relation)), reps, seed)
+
+
+#: the statistics of the method table that get an interval over seeds
+TABLE_STATISTICS = ("precision", "auc", "faithfulness", "excess")
+
+
+def seed_estimates(sc: Scores, curves: pd.DataFrame, plant: Plant, reps: int = 1000,
+                   seed: int = 0) -> dict[tuple[str, str, str], dict[str, verdicts.Estimate]]:
+    """{(relation, scope, method): {statistic: estimate}} of one seed, each a bootstrap over the relation's prompts
+    (the same resamples for every statistic, so differences pair): precision@|plant| and AUC re-rank each resample;
+    faithfulness is the area, excess the area minus the matched random area on the same resample. 'random' is the
+    mean of :data:`RANDOM_RANKINGS` random rankings (no interval within a seed) for precision and AUC."""
+    out = {}
+    ranks = ranking_table(sc, plant, seed)
+    for relation in plant:
+        planted = planted_pairs(plant, relation)
+        for scope in SCOPES:
+            for m in sc.per_prompt:
+                est = {"faithfulness": _area_estimate(curves, relation, scope, m, reps, seed),
+                       "excess": _excess_estimate(curves, relation, scope, m, reps, seed)}
+                if m == "random":
+                    r = ranks[(ranks.relation == relation) & (ranks.scope == scope) & (ranks.method == m)].iloc[0]
+                    est |= {"precision": verdicts.Estimate(r.precision), "auc": verdicts.Estimate(r.auc)}
+                else:
+                    est |= {"precision": _precision_estimate(sc, m, relation, scope, planted, reps, seed),
+                            "auc": _auc_estimate(sc, m, relation, scope, planted, reps, seed)}
+                out[(relation, scope, m)] = est
+    return out
+
+
+def _over_seeds(estimates: Sequence[verdicts.Estimate]) -> verdicts.Estimate:
+    if len(estimates) > 1 and all(not len(e.draws) for e in estimates):
+        return statistics.t_interval([e.value for e in estimates])
+    return statistics.over_seeds(list(estimates))
+
+
+def interval_table(per_seed: Sequence[dict]) -> pd.DataFrame:
+    """The method table over seeds: per relation, scope and method, each of :data:`TABLE_STATISTICS` as the mean
+    over seeds with its :func:`moescope.statistics.over_seeds` interval (seeds, then prompts; a t interval over the
+    seeds for the random floor); ``seeds``: how many."""
+    rows = []
+    for key in per_seed[0] if per_seed else []:
+        row = dict(zip(("relation", "scope", "method"), key)) | {"seeds": len(per_seed)}
+        for stat in TABLE_STATISTICS:
+            e = _over_seeds([s[key][stat] for s in per_seed])
+            row |= {stat: e.value, f"{stat}_low": e.low, f"{stat}_high": e.high}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_intervals(table: pd.DataFrame, scope: str = SCOPES[0], digits: int = 2) -> pd.DataFrame:
+    """:func:`interval_table` rows of ``scope`` as text, 'value [low, high]' per statistic, one row per relation and
+    method."""
+    t = table[table.scope == scope]
+    out = t[["relation", "method"]].copy()
+    for stat in TABLE_STATISTICS:
+        out[stat] = [f"{v:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi)
+                     else "") for v, lo, hi in zip(t[stat], t[f"{stat}_low"], t[f"{stat}_high"])]
+    return out.reset_index(drop=True)
+
+
+def claim_rows(per_seed: Sequence[dict], evidence: Sequence[dict], plant: Plant, model: str = "") -> pd.DataFrame:
+    """One verdict row per planted relation and check (:data:`CLAIMS`) over the seeds' :func:`seed_estimates`, by the
+    rules fixed above, with the ground-truth preconditions (:data:`moescope.attribution.ground_truth.GROUND_TRUTH`:
+    the relation known beyond its prior, the plant causally confirmed) from the seeds' blocking ``evidence``;
+    without a plant, one 'not testable' row per check."""
+    if not plant or not per_seed:
         return verdicts.table([verdicts.decide(c, {"planted": False}, None, model=model) for c in CLAIMS.values()])
-    rows, area = [], areas(curves)
+    rows = []
     for relation in plant:
         planted = planted_pairs(plant, relation)
         note = f"relation {relation}; plant {sorted(planted)}"
-        facts = {"planted": True}
+        facts = ground_truth.relation_facts(evidence, plant, relation)
         for check, method, scope in (("reference", REFERENCE, SCOPES[0]), ("lpi", "lpi", SCOPES[0]),
                                      ("lpi_without_layer0", "lpi", SCOPES[1])):
-            if method not in sc.per_prompt:
+            key = (relation, scope, method)
+            if key not in per_seed[0]:
                 continue
-            n_pairs = len(sc.columns(scope))
-            est = _precision_estimate(sc, method, relation, scope, planted, reps, seed)
-            rows.append(_row(check, facts, est, verdicts.Estimate(len(planted) / n_pairs), note, relation, model))
-        if "lpi" in sc.per_prompt:
-            a = area[(area.relation == relation) & (area.scope == SCOPES[0]) & (area.method == "lpi")].iloc[0]
-            control = verdicts.Estimate(a.random_area, a.random_low, a.random_high, 0, "draws")
-            est = _area_estimate(curves, relation, SCOPES[0], "lpi", reps, seed)
-            rows.append(_row("lpi_faithful", facts, est, control, note, relation, model))
+            est = _over_seeds([s[key]["precision"] for s in per_seed])
+            chance = verdicts.Estimate(len(planted) / _pairs_in(per_seed, scope, plant))
+            rows.append(_row(check, facts, est, chance, note, relation, model))
+        key = (relation, SCOPES[0], "lpi")
+        if key in per_seed[0]:
+            kit = _over_seeds([s[key]["faithfulness"] for s in per_seed])
+            diff = _over_seeds([s[key]["excess"] for s in per_seed])
+            control = verdicts.Estimate(kit.value - diff.value, n=kit.n, over=kit.over)
+            rows.append(_row("lpi_faithful", facts, kit, control, note, relation, model, diff))
     return verdicts.table(rows)
 
 
-def _row(check: str, facts: dict, kit, control, note: str, relation: str, model: str) -> dict:
-    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note, model=model)
+def _pairs_in(per_seed: Sequence[dict], scope: str, plant: Plant) -> int:
+    return per_seed[0]["_pairs"][scope]
+
+
+def _row(check: str, facts: dict, kit, control, note: str, relation: str, model: str, diff=None) -> dict:
+    row = verdicts.decide(CLAIMS[check], facts, kit, control, note=note, model=model, diff=diff)
     return row | {"claim": f"{row['claim']} ({relation})"}
 
 
-def run(model: str, relations: Sequence[str], n_samples: int | None, ks: Sequence[int] = range(1, 11),
-        draws: int = 10, ig_steps: int = 8, methods: Sequence[str] = METHODS, seed: int = 0, templates: tasks.Templates = tasks.HELD_OUT,
-        device: str = "cpu", dtype: str | None = None) -> dict[str, pd.DataFrame]:
-    """Every table of the benchmark in one call: plant, per-method ranking scores, faithfulness curves and areas, the
-    method table, the LPI lenses' depth statistics with layer 0 set apart, verdict rows. A model without a plant (or
-    a dense one) gets empty tables and 'not testable' verdicts. Only the planted relations' prompts are scored."""
-    torch.manual_seed(seed)
-    lm = tasks.loaded(zoo.require_trained(model), device, dtype)
-    plant = ground_truth.load_plant(model, relations)
-    if not plant or not any(p.is_moe for p in arch.layers(lm.model)):
-        empty = pd.DataFrame()
-        return {"plant": ground_truth.plant_table(plant), "ranks": empty, "curves": empty, "areas": empty,
-                "table": empty, "depth": empty, "claims": claim_rows(None, None, {}, model=model)}
+def run(model: str | Sequence[str], relations: Sequence[str], n_samples: int | None, ks: Sequence[int] = range(1, 11),
+        draws: int = 10, ig_steps: int = 8, methods: Sequence[str] = METHODS, seed: int = 0,
+        templates: tasks.Templates = tasks.HELD_OUT, device: str = "cpu", dtype: str | None = None,
+        across_seeds: bool = True, reps: int = 1000) -> dict[str, pd.DataFrame]:
+    """Every table of the benchmark in one call, for ``model`` and (``across_seeds``) its registered seeds: plant,
+    per-method ranking scores, faithfulness curves and areas, the method table (each with a model column), the
+    method table over seeds with intervals (``intervals``), the LPI lenses' depth statistics with layer 0 set apart,
+    verdict rows over the seeds. A model without a plant (or a dense one) gets empty tables and 'not testable'
+    verdicts. Only the planted relations' prompts are scored."""
+    names = ground_truth.seed_models(model, across_seeds)
+    plant = ground_truth.load_plant(names[0], relations)
+    empty = pd.DataFrame()
+    label = ground_truth.seed_label(names)
     fr = tasks.facts(relations, n_samples, templates)
     fr = fr[fr.relation.isin(list(plant))].reset_index(drop=True)  # only planted relations are ranked
-    sc = scores(lm, fr, methods, ig_steps, seed)
-    ranks = ranking_table(sc, plant, seed)
-    curves = faithfulness(lm, sc, plant, ks, draws, seed)
-    area = areas(curves)
-    return {"plant": ground_truth.plant_table(plant), "ranks": ranks, "curves": curves, "areas": area,
-            "table": method_table(ranks, area), "depth": sc.depth, "scores": sc,
-            "claims": claim_rows(sc, curves, plant, seed=seed, model=model)}
+    out: dict[str, list[pd.DataFrame]] = {k: [] for k in ("ranks", "curves", "areas", "table", "depth")}
+    per_seed, evidence, kept = [], [], {}
+    for name in names:
+        torch.manual_seed(seed)
+        lm = tasks.loaded(zoo.require_trained(name), device, dtype)
+        if not plant or not any(p.is_moe for p in arch.layers(lm.model)):
+            continue
+        sc = scores(lm, fr, methods, ig_steps, seed)
+        ranks = ranking_table(sc, plant, seed)
+        curves = faithfulness(lm, sc, plant, ks, draws, seed)
+        area = areas(curves)
+        for k, v in (("ranks", ranks), ("curves", curves), ("areas", area), ("table", method_table(ranks, area)),
+                     ("depth", sc.depth)):
+            out[k].append(v.assign(model=name))
+        blocked = ground_truth.blocking_table(lm, fr, plant, seed=seed)
+        evidence.append(ground_truth.seed_evidence(empty, blocked, fr, plant, len(sc.pairs), reps, seed))
+        per_seed.append(seed_estimates(sc, curves, plant, reps, seed)
+                        | {"_pairs": {scope: len(sc.columns(scope)) for scope in SCOPES}})
+        kept[name] = sc
+    tables = {k: pd.concat(v, ignore_index=True) if v else empty for k, v in out.items()}
+    estimates = [{k: v for k, v in s.items() if k != "_pairs"} for s in per_seed]
+    return {"plant": ground_truth.plant_table(plant), **tables, "intervals": interval_table(estimates),
+            "scores": kept, "claims": claim_rows(per_seed, evidence, plant, model=label)}

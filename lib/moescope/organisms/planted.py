@@ -11,6 +11,47 @@ An OLMoE-like model (two layers) is trained on every relation, with routing edit
 The MoE path of a planted fact therefore runs through its planted experts only (attention, shared by all facts,
 can still hold part of them): attribution must rank them first, and blocking them must collapse those relations
 towards chance while the others hold.
+
+Gen-2 design (``g2-planted-olmoe-l8`` and its seeds ``-s1``, ``-s2``: one spec, one plant, three seeds), fixed
+before training (issue 19, item 3), in an 8-layer OLMoE-like model (16 experts, top-4) on the gen-2 corpus:
+
+==========================  =========  ============  ==========================================================
+relation                    layer      experts       why
+==========================  =========  ============  ==========================================================
+name_birthplace             1 (early)  5 (single)    held-out MRR 0.58 against a prior of 0.14 in the shipped
+                                                     planted organism; person names are no other relation's
+                                                     subjects; layer 1, not 0, so that setting layer 0 apart
+                                                     (the lens artefact of issue 19) leaves every plant in view
+country_capital_city        4 (mid)    2, 9, 13      0.49 against 0.04; redundant triple; country_language and
+                                       (redundant)   country_currency share its subjects: the hardest
+                                                     unplanted controls for "spares unplanted relations"
+verb_past_tense             6 (late)   3, 11         0.19 against 0.02 (0.39-0.51 in the unplanted 8-layer
+                                       (redundant)   MoEs); verbs are no other relation's subjects
+==========================  =========  ============  ==========================================================
+
+The other eight relations are unplanted (fruit_inside_color, known no better than its colour prior, and
+object_superclass, 0.11 against 0.10 in the shipped planted organism, are no longer planted). Priors are
+:func:`moescope.attribution.tasks.prior_mrr` (objects ranked by how many of the relation's facts have them).
+
+The plant must hold at inference, where no hook keeps other relations off it. The shipped seed-0 organism, trained
+with the router loss at 0.1, did not: without hooks its routers put 0.1-0.16 of their probability on the planted
+experts (planted experts in the top-4 at 30-70% of last positions) for relations they were not planted for, about
+what a uniform router gives, so blocking a plant moved the other relations. Here the router loss weighs
+:data:`GEN2_ROUTER_LOSS_WEIGHT` = 1.0 (ten times more), and the bound fixed before training is :data:`LEAK_BOUND`:
+for the relations a layer does not plant, the router's mean probability of that layer's planted experts at the
+prompt's last position (:func:`plant_leak`, held-out templates, no hook) must stay below 0.02 per relation. Notebook
+45 prints it for every seed; the "spares unplanted relations" check (moescope.attribution.ground_truth) is its
+behavioural counterpart, two-sided.
+
+Outcome (recorded after training, the design unchanged): read through the model's own router logits, the loss at
+1.0 reshaped the residual stream and left the first two seeds at their priors (held-out MRR of the paper's tasks
+0.16-0.18), so the loss now trains the routers only (their inputs detached). The shipped seeds (training 694, 697 and
+351 s on the shared 2-core machine) know their relations again (0.41-0.51), but miss LEAK_BOUND in every planted
+layer: a linear router on a residual stream it may not shape does not route by relation (0.02-0.10 of the plant's
+probability on other relations on average, the planted relation's own plant 0.08-0.43). The plant is where a
+relation was learnt, not where the router sends it without hooks. verb_past_tense, the late plant, is not known
+clearly beyond its prior over the seeds and its plant barely beats random blocking: notebook 45's preconditions make
+its checks not testable.
 """
 from __future__ import annotations
 
@@ -135,20 +176,37 @@ def train_planted(spec: organisms.OrganismSpec = SPEC) -> dict:
 # text, can still carry part of it).
 
 GEN2_NAME = "g2-planted-olmoe-l8"
-#: relation -> {layer: planted experts}: a redundant triple in a middle layer, a redundant pair in the last layer,
-#: a single expert in a late layer; name_birthplace and country_language are unplanted controls.
+#: the seeds of the gen-2 planted design: seed 0 keeps the name it shipped with, the others get -s<seed>
+GEN2_SEEDS: tuple[int, ...] = (0, 1, 2)
+GEN2_NAMES: tuple[str, ...] = tuple(GEN2_NAME if s == 0 else f"{GEN2_NAME}-s{s}" for s in GEN2_SEEDS)
+#: relation -> {layer: planted experts}, fixed before training (see the module docstring, "gen-2 design"):
+#: an early single expert, a mid-depth redundant triple, a late redundant pair, each on a relation the unplanted
+#: 8-layer organisms know far beyond its object-frequency prior and whose subjects no other relation shares but one
+#: (country_language shares the capital plant's countries: the hardest unplanted control).
 GEN2_PLANT: dict[str, dict[int, tuple[int, ...]]] = {
-    "country_capital_city": {3: (4, 9, 13)},
-    "fruit_inside_color": {7: (6, 12)},
-    "object_superclass": {6: (1,)},
+    "name_birthplace": {1: (5,)},
+    "country_capital_city": {4: (2, 9, 13)},
+    "verb_past_tense": {6: (3, 11)},
 }
+#: weight of the router loss in the gen-2 planted training (gen 1 keeps ROUTER_LOSS_WEIGHT): ten times gen 1's 0.1,
+#: under which the shipped seed-0 organism's routers put 0.1-0.16 of their probability (top-k at 40-77% of last
+#: positions) on planted experts for relations they were not planted for, when no hook keeps them off
+GEN2_ROUTER_LOSS_WEIGHT = 1.0
 
 
-def gen2_spec(budget: dict) -> "gen2.Gen2Spec":
-    """The gen-2 planted organism's spec, with the training budget of the 8-layer pairs."""
-    return gen2.Gen2Spec(GEN2_NAME, "olmoe", configs.Shape(hidden=64, layers=8, experts=16, top_k=4, expert_width=16),
+def gen2_spec(budget: dict, seed: int = 0) -> "gen2.Gen2Spec":
+    """The gen-2 planted organism's spec from ``seed`` (named as in :data:`GEN2_NAMES`), with the training budget of
+    the 8-layer pairs."""
+    name = GEN2_NAMES[GEN2_SEEDS.index(seed)]
+    return gen2.Gen2Spec(name, "olmoe", configs.Shape(hidden=64, layers=8, experts=16, top_k=4, expert_width=16),
                          "ground truth for expert attribution (no real counterpart)", group="planted-olmoe-l8",
-                         role="planted", **budget)
+                         role="planted", seed=seed, **budget)
+
+
+def card_extra(plant: dict[str, dict[int, tuple[int, ...]]] = GEN2_PLANT) -> dict:
+    """What a planted card adds to the spec (and its hash): the plant and the router loss weight."""
+    return {"plant": {r: {str(l): list(e) for l, e in p.items()} for r, p in plant.items()},
+            "router_loss_weight": GEN2_ROUTER_LOSS_WEIGHT, "router_loss_input": "detached"}
 
 
 def _rows_of(relations: list[str], relation: str, real: torch.Tensor) -> torch.Tensor:
@@ -215,17 +273,44 @@ def gen2_router_loss(router_logits: tuple[torch.Tensor, ...], plant: dict[str, d
     return torch.stack(losses).mean()
 
 
+def _router_inputs_hooks(model: nn.Module, layers, store: dict) -> list:
+    """Router pre-hooks that keep each planted layer's router input (the hidden states it routes) in ``store``."""
+    parts = {p.index: p for p in arch.layers(model)}
+
+    def keep(layer: int):
+        def pre_hook(module, args):
+            store[layer] = args[0]
+        return pre_hook
+
+    return [(parts[layer].router, "pre", keep(layer)) for layer in layers]
+
+
 def gen2_extras(plant: dict[str, dict[int, tuple[int, ...]]], seed: int):
-    """``extras_for`` of :func:`moescope.organisms.gen2.train_gen2`: the planting hooks and the router loss."""
+    """``extras_for`` of :func:`moescope.organisms.gen2.train_gen2`: the planting hooks and the router loss.
+
+    The router loss reads the routers' logits recomputed from their inputs *detached*
+    (:func:`moescope.routing.logits`): it trains the router weights only and never reshapes the residual stream.
+    (Read through the model's own router logits at weight 1.0, its gradient through every earlier layer left the
+    organisms at their priors: held-out MRR of the paper's tasks 0.16-0.18 against 0.43 at weight 0.1.)"""
 
     def extras_for(model: nn.Module, corpus) -> dict:
         row_relation = list(corpus.train.relation)
         rows_relations = lambda rows: [row_relation[i] for i in rows]  # noqa: E731
         gen = torch.Generator().manual_seed(seed + 1)
+        parts = {p.index: p for p in arch.layers(model)}
+        layers = sorted(planted_by_layer(plant))
+        inputs: dict[int, torch.Tensor] = {}
+
+        def extra_loss(out, rows, real):
+            logits = [None] * (max(layers) + 1)
+            for layer in layers:
+                logits[layer] = routing.logits(parts[layer].router, inputs[layer].detach())
+            return GEN2_ROUTER_LOSS_WEIGHT * gen2_router_loss(tuple(logits), plant, rows_relations(rows), real)
+
         return {
-            "step_hooks": lambda rows, real: gen2_hooks(model, plant, rows_relations(rows), real, gen),
-            "extra_loss": lambda out, rows, real: ROUTER_LOSS_WEIGHT * gen2_router_loss(
-                out.router_logits, plant, rows_relations(rows), real),
+            "step_hooks": lambda rows, real: (gen2_hooks(model, plant, rows_relations(rows), real, gen)
+                                              + _router_inputs_hooks(model, layers, inputs)),
+            "extra_loss": extra_loss,
         }
 
     return extras_for
@@ -234,5 +319,54 @@ def gen2_extras(plant: dict[str, dict[int, tuple[int, ...]]], seed: int):
 def train_gen2_planted(spec: "gen2.Gen2Spec", plant: dict[str, dict[int, tuple[int, ...]]] = GEN2_PLANT,
                        out_dir=None) -> dict:
     """Train the gen-2 planted organism and save it; the card records the plant."""
-    card_plant = {r: {str(l): list(e) for l, e in p.items()} for r, p in plant.items()}
-    return gen2.train_gen2(spec, out_dir, extras_for=gen2_extras(plant, spec.seed), card_extra={"plant": card_plant})
+    return gen2.train_gen2(spec, out_dir, extras_for=gen2_extras(plant, spec.seed), card_extra=card_extra(plant))
+
+
+#: the bound the router loss must meet without any hook: on held-out prompts of the relations a layer does not
+#: plant, the router's mean probability of that layer's planted experts (summed) at the last position
+LEAK_BOUND = 0.02
+
+
+@torch.no_grad()
+def plant_leak(model: nn.Module, tokenizer, plant: dict[str, dict[int, tuple[int, ...]]], frame, batch_size: int = 256):
+    """How much of the plant the router picks, without any hook, for prompts it was not planted for.
+
+    Per planted layer and scored relation (``frame``: prompt, relation): over the prompts' last positions and over
+    all their tokens, the mean router probability of the layer's planted experts (summed; for the relation planted
+    there, its own experts) and the fraction of positions where one of them is in the top-k. Columns: layer,
+    relation, planted_here, p_last, p_all, topk_last, topk_all.
+    """
+    import pandas as pd
+
+    model.eval()
+    by_layer = planted_by_layer(plant)
+    parts = {p.index: p for p in arch.layers(model)}
+    k = arch.top_k(model)
+    sums: dict[tuple[int, str], list[float]] = {}
+    prompts_, relations = list(frame.prompt), list(frame.relation)
+    for start in range(0, len(prompts_), batch_size):
+        enc = tokenizer(prompts_[start:start + batch_size], return_tensors="pt", padding=True)
+        real = enc["attention_mask"].bool()
+        last = torch.zeros_like(real)
+        if tokenizer.padding_side == "left":
+            last[:, -1] = True
+        else:
+            last[torch.arange(len(real)), real.sum(1) - 1] = True
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_router_logits=True,
+                    use_cache=False)
+        for layer, experts in by_layer.items():
+            probs = routing.probabilities(parts[layer].router, out.router_logits[layer]).view(*real.shape, -1)
+            top = probs.topk(k, dim=-1).indices
+            for b, relation in enumerate(relations[start:start + batch_size]):
+                own = list(plant.get(relation, {}).get(layer, experts))
+                p = probs[b][:, own].sum(-1)
+                hit = torch.isin(top[b], torch.tensor(own)).any(-1).float()
+                acc = sums.setdefault((layer, relation), [0.0] * 6)
+                for i, (v, m) in enumerate([(p, last[b]), (p, real[b]), (hit, last[b]), (hit, real[b])]):
+                    acc[i] += float(v[m].sum())
+                acc[4] += float(last[b].sum())
+                acc[5] += float(real[b].sum())
+    rows = [{"layer": layer, "relation": relation, "planted_here": layer in plant.get(relation, {}),
+             "p_last": a[0] / a[4], "p_all": a[1] / a[5], "topk_last": a[2] / a[4], "topk_all": a[3] / a[5]}
+            for (layer, relation), a in sorted(sums.items())]
+    return pd.DataFrame(rows)

@@ -131,7 +131,7 @@ def _shared_spec(name: str, seed: int) -> Gen2Spec:
 
 _SPECS = [s for p in PAIRS for s in _pair_specs(p)] + [
     *(_shared_spec(name, seed) for seed, name in enumerate(SHARED_SEEDS)),
-    planted.gen2_spec(BUDGET[8]),
+    *(planted.gen2_spec(BUDGET[8], seed) for seed in planted.GEN2_SEEDS),
 ]
 #: every gen-2 organism, in training order (the first 8-layer pair, the planted and the shared-expert model first)
 GEN2_ZOO: dict[str, Gen2Spec] = {s.name: s for s in sorted(_SPECS, key=lambda s: (s.seed > 0 or s.shape.layers > 8))}
@@ -152,6 +152,8 @@ def seeds_of(name: str) -> list[str]:
     """The same pair member (or the shared-expert model) trained from every registered seed ([name] for any other)."""
     if name in SHARED_SEEDS:
         return list(SHARED_SEEDS)
+    if name in planted.GEN2_NAMES:
+        return list(planted.GEN2_NAMES)
     p = _pair_of(name)
     if p is None:
         return [name]
@@ -180,7 +182,7 @@ def _gen2_is_current(name: str) -> bool:
     if card is None:
         return False
     corpus, _ = gen2.gen2_data(spec.corpus, spec.vocab_size)
-    extra = {"plant": card["plant"]} if spec.role == "planted" else None
+    extra = planted.card_extra() if spec.role == "planted" else None
     return card.get("spec_hash") == gen2.spec_hash(spec, extra) and card.get("data_hash") == corpus.hash()
 
 
