@@ -77,12 +77,20 @@ def _adamw_steps(fused: bool) -> torch.Tensor:
     return p.detach()
 
 
-def _matmuls(out: dict[str, str]) -> None:
+def matmul_hashes(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul) -> dict[str, str]:
+    """case -> hash of the matrix-product cases (short and long inner dimensions, both operand layouts) computed
+    by ``mm`` (default ``@``; :mod:`moescope.kit.branches` passes alternatives)."""
+    out = {}
     for m, n, k in [(1280, 64, 64), (1280, 256, 64), (64, 64, 1280), (64, 64, 4096), (256, 64, 1280),
                     (1024, 64, 1280), (64, 1024, 1280), (8, 8, 100000), (64, 64, 17), (64, 64, 333)]:
         x, y = _draw(m * 7 + n * 3 + k, (m, k), (k, n))
-        out[f"mm {m}x{k}@{k}x{n}"] = _h(x @ y)
-        out[f"mm^T {m}x{k}@{k}x{n}"] = _h((y.t().contiguous().t().t() @ x.t()).t())
+        out[f"mm {m}x{k}@{k}x{n}"] = _h(mm(x, y))
+        out[f"mm^T {m}x{k}@{k}x{n}"] = _h(mm(y.t().contiguous().t().t(), x.t()).t())
+    return out
+
+
+def _matmuls(out: dict[str, str]) -> None:
+    out.update(matmul_hashes())
 
 
 def _layers(out: dict[str, str]) -> None:
