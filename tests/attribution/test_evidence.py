@@ -88,6 +88,24 @@ def test_efficiency_advantage_on_a_depth_matched_pair():
     assert same["T1.advantage.direction"]["verdict"] == same["T1.advantage.acl31"]["verdict"] == "not reproduced"
 
 
+def test_efficiency_advantage_with_layer0_set_apart():
+    """Without layer 0 the sums start at layer 1 and the per-layer divisor is L - 1: an MoE whose advantage sits in
+    its first layer (1.31x in total, 1.08x over layers 1..7) is read on the rest."""
+    eff = efficiency_of(1.31)
+    s = eff.samples
+    eff.samples = s.assign(ffn_gain_layer0=np.where(s.model == "moe", s.ffn_gain - 1.08 * 1.5, 0.5), attn_gain_layer0=0.0)
+    dense = s[s.model == "dense"].ffn_gain.to_numpy()
+    eff.samples.loc[eff.samples.model == "dense", "ffn_gain_layer0"] = dense - 1.5
+    apart = eff.without_layer0()
+    assert apart.layers_counted("moe") == 7 and eff.layers_counted("moe") == 8
+    assert np.allclose(apart.ffn["moe"], 1.08 * 1.5) and np.allclose(apart.ffn["dense"], 1.5)
+    rows = by_claim(evidence.advantage_rows(apart, evidence.WITHOUT_LAYER0))
+    acl = rows["T1.advantage.acl31"]
+    assert acl["kit"] == pytest.approx(0.08) and acl["reading"] == evidence.WITHOUT_LAYER0
+    assert acl["verdict"] == "not reproduced"  # 1.08x is far below the paper's +31%
+    assert by_claim(evidence.table1_rows(eff))["T1.advantage.acl31"]["kit"] == pytest.approx(0.31, abs=0.01)
+
+
 def efficiency_by_depth(ratios: dict[int, float], seeds: int = 3, n: int = 100) -> Efficiency:
     """One-to-one MoE/dense pairs at each depth (``ratios``: depth -> the MoE's FFN gain / the dense one's), ``seeds``
     pairs per depth, each seed with its own noise."""

@@ -121,6 +121,14 @@ def test_efficiency_and_depth_on_a_depth_matched_pair(tokenizer):
     readings = efficiency.group_readings(eff, eff.groups[0])
     assert readings["mean MoE / best dense"] == pytest.approx(t.loc[moe.name, "per_layer_efficiency"] /
                                                               t.loc[dense.name, "per_layer_efficiency"] - 1)
+    # layer 0 set apart, against the layer-level attribution summed over layers 1..L-1 directly
+    per_layer = {}
+    for lm in (moe, dense):
+        layers = tasks.attribution(lm, tasks.facts(RELS, N, tasks.HELD_OUT), neurons=False).layers
+        rest = layers[layers.layer >= 1].groupby("sample_id").ffn_gain.sum()
+        per_layer[lm.name] = rest.mean() / (eff.facts[lm.name]["layers"] - 1)
+    apart = efficiency.group_readings(eff.without_layer0(), eff.groups[0])
+    assert apart["mean MoE / best dense"] == pytest.approx(per_layer[moe.name] / per_layer[dense.name] - 1, rel=1e-9)
     dp = depth.profile([moe, dense], RELS, N)
     assert len(dp.profile) == 4 and (dp.stages[["early", "middle", "late"]].sum(axis=1) - 1).abs().max() < 1e-9
     assert list(dp.profile[dp.profile.model == moe.name].paper_stage) == ["early", "late"]

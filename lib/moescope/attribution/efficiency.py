@@ -4,12 +4,13 @@ MoE-over-dense efficiency advantage on depth-matched groups.
 Per sample i of a model with L layers: FFN_i = sum_l FFNGain_{i,l}, Attn_i = sum_l AttnGain_{i,l},
 peak_i = (argmax_l FFNGain_{i,l} + 1) / L. Per model: FFN gain = mean_i FFN_i, per-layer efficiency
 eff = FFN gain / L, peak position = mean_i peak_i. The advantage readings of a group are those of
-:func:`moescope.attribution.paper.efficiency_readings` on its models' eff.
+:func:`moescope.attribution.paper.efficiency_readings` on its models' eff. With layer 0 set apart
+(:meth:`Efficiency.without_layer0`): FFN_i = sum_{l >= 1} FFNGain_{i,l} (Attn_i alike) and eff = mean_i FFN_i / (L - 1).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -23,22 +24,40 @@ from . import paper, replicas, summaries, tasks
 class Efficiency:
     """``samples``: model, sample_id, task, family, rank, ffn_gain, attn_gain, peak_position (one row per prompt
     and model; the same prompts for every model). ``table``: Table 1, one row per model. ``facts``: per model,
-    :func:`moescope.attribution.tasks.model_facts` plus the prompts' baseline. ``groups``: depth-matched groups."""
+    :func:`moescope.attribution.tasks.model_facts` plus the prompts' baseline. ``groups``: depth-matched groups.
+    ``first_layer``: 0, or 1 when layer 0 is set apart (the sums and the per-layer divisor start at layer 1)."""
 
     samples: pd.DataFrame
     table: pd.DataFrame
     facts: dict[str, dict]
     groups: list[replicas.Group] = field(default_factory=list)
+    first_layer: int = 0
+
+    def without_layer0(self) -> Efficiency:
+        """The same prompts and groups, every advantage statistic over layers 1..L-1 (``samples`` must carry
+        ``ffn_gain_layer0`` and ``attn_gain_layer0``, as :func:`model_samples` writes them)."""
+        return replace(self, first_layer=1)
+
+    def layers_counted(self, model: str) -> int:
+        """The number of layers a per-layer statistic of ``model`` divides by: L, or L - 1 with layer 0 apart."""
+        return self.facts[model]["layers"] - self.first_layer
+
+    def _sums(self, gain: str) -> dict[str, np.ndarray]:
+        out = {}
+        for m, g in self.samples.groupby("model", sort=False):
+            total = g[gain].to_numpy()
+            out[m] = total - g[f"{gain}_layer0"].to_numpy() if self.first_layer else total
+        return out
 
     @cached_property
     def ffn(self) -> dict[str, np.ndarray]:
-        """FFN_i of each model's prompts, in prompt order."""
-        return {m: g.ffn_gain.to_numpy() for m, g in self.samples.groupby("model", sort=False)}
+        """FFN_i of each model's prompts, in prompt order (from layer ``first_layer`` on)."""
+        return self._sums("ffn_gain")
 
     @cached_property
     def attn(self) -> dict[str, np.ndarray]:
-        """Attn_i of each model's prompts, in prompt order."""
-        return {m: g.attn_gain.to_numpy() for m, g in self.samples.groupby("model", sort=False)}
+        """Attn_i of each model's prompts, in prompt order (from layer ``first_layer`` on)."""
+        return self._sums("attn_gain")
 
 
 def model_samples(lm: LoadedModel, fr: pd.DataFrame) -> pd.DataFrame:
@@ -72,10 +91,11 @@ def measure(models: Sequence[str | LoadedModel], relations=tasks.DEFAULT_RELATIO
 
 def group_readings(eff: Efficiency, group: replicas.Group, idx: np.ndarray | None = None,
                    gain: str = "ffn") -> dict[str, float]:
-    """Every reading of the efficiency advantage inside one group, eff = mean_{i in idx} FFN_i / L (all prompts
+    """Every reading of the efficiency advantage inside one group, eff = mean_{i in idx} FFN_i / L (L - 1 with layer
+    0 apart; all prompts
     when ``idx`` is None; the paired readings need a one-to-one pair); ``gain='attn'``: the same readings of the
     attention gain per layer, mean_i Attn_i / L."""
     take = slice(None) if idx is None else idx
     per_prompt = eff.ffn if gain == "ffn" else eff.attn
-    values = {m: per_prompt[m][take].mean(-1) / eff.facts[m]["layers"] for m in group.models}
+    values = {m: per_prompt[m][take].mean(-1) / eff.layers_counted(m) for m in group.models}
     return paper.efficiency_readings(values, group.moe, group.dense, group.pair)

@@ -26,6 +26,8 @@ from .efficiency import Efficiency, group_readings
 from .neurons import NeuronRoles
 
 PERMUTATIONS = 2000
+#: the reading of a claim with layer 0 (the first layer) set apart: every statistic over layers 1..L-1
+WITHOUT_LAYER0 = "without layer 0"
 Row = dict[str, Any]
 
 
@@ -119,25 +121,26 @@ def _group_estimate(eff: Efficiency, group, reading: str, n: int, seed: int, gai
                                 n, reps=statistics.REPS, seed=seed, batched=True)
 
 
-def advantage_rows(eff: Efficiency) -> list[Row]:
+def advantage_rows(eff: Efficiency, reading: str = v.PAPER_READING) -> list[Row]:
     """The MoE-over-dense efficiency advantage, each reading, on the depth-matched groups only: per depth (its seeds,
     hierarchical bootstrap: seeds, then prompts) and, when the run has several depths, pooled over them. Depths are
     strata, not replicates: the pooled row is the mean of the per-depth estimates with each depth resampled on its
     own (:func:`moescope.statistics.over_strata`), so its interval does not count the spread between depths as
     sampling error. Every row is the same claim under the same rule (the report tallies it once, over its rows);
-    with one depth the pooled row is that depth's row."""
+    with one depth the pooled row is that depth's row. ``reading`` names the variant ``eff`` is under (e.g.
+    :data:`WITHOUT_LAYER0` for ``eff.without_layer0()``)."""
     n = int(eff.samples.groupby("model").size().min()) if len(eff.samples) else 0
-    readings = ({"T1.advantage.direction": ("mean MoE / mean dense", "ffn")}
-                | {k: (r, "ffn") for k, (r, *_) in claims.ADVANTAGE.items()}
-                | {k: (r, "attn") for k, (r, *_) in claims.ATTENTION.items()})
+    statistics_of = ({"T1.advantage.direction": ("mean MoE / mean dense", "ffn")}
+                     | {k: (r, "ffn") for k, (r, *_) in claims.ADVANTAGE.items()}
+                     | {k: (r, "attn") for k, (r, *_) in claims.ATTENTION.items()})
     rows = []
-    for cid, (reading, gain) in readings.items():
-        groups = [g for g in eff.groups if g.pair is not None or "paired" not in reading]
+    for cid, (statistic, gain) in statistics_of.items():
+        groups = [g for g in eff.groups if g.pair is not None or "paired" not in statistic]
         depths = sorted({g.depth for g in groups})
         by_depth = []
         for i, depth in enumerate(depths):
             at = [g for g in groups if g.depth == depth]
-            ests = [_group_estimate(eff, g, reading, n, statistics.SEED, gain) for g in at]
+            ests = [_group_estimate(eff, g, statistic, n, statistics.SEED, gain) for g in at]
             est = (statistics.one_model(ests[0]) if len(ests) == 1 else
                    statistics.hierarchical(ests, statistics.REPS, statistics.SEED + i))  # own seed: depths resampled apart
             by_depth.append((depth, at, est))
@@ -146,7 +149,7 @@ def advantage_rows(eff: Efficiency) -> list[Row]:
                 rows.append(_advantage_row(cid, [g for g in eff.groups if g.depth == depth],
                                            est.relabel(f"{est.over} ({depth}-layer pairs)"),
                                            f"{depth} layers: {label([g.moe[0] for g in at])} vs "
-                                           f"{label([g.dense[0] for g in at])}", eff))
+                                           f"{label([g.dense[0] for g in at])}", eff, reading))
         if not by_depth:
             kit = None
         elif len(by_depth) == 1:
@@ -155,7 +158,7 @@ def advantage_rows(eff: Efficiency) -> list[Row]:
             kit = statistics.over_strata([e for *_, e in by_depth], f"depths ({', '.join(map(str, depths))} layers) "
                                          "x seeds x prompts")
         rows.append(_advantage_row(cid, eff.groups, kit, ("pooled over depths: " if len(by_depth) > 1 else "")
-                                   + ", ".join(eff.table.model), eff))
+                                   + ", ".join(eff.table.model), eff, reading))
     return rows
 
 
@@ -168,12 +171,13 @@ def _denominator_low(eff: Efficiency, groups: Sequence, gain: str) -> float:
     return float(min(lows)) if lows else math.nan
 
 
-def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: str, eff: Efficiency) -> Row:
+def _advantage_row(cid: str, groups: Sequence, kit: v.Estimate | None, model: str, eff: Efficiency,
+                   reading: str = v.PAPER_READING) -> Row:
     """One advantage row over the depth-matched ``groups`` of its scope (one depth, or all); ``model`` names it."""
     gain = "attn" if cid in claims.ATTENTION else "ffn"
     facts = {"model": "all", "matched_groups": len(groups), "paired_groups": sum(g.pair is not None for g in groups),
              "denominator_low": _denominator_low(eff, groups, gain)}
-    return claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff), model=model)
+    return claims.decide(cid, facts, kit, v.Estimate(0.0), _group_note(eff), model=model, reading=reading)
 
 
 # ---------------------------------------------------------------------------------------------------- depth
@@ -250,7 +254,7 @@ def depth_rows(dp: DepthProfile, reading: str = v.PAPER_READING, without_layer0:
 
 #: the readings of the depth claims besides the paper's: (reading, lens, layer 0 set apart)
 DEPTH_VARIANTS = (("lens: local scale", "local", False), ("lens: contrastive", "contrastive", False),
-                  ("without layer 0", "final", True))
+                  (WITHOUT_LAYER0, "final", True))
 
 
 def survival(rows: Sequence[Row]) -> pd.DataFrame:

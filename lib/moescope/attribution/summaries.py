@@ -45,11 +45,15 @@ def stage_shares(layers: pd.DataFrame) -> dict[str, float]:
 
 
 def per_sample(layers: pd.DataFrame) -> pd.DataFrame:
-    """Per sample: summed FFN and attention gain over the layers, and the relative depth of the peak FFN layer."""
+    """Per sample: summed FFN and attention gain over the layers, the relative depth of the peak FFN layer, and the
+    first layer's FFN and attention gain (``ffn_gain_layer0``, ``attn_gain_layer0``: what setting layer 0 apart
+    removes)."""
     n = int(layers["layer"].max() + 1)
     grouped = layers.groupby("sample_id")
     out = grouped[["ffn_gain", "attn_gain"]].sum()
     out["peak_position"] = (layers.loc[grouped["ffn_gain"].idxmax()].set_index("sample_id")["layer"] + 1) / n
+    first = layers[layers["layer"] == 0].set_index("sample_id")
+    out["ffn_gain_layer0"], out["attn_gain_layer0"] = first["ffn_gain"], first["attn_gain"]
     return out.reset_index()
 
 
