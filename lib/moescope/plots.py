@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import paths  # noqa: E402
 
@@ -23,6 +24,16 @@ PALETTE = {"moe": "#1f77b4", "dense": "#ff7f0e", "shared": "#2ca02c", "routed": 
 def use_style() -> None:
     """Apply the kit's matplotlib style."""
     plt.rcParams.update(STYLE)
+
+
+def legend_outside(ax: plt.Axes, **kw) -> None:
+    """The axes' legend to their right, off the data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, **kw)
+
+
+def integer_ticks(ax: plt.Axes) -> None:
+    """Integer ticks on the x axis (layers, counts, stages), never 0.5 or -0.25."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def caption(fig: plt.Figure) -> str:

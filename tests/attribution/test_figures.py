@@ -4,6 +4,7 @@ verdict table decides on."""
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
 from moescope import plots
@@ -12,6 +13,7 @@ from moescope.attribution.ablation import NEITHER, Ablation
 from moescope.attribution.blocking import Blocking
 from moescope.attribution.coordination import Coordination
 from moescope.attribution.depth import DepthProfile
+from moescope.attribution.efficiency import Efficiency
 from moescope.attribution.neurons import NeuronRoles
 
 CONFIGS = [("top-1 routed only", False, 1, False), ("shared only", True, 0, False), (NEITHER, False, 0, False),
@@ -95,3 +97,16 @@ def test_layer_axes_have_integer_ticks_and_legends_sit_off_the_data():
     within = pd.DataFrame({"layer": [0, 1, 2], "r": [0.1, 0.2, 0.3], "low": [0.0] * 3, "high": [0.5] * 3})
     fig = figures.coordination(co, within)
     assert _integer_ticks(fig.axes[0].xaxis) and _legend_is_outside(fig.axes[0], fig)
+
+
+def test_efficiency_draws_each_design_as_the_mean_of_its_seeds_beside_table1():
+    table = pd.DataFrame({"model": ["moe-s0", "moe-s1", "dense-s0", "dense-s1", "solo"],
+                          "moe": [True, True, False, False, True], "per_layer_efficiency": [0.2, 0.4, 0.1, 0.3, 0.5]})
+    fig = figures.efficiency(Efficiency(pd.DataFrame(), table, {}))
+    kit, ref = fig.axes
+    assert [p.get_height() for p in kit.patches] == pytest.approx([0.3, 0.2, 0.5])  # one bar per design: the mean
+    dots = [c for c in kit.collections if isinstance(c, PathCollection)]
+    assert sum(len(c.get_offsets()) for c in dots) == 5 and len(kit.collections) - len(dots) == 2  # seeds; ranges
+    assert [t.get_text() for t in kit.get_xticklabels()] == ["moe\n(2 seeds)", "dense\n(2 seeds)", "solo\n(1 seed)"]
+    assert [p.get_height() for p in ref.patches] == pytest.approx(list(paper.TABLE1.per_layer_efficiency))
+    assert "nats" in kit.get_ylabel() and _legend_is_outside(kit, fig) and plots.caption(fig).startswith("Per-layer")

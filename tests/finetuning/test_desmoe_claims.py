@@ -129,6 +129,10 @@ def test_slopes_steepening_and_preserved_share_on_the_synthetic_grid(tmp_path):
     # per-domain drop 4->6 is (0.36 - 0.16) / 2 = 0.10, 2->4 is (0.16 - 0.04) / 2 = 0.06
     assert findings.steepening(grid, "fft").value == pytest.approx(0.04)
     assert findings.preserved(grid, "desmoe").value == pytest.approx(1.0)
+    drops = findings.drop_table(grid).set_index("method")
+    assert list(drops.index) == ["fft", "lora", "esft_gate", "desmoe"]
+    assert drops.loc["fft", "drop"] == pytest.approx(0.32) and drops.loc["desmoe", "drop"] == pytest.approx(0.0)
+    assert drops.loc["lora", "paper"] == claims.paper.FIG2_DROP["lora"]
     assert findings.preserved(grid, "fft").value == pytest.approx(np.mean([(0.49 - 0.01 * s) / (0.81 - 0.01 * s)
                                                                            for s in SEEDS]))
 

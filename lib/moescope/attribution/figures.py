@@ -7,9 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 
-from ..plots import PALETTE
+from ..plots import PALETTE, integer_ticks, legend_outside
 from . import claims, paper
 from .ablation import NEITHER, Ablation
 from .blocking import Blocking
@@ -23,27 +22,36 @@ def _colors(moe: Sequence[bool]) -> list[str]:
     return [PALETTE["moe"] if m else PALETTE["dense"] for m in moe]
 
 
-def _legend_outside(ax: plt.Axes, **kw) -> None:
-    """The axes' legend to their right, off the data."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, **kw)
-
-
-def _integer_ticks(ax: plt.Axes) -> None:
-    """Integer ticks on the x axis (layers, counts), never 0.5 or -0.25."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+def _design(models: pd.Series) -> pd.Series:
+    """A model's design: its name without the seed suffix ``-s<seed>``."""
+    return models.str.replace(r"-s\d+$", "", regex=True)
 
 
 def efficiency(eff: Efficiency) -> plt.Figure:
-    """Per-layer efficiency of each model beside the paper's Table 1."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    t, ref = eff.table, paper.TABLE1
-    axes[0].bar(t.model, t.per_layer_efficiency, color=_colors(t.moe))
-    axes[0].set(ylabel="FFN gain / L", title="kit (blue: MoE, orange: dense)")
-    axes[1].bar(ref.model, ref.per_layer_efficiency, color=_colors(ref.moe))
-    axes[1].set(ylabel="FFN gain / L", title="paper (Table 1)")
+    """Per-layer efficiency (FFN gain / L) per design, the seeds of a design as their mean (bar), lowest to highest
+    seed (line) and one dot per seed, beside the paper's Table 1."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+    t, ref = eff.table.assign(design=lambda f: _design(f.model)), paper.TABLE1
+    designs = list(dict.fromkeys(t.design))
+    for i, design in enumerate(designs):
+        g = t[t.design == design]
+        color = _colors([bool(g.moe.iloc[0])])[0]
+        axes[0].bar(i, g.per_layer_efficiency.mean(), color=color, alpha=0.8)
+        if len(g) > 1:
+            axes[0].vlines(i, g.per_layer_efficiency.min(), g.per_layer_efficiency.max(), color="black", lw=1)
+        axes[0].scatter(np.full(len(g), i), g.per_layer_efficiency, s=12, color="black", zorder=3)
+    seeds = t.groupby("design").size()
+    axes[0].set_xticks(range(len(designs)), [f"{d}\n({seeds[d]} seed{'s' if seeds[d] > 1 else ''})" for d in designs])
+    axes[0].set(ylabel="FFN gain / L (nats per layer)", title="kit: mean of the seeds, dots = seeds")
+    axes[1].bar(ref.model, ref.per_layer_efficiency, color=_colors(ref.moe), alpha=0.8)
+    axes[1].set(ylabel="FFN gain / L (nats per layer)", title="paper (Table 1)")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=45)
-    fig.set_label("Per-layer efficiency (FFN gain / L) of each kit model, MoE and dense, beside the paper's Table 1.")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.legend(handles=[Patch(color=PALETTE["moe"], alpha=0.8, label="MoE"),
+                        Patch(color=PALETTE["dense"], alpha=0.8, label="dense")],
+               fontsize=8, loc="outside right upper", frameon=False)
+    fig.set_label("Per-layer efficiency (FFN gain / L) of each kit design, MoE and dense, seeds as their mean with "
+                  "one dot per seed, beside the paper's Table 1.")
     return fig
 
 
@@ -52,7 +60,7 @@ def depth_profile(dp: DepthProfile) -> plt.Figure:
     with a band from the lowest to the highest seed), with the paper's stage boundaries dotted and the span of its
     Table 1 peak gain positions shaded; the legend beside the axes."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
-    prof = dp.profile.assign(design=dp.profile.model.str.replace(r"-s\d+$", "", regex=True))
+    prof = dp.profile.assign(design=_design(dp.profile.model))
     for design, g in prof.groupby("design", sort=False):
         by = g.groupby("depth").ffn_gain
         mean, low, high = by.mean(), by.min(), by.max()
@@ -71,7 +79,7 @@ def depth_profile(dp: DepthProfile) -> plt.Figure:
     ax.set(xlabel="relative depth (l+1)/L", ylabel="mean FFN gain (nats)",
            title="FFN gain by depth (dotted: the paper's stage boundaries; band: lowest to highest seed)")
     ax.title.set_fontsize(9)
-    _legend_outside(ax)
+    legend_outside(ax)
     fig.set_label("Mean FFN gain by relative depth per design (seeds as mean and band), with the paper's stage "
                   "boundaries and Table 1 peak positions.")
     return fig
@@ -140,8 +148,8 @@ def blocking(results: Sequence[Blocking]) -> plt.Figure:
         ax.plot([], [], "k--", label="matched random pairs")
         ax.plot([], [], "kx", label=f"paper ({model}, Table 5)")
         ax.set(xlabel="(layer, expert) pairs blocked (re-routed)", ylabel="MRR", title=b.facts["model"], ylim=(0, 1.05))
-        _integer_ticks(ax)
-    _legend_outside(axes[0][-1])
+        integer_ticks(ax)
+    legend_outside(axes[0][-1])
     fig.set_label("Table 5: MRR as attributed (layer, expert) pairs are blocked, against the most-routed pairs and "
                   "matched random pairs (test templates), with the paper's values.")
     return fig
@@ -156,7 +164,7 @@ def coordination(co: Coordination, within: pd.DataFrame) -> plt.Figure:
     axes[0].axhline(paper.CLAIMS["head_expert_r"], color=PALETTE["paper"], ls="--", lw=0.8, label="paper r")
     axes[0].axhline(0, color="black", lw=0.5)
     axes[0].set(xlabel="MoE layer", ylabel="r (head gain, expert gain)", title="within-layer correlation")
-    _integer_ticks(axes[0])
+    integer_ticks(axes[0])
     axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     inter = co.interventions()
     axes[1].bar(inter.condition, inter.mrr, color=PALETTE["moe"])
@@ -178,8 +186,8 @@ def neuron_roles(nr: NeuronRoles, top: int) -> plt.Figure:
         axes[0].bar(counts.index, counts[kind], bottom=bottom, label=kind, color=PALETTE[kind])
         bottom = bottom + counts[kind]
     axes[0].set(xlabel="layer", ylabel=f"neurons in per-prompt top {top}", title="where the top neurons are")
-    _integer_ticks(axes[0])
-    _legend_outside(axes[0])
+    integer_ticks(axes[0])
+    legend_outside(axes[0])
     heat = nr.contributions.pivot(index="family", columns="stage", values="shared_share")
     heat = heat.reindex(columns=[s for s in ("early", "middle", "late") if s in heat.columns])
     im = axes[1].imshow(heat.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")

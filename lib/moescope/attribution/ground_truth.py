@@ -335,13 +335,18 @@ def summary(blocking: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(blocking: pd.DataFrame):
-    """One panel per planted relation: MRR drop of each relation when blocking the plant, each planted expert alone,
-    and the random draws (points; bar = their mean)."""
+    """One panel per planted relation: the MRR drop (MRR before - after blocking) of every relation when blocking the
+    plant, each planted expert alone, and matched random experts (dots: seeds and draws; bar: their mean); the
+    legend beside the last panel."""
     import matplotlib.pyplot as plt
 
+    from ..plots import legend_outside
+
     planted = list(dict.fromkeys(blocking.blocked_for))
-    fig, axes = plt.subplots(1, max(1, len(planted)), figsize=(4.2 * max(1, len(planted)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(planted)), figsize=(4.2 * max(1, len(planted)) + 1.5, 3.4), squeeze=False)
     colors = {"planted": "#d62728", "single": "#ff9896", "random": "#7f7f7f"}
+    labels = {"planted": "the whole plant blocked", "single": "one planted expert blocked",
+              "random": "matched random experts blocked"}
     for ax, relation in zip(axes[0], planted):
         b = blocking[blocking.blocked_for == relation]
         scored = list(dict.fromkeys(b.relation))
@@ -353,12 +358,14 @@ def plot(blocking: pd.DataFrame):
             ax.scatter(x, g["drop"], s=12, color=colors[kind], zorder=3)
             means = g.groupby("relation", sort=False)["drop"].mean()
             ax.bar([scored.index(r) + (j - 1) * 0.27 for r in means.index], means, width=0.25, color=colors[kind],
-                   alpha=0.5, label=f"{kind} blocked")
+                   alpha=0.5, label=labels[kind])
         ax.set_xticks(range(len(scored)), [r.replace("_", " ") for r in scored], rotation=35, ha="right", fontsize=7)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(title=f"plant of {relation}", ylabel="MRR drop")
-    axes[0][0].legend(fontsize=7)
+        ax.set(title=f"plant of {relation}", ylabel="MRR drop (before - after)")
+    legend_outside(axes[0][-1])
     fig.tight_layout()
+    fig.set_label("Planted ground truth: the MRR drop of every relation when the plant of one relation, one of its "
+                  "experts, or matched random experts are blocked (dots: seeds and random draws; bars: their mean).")
     return fig
 
 

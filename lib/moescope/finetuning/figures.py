@@ -1,93 +1,197 @@
-"""Plot functions of the DES-MoE notebooks (each returns a matplotlib figure; save with ``plots.save_fig``)."""
+"""Plot functions of the DES-MoE notebooks (each returns a matplotlib figure; save with ``plots.save_fig``).
+
+Every figure draws seeds as a mean with a band (lowest to highest seed) or an interval, keeps its legend off the
+data, labels its axes with units, and draws the paper's value beside the kit's where the paper gives one (on its
+own axes: the papers score real benchmarks on a 0-100 scale, the kit exact match as a share).
+"""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
-from ..plots import PALETTE
+from ..plots import PALETTE, integer_ticks, legend_outside
+from . import paper
+from .claims import METHODS, NAMES
 
-LABELS = {"fft": "full FT", "frozen_router": "frozen-router FT", "lora": "LoRA", "esft_gate": "ESFT-Gate",
-          "esft_token": "ESFT-Token", "esft_gate_alr": "ESFT-Gate + ALR", "desmoe": "DES-MoE",
-          "desmoe_no_alr": "DES-MoE w/o ALR", "desmoe_no_dges": "DES-MoE w/o DGES"}
+#: One colour per method, shared by every DES-MoE figure.
+COLORS = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+
+
+def _label(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def _color(method: str) -> str:
+    return COLORS.get(method, PALETTE["paper"])
 
 
 def premise(table: pd.DataFrame, n_experts: int) -> plt.Figure:
-    """Experts per layer each domain needs (token p=0.2, gate p=0.1), against the uniform-routing expectation."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    """Share of the routed experts per layer each domain needs (ESFT token score to p = 0.2, gate score to p = 0.1),
+    against uniform routing (ceil(0.2 E) / E) and the ESFT paper's shares (its experts per layer / 64; the shaded
+    span is the 5-15% it reports for most tasks)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     x = np.arange(len(table))
-    ax.bar(x - 0.2, table["token_p0.2"], 0.4, label="token score, p=0.2")
-    ax.bar(x + 0.2, table["gate_p0.1"], 0.4, label="gate score, p=0.1")
-    ax.axhline(np.ceil(0.2 * n_experts), color=PALETTE["paper"], ls="--", label="uniform routing, p=0.2")
+    ax.bar(x - 0.2, table["token_share"], 0.4, color=PALETTE["moe"], label="kit: token score, p = 0.2")
+    ax.bar(x + 0.2, table["gate_share"], 0.4, color=PALETTE["routed"], label="kit: gate score, p = 0.1")
+    ax.axhline(np.ceil(0.2 * n_experts) / n_experts, color="black", ls="--", lw=1, label="uniform routing, p = 0.2")
+    low, high = paper.ESFT_SHARE_RANGE
+    ax.axhspan(low, high, color=PALETTE["paper"], alpha=0.15, lw=0, label="ESFT paper: 5-15% for most tasks")
+    ref = [paper.ESFT_EXPERTS_PER_LAYER.get(d, np.nan) / 64 for d in table.domain]
+    ax.plot(x - 0.2, ref, "x", color=PALETTE["paper"], ms=8, mew=2, label="ESFT paper: token score, p = 0.2")
     ax.set_xticks(x, table.domain, rotation=30)
-    ax.set_ylabel(f"experts per layer (of {n_experts})")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"share of the {n_experts} routed experts per layer")
+    ax.set_ylim(0, max(0.3, float(np.nanmax(table[["token_share", "gate_share"]].to_numpy())) * 1.15))
+    legend_outside(ax)
     return fig
 
 
 def pareto(points: pd.DataFrame, chosen: pd.DataFrame, base_general: float) -> plt.Figure:
-    """Every checkpoint (faint) and each method's chosen checkpoints (bold): test domain score vs general score."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colors = dict(zip(LABELS, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
+    """Left: every checkpoint at N_max (faint) and each method's chosen checkpoints (one dot per seed and order,
+    bold), test domain score against general score. Right: the paper's mixed-domain rows (Table 1 downstream
+    average against Table 2 general average, 0-100), the vanilla model dashed in both."""
+    fig, (ax, ref) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     for method, g in points.groupby("method"):
-        ax.scatter(g.test, g.general, s=8, alpha=0.25, color=colors.get(method))
+        ax.scatter(g.test, g.general, s=8, alpha=0.25, color=_color(method))
     for method, g in chosen.groupby("method"):
-        ax.scatter(g.test, g.general, s=40, color=colors.get(method), edgecolor="black", label=LABELS.get(method, method))
+        ax.scatter(g.test, g.general, s=40, color=_color(method), edgecolor="black", label=_label(method))
     ax.axhline(base_general, color=PALETTE["paper"], ls="--", label="base model")
-    ax.set_xlabel("domain score (test exact match)")
-    ax.set_ylabel("general score (held-out general set)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set(xlabel="domain score (test exact match, share)", ylabel="general score (held-out general set, share)",
+           title="kit (faint: every checkpoint; bold: chosen)")
+    for method in ("fft", "lora", "esft_gate", "desmoe"):
+        ref.scatter(paper.TABLE1_DOWNSTREAM[method], paper.TABLE2_GENERAL[method], s=60, marker="s",
+                    color=_color(method), edgecolor="black")
+        ref.annotate(_label(method), (paper.TABLE1_DOWNSTREAM[method], paper.TABLE2_GENERAL[method]),
+                     textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ref.scatter(paper.TABLE1_DOWNSTREAM["esft_token"], paper.TABLE2_GENERAL["esft_token"], s=60, marker="s",
+                color=_color("esft_token"), edgecolor="black")
+    ref.annotate(_label("esft_token"), (paper.TABLE1_DOWNSTREAM["esft_token"], paper.TABLE2_GENERAL["esft_token"]),
+                 textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ref.axhline(paper.TABLE2_GENERAL["vanilla"], color=PALETTE["paper"], ls="--")
+    ref.set(xlabel="downstream average (Table 1, 0-100)", ylabel="general average (Table 2, 0-100)",
+            title="paper (mixed-domain rows; dashed: vanilla)")
+    ref.margins(x=0.25, y=0.2)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5,
+               frameon=False)
+    fig.tight_layout()
     return fig
 
 
-def forgetting_curve(curve: pd.DataFrame, base_general: float) -> plt.Figure:
-    """General score against the number of jointly trained domains, with seed intervals."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+def forgetting_curve(curve: pd.DataFrame, base_general: float, drops: pd.DataFrame) -> plt.Figure:
+    """Left: general score against the number of jointly trained domains N, each method's mean over seeds with its
+    seed interval as a band (methods run at one N only: a dot with its interval). Right: the drop from the
+    smallest to the largest N, kit (points of exact match, x 100, with its seed interval) beside the paper's
+    Fig. 2 (points on its 0-100 general average)."""
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(11.5, 4), gridspec_kw={"width_ratios": [3, 2]})
     for method, g in curve.groupby("method"):
         g = g.sort_values("n_domains")
-        ax.errorbar(g.n_domains, g.general, yerr=[g.general - g.general_low, g.general_high - g.general],
-                    marker="o", capsize=3, label=LABELS.get(method, method))
+        color = _color(method)
+        if len(g) > 1:
+            ax.plot(g.n_domains, g.general, marker="o", color=color, label=_label(method))
+            ax.fill_between(g.n_domains, g.general_low, g.general_high, color=color, alpha=0.12, lw=0)
+        else:
+            ax.errorbar(g.n_domains, g.general, yerr=[g.general - g.general_low, g.general_high - g.general],
+                        fmt="D", color=color, capsize=3, label=f"{_label(method)} (N = {int(g.n_domains.iloc[0])})")
     ax.axhline(base_general, color=PALETTE["paper"], ls="--", label="base model")
-    ax.set_xlabel("number of domains N (joint fine-tuning)")
-    ax.set_ylabel("general score")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="number of domains N (joint fine-tuning)", ylabel="general score (share)",
+           title="kit: mean over seeds, band = seed interval")
+    ax.set_xticks(sorted(curve.n_domains.unique()))
+    x = np.arange(len(drops))
+    kit = 100 * drops["drop"]
+    bars.bar(x - 0.2, kit, 0.4, color=[_color(m) for m in drops.method],
+             yerr=[100 * (drops["drop"] - drops.low), 100 * (drops.high - drops["drop"])], capsize=3)
+    bars.bar(x + 0.2, drops.paper, 0.4, color=PALETTE["paper"])
+    bars.axhline(0, color="black", lw=0.8)
+    bars.set_xticks(x, [_label(m) for m in drops.method], rotation=20)
+    lo, hi = int(curve.n_domains.min()), int(curve.n_domains.max())
+    bars.set(ylabel=f"general drop, N = {lo} to {hi} (points)", title="drop: kit (colour) vs paper Fig. 2 (grey)")
+    legend_outside(ax)
+    fig.tight_layout()
     return fig
 
 
-def convergence(history: pd.DataFrame, goal: float) -> plt.Figure:
-    """Validation domain score against steps (one line per seed) and the target level."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    colors = dict(zip(LABELS, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
-    for (method, seed), g in history.groupby(["method", "seed"]):
-        ax.plot(g.step, g.val, color=colors.get(method), alpha=0.8,
-                label=LABELS.get(method, method) if seed == history.seed.min() else None)
-    ax.axhline(goal, color=PALETTE["paper"], ls="--", label="target")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation domain score")
-    ax.legend(fontsize=8)
+def convergence(history: pd.DataFrame, goal: float, conv: pd.DataFrame) -> plt.Figure:
+    """Left: validation domain score against training steps at N_max, each method's mean over seeds with a band
+    from the lowest to the highest seed, and the target level. Right: training time to reach the target relative to
+    full FT (mean of the seeds' ratios, bar from the lowest to the highest seed; '>=' where a seed never reached it
+    and is censored at its last step) beside the paper's Fig. 3 wall-clock minutes relative to full FT."""
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(11.5, 4), gridspec_kw={"width_ratios": [3, 2]})
+    for method, g in history.groupby("method"):
+        by_step = g.groupby("step").val
+        mean, low, high = by_step.mean(), by_step.min(), by_step.max()
+        ax.plot(mean.index, mean.values, color=_color(method), label=_label(method))
+        ax.fill_between(mean.index, low.values, high.values, color=_color(method), alpha=0.12, lw=0)
+    ax.axhline(goal, color="black", ls="--", lw=1, label="target level")
+    ax.set(xlabel="training step", ylabel="validation domain score (share)", title="kit: mean over seeds, band = seeds")
+    legend_outside(ax)
+    fft = conv[conv.method == "fft"].set_index("seed").seconds
+    keys = {kit: key for key, kit in paper.FIG3_KIT.items() if kit in set(conv.method)}
+    methods = list(keys)
+    x = np.arange(len(methods))
+    for i, method in enumerate(methods):
+        g = conv[conv.method == method].set_index("seed")
+        ratio = (g.seconds / fft).dropna()
+        bars.bar(i - 0.2, ratio.mean(), 0.4, color=_color(method),
+                 yerr=[[ratio.mean() - ratio.min()], [ratio.max() - ratio.mean()]], capsize=3)
+        if not g.reached.all():
+            bars.annotate(">=", (i - 0.2, ratio.max()), textcoords="offset points", xytext=(0, 4), ha="center",
+                          fontsize=8)
+    minutes = paper.FIG3_MINUTES
+    bars.bar(x + 0.2, [minutes[keys[m]] / minutes["fft"] for m in methods], 0.4, color=PALETTE["paper"])
+    bars.axhline(1, color="black", lw=0.8)
+    bars.set_xticks(x, [_label(m) for m in methods], rotation=20)
+    bars.set(ylabel="time to the target / full FT's", title="kit seconds (colour) vs paper Fig. 3 minutes (grey)")
+    fig.tight_layout()
     return fig
+
+
+SNAPSHOTS = {"t1": "after Stage I (0.2T)", "t2": "after Stage II (0.7T)", "T": "at the end (T)"}
 
 
 def affinity(maps: dict) -> plt.Figure:
-    """DGES affinity A[domain, layer x expert] at 0.2T, 0.7T and T."""
+    """DGES affinity A[domain, (layer, expert)] at 0.2T, 0.7T and T, one colour scale for the three panels; the
+    MoE layers are separated by white lines and labelled at their centre."""
     names = maps["domains"]
-    keys = [k for k in ("t1", "t2", "T") if k in maps]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.2))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        a = maps[key]
-        ax.imshow(a.reshape(len(names), -1), aspect="auto", cmap="viridis")
+    keys = [k for k in SNAPSHOTS if k in maps]
+    layers, experts = maps[keys[0]].shape[1:]
+    vmax = max(float(maps[k].max()) for k in keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys) + 1, 3.2), sharey=True, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        image = ax.imshow(maps[key].reshape(len(names), -1), aspect="auto", cmap="viridis", vmin=0, vmax=vmax,
+                          interpolation="nearest")
+        for b in range(1, layers):
+            ax.axvline(b * experts - 0.5, color="white", lw=1.5)
+        ax.set_xticks([(i + 0.5) * experts - 0.5 for i in range(layers)], [f"MoE layer {i + 1}" for i in range(layers)])
         ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("layer x expert")
-        ax.set_title(f"affinity at {key}")
+        ax.grid(False)
+        ax.set(xlabel=f"routed expert ({experts} per layer)", title=SNAPSHOTS[key])
+    fig.colorbar(image, ax=list(axes[0]), label="DGES affinity A (EMA of routing mass)", fraction=0.03, pad=0.02)
     return fig
 
 
-def sequential(frame: pd.DataFrame, seed: int) -> plt.Figure:
-    """Test score of every domain (and general) after each stage of sequential adaptation, per method."""
+def sequential(frame: pd.DataFrame) -> plt.Figure:
+    """Test score of every domain (and the general score, black) after each stage of sequential adaptation, per
+    method: mean over seeds with a band from the lowest to the highest seed; a domain's line starts at the stage
+    that trained it."""
     methods = sorted(frame.method.unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), sharey=True)
-    for ax, method in zip(np.atleast_1d(axes), methods):
-        g = frame[(frame.method == method) & (frame.seed == seed)].pivot(index="stage", columns="domain", values="acc")
-        g.plot(ax=ax, marker="o", title=LABELS.get(method, method))
-        ax.set_ylabel("exact match")
+    order = frame[frame.domain == frame.trained].sort_values("stage").drop_duplicates("domain").domain.tolist()
+    colors = dict(zip(order, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods) + 1.8, 3.6), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        g = frame[frame.method == method].groupby(["domain", "stage"]).acc
+        mean, low, high = g.mean(), g.min(), g.max()
+        for domain in order + ["general"]:
+            if domain not in mean.index.get_level_values(0):
+                continue
+            m = mean.loc[domain]
+            color = "black" if domain == "general" else colors[domain]
+            ax.plot(m.index, m.values, marker="o", ms=4, color=color, lw=2 if domain == "general" else 1.2)
+            ax.fill_between(m.index, low.loc[domain].values, high.loc[domain].values, color=color, alpha=0.12, lw=0)
+        ax.set(title=f"{_label(method)} ({frame[frame.method == method].seed.nunique()} seeds)", xlabel="stage")
+        integer_ticks(ax)
+    axes[0][0].set_ylabel("test exact match (share)")
+    handles = [Line2D([], [], color="black", lw=2, label="general")] + \
+              [Line2D([], [], color=colors[d], marker="o", ms=4, label=f"{d} (stage {i + 1})") for i, d in enumerate(order)]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

@@ -17,7 +17,7 @@ import torch
 from .. import arch
 from ..statistics import Estimate, one_model, percentiles
 from ..verdicts import over_seeds
-from . import esft
+from . import esft, paper
 from .base import Base
 from .batches import encode
 from .domains import DOMAINS
@@ -217,6 +217,18 @@ def forgetting_at(grid: Grid, method: str, n: int | None = None) -> Estimate:
 def drop_between(grid: Grid, method: str, n_low: int, n_high: int) -> Estimate:
     """general(N=n_low) - general(N=n_high) of ``method`` (orders averaged), over seeds."""
     return _estimate(per_seed_drop(grid, method, n_low, n_high).tolist())
+
+
+def drop_table(grid: Grid) -> pd.DataFrame:
+    """Per method of the paper's Fig. 2 that the grid ran: the kit's general(N_min) - general(N_max) over seeds
+    (``drop``, ``low``, ``high``; shares) beside the paper's drop (``paper``, points on its 0-100 scale)."""
+    lo, hi = span(grid)
+    rows = []
+    for key, method in paper.FIG2_KIT.items():
+        if method in set(grid.chosen().method):
+            e = drop_between(grid, method, lo, hi)
+            rows.append({"method": method, "drop": e.value, "low": e.low, "high": e.high, "paper": paper.FIG2_DROP[key]})
+    return pd.DataFrame(rows)
 
 
 def reduction_absolute(grid: Grid, method: str = "desmoe", reference: str = "fft", least: float = 0.0) -> Estimate:
