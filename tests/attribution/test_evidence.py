@@ -255,6 +255,24 @@ def blocking_of(attributed_drop: float, random_drop: float, n: int = 500, draws:
     return Blocking(ranks, pd.DataFrame({"task": ["t"]}), {"Qwen1.5-MoE": 7, "OLMoE": 10}, facts)
 
 
+def test_table5_under_the_reading_without_layer0_decides_its_own_rows_and_leaves_out_what_it_did_not_block():
+    paper_reading, apart = blocking_of(0.25, 0.0), blocking_of(0.0, 0.0, seed=1)
+    rerouted = apart.ranks[apart.ranks.method.isin(["none", "reroute"])]
+    variant = Blocking(rerouted, apart.ranking, apart.paper_ks, apart.facts)
+    rows = evidence.table5_rows({"m": [variant]}, evidence.WITHOUT_LAYER0)
+    assert rows and {r["reading"] for r in rows} == {evidence.WITHOUT_LAYER0}
+    ids = {r["claim"] for r in rows}
+    assert "T5.attributed_vs_random.reroute.country_capital" in ids
+    assert not any(".mask." in i or ".zero." in i for i in ids)  # not blocked under this reading: no row
+    both = by_claim(evidence.table5_model_rows([paper_reading]))
+    mine = by_claim(rows)
+    cid = "T5.attributed_vs_random.reroute.country_capital"
+    assert both[cid]["verdict"] == "reproduced" and mine[cid]["verdict"] != "reproduced"
+    table = evidence.survival(evidence.table5_model_rows([paper_reading]) + rows).set_index("claim")
+    assert not table.loc[cid, "survives"]
+    assert "T5.attributed_vs_random.mask.country_capital" not in table.index  # no variant row: not in the table
+
+
 def test_table5_attributed_against_random_and_the_76_readings():
     rows = by_claim(evidence.table5_model_rows([blocking_of(0.25, 0.0)]))
     assert rows["T5.attributed_vs_random.reroute.country_capital"]["verdict"] == "reproduced"

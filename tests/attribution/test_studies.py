@@ -213,6 +213,25 @@ def test_blocking_ranks_on_selection_templates_and_tests_on_the_others(qwen, tes
     t = b.table()
     assert set(t.selection) == set(blocking.SELECTIONS) and (t.orig_mrr > 0).all()
     assert b.rr[(task, "original", "none", 0)].shape == (1, N)  # facts are the unit: templates averaged
+    # layer 0 set apart: the same rankings among layers 1..L-1, re-routed, LAYER0_DRAWS matched draws per k
+    apart = b.without_layer0()
+    assert (apart.ranking.layer > 0).all() and len(apart.ranking) == int((b.ranking.layer > 0).sum())
+    cond = apart.ranks[apart.ranks.selection != "original"]
+    assert set(cond.method) == {"reroute"} and set(cond.k) == {1, 3}
+    assert set(cond[cond.selection == "random"].draw) == set(range(blocking.LAYER0_DRAWS))
+    later = [(layer, e) for layer, e in blocking.all_pairs(qwen.model) if layer > 0]
+    for selection, ranking in (("attributed", apart.ranking[apart.ranking.task == task]),
+                               ("frequency", blocking.frequency_ranking(apart.ranking[apart.ranking.task == task], later))):
+        spec = blocking.top_spec(ranking, 3)
+        assert 0 not in spec
+        with block_experts(qwen.model, spec):
+            manual = tasks.scores(qwen, sub)["rank"].to_numpy()
+        got = cond[(cond.selection == selection) & (cond.task == task) & (cond.k == 3)].sort_values("sample_id")["rank"]
+        assert np.array_equal(got.to_numpy(), manual), selection
+    pd.testing.assert_frame_equal(apart.ranks[apart.ranks.selection == "original"].reset_index(drop=True),
+                                  b.ranks[b.ranks.selection == "original"].reset_index(drop=True))
+    with pytest.raises(ValueError, match="without layer 0 was not run"):
+        blocking.run(qwen, RELS, N, ks=(1,), n_random=1, methods=("reroute",), layer0_apart=False).without_layer0()
 
 
 def test_matched_random_draws_keep_the_layers_and_the_routing_frequency():
@@ -308,7 +327,7 @@ def test_dense_model_gets_empty_moe_studies_with_its_facts(tokenizer):
     lm = random_lm(tokenizer, "llama")
     assert coordination.run(lm, RELS, 2).pairs.empty
     b = blocking.run(lm, RELS, 2)
-    assert b.facts["moe"] is False and set(b.ranks.selection) == {"original"}
+    assert b.facts["moe"] is False and set(b.ranks.selection) == {"original"} and b.without_layer0() is b
 
 
 # ------------------------------------------------------------------------------------------------ neurons, explorer, checks

@@ -20,13 +20,17 @@ the softmax, refilled with its own probability; ``mask_experts``), zero (routing
 (where the attributed-vs-random controls are decided). k is also the paper's share of pairs (its top-10 of
 Qwen1.5-MoE's 24 x 60 pairs, of OLMoE's 16 x 64) carried over. drop = 1 - MRR_blocked / MRR (per task).
 
+Layer 0 set apart (the lens artefact of notebook 46; reading :data:`moescope.attribution.evidence.WITHOUT_LAYER0`):
+the same three rankings with the first layer's pairs left out of every ranking and draw, blocked under re-routing
+at every k with :data:`LAYER0_DRAWS` matched random draws (:meth:`Blocking.without_layer0`).
+
 Every blocked condition of a k and method runs in one batch: each prompt carries its own expert set (per-token
 routing edits), and the test prompts are encoded once.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -45,6 +49,8 @@ METHODS = {"reroute": block_experts, "mask": mask_experts, "zero": zero_experts}
 SELECTIONS = ("attributed", "frequency", "random")
 #: random draws per condition, and the non-attributed experts of a layer a matched draw chooses among
 N_RANDOM, POOL = 20, 4
+#: matched random draws per k of the reading with layer 0 set apart (re-routing only)
+LAYER0_DRAWS = 10
 #: prompts per forward pass of the blocked conditions
 BATCH_ROWS = 1024
 Spec = dict[int, list[int]]
@@ -56,12 +62,26 @@ class Blocking:
     n_blocked, fraction, rank, rr (test prompts). ``ranking``: task, layer, expert, gain, selected, mean_gate
     (the attributed order, from the selection prompts). ``paper_ks``: {paper model: k with the paper's top-10
     share of pairs}. ``facts``: the model's and the test prompts' facts, with each task's baseline MRR under
-    ``task_mrr`` and its prior under ``task_prior`` (empty tables for a dense model)."""
+    ``task_mrr`` and its prior under ``task_prior`` (empty tables for a dense model). ``ranks_without_layer0``:
+    the blocked conditions of the reading with layer 0 set apart (same columns; empty when not run)."""
 
     ranks: pd.DataFrame
     ranking: pd.DataFrame
     paper_ks: dict[str, int]
     facts: dict
+    ranks_without_layer0: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def without_layer0(self) -> Blocking:
+        """The reading with layer 0 set apart: the original test ranks with the conditions ranked, drawn and
+        blocked among the pairs of layers 1..L-1 only (``fraction`` stays a share of all the model's pairs)."""
+        if self.ranking.empty:  # a dense model: nothing was ranked or blocked
+            return self
+        if self.ranks_without_layer0.empty:
+            raise ValueError(f"{self.facts.get('model')}: the reading without layer 0 was not run "
+                             "(blocking.run(..., layer0_apart=True))")
+        original = self.ranks[self.ranks.selection == "original"]
+        return Blocking(pd.concat([original, self.ranks_without_layer0], ignore_index=True),
+                        self.ranking[self.ranking.layer > 0].reset_index(drop=True), self.paper_ks, self.facts)
 
     @cached_property
     def rr(self) -> dict[tuple, np.ndarray]:
@@ -226,10 +246,12 @@ def _conditions(test: pd.DataFrame, ranking: pd.DataFrame, pairs, ks: Sequence[i
 
 
 def block_all(lm: LoadedModel, test: pd.DataFrame, enc: Encoded, ranking: pd.DataFrame, ks: Sequence[int],
-              methods: Sequence[str], n_random: int, seed: int) -> pd.DataFrame:
-    """Ranks of every test prompt (``test``, encoded as ``enc``) under every condition of :func:`_conditions`,
-    one batch per method and k."""
-    conditions = _conditions(test, ranking, all_pairs(lm.model), ks, methods, n_random, seed)
+              methods: Sequence[str], n_random: int, seed: int,
+              pairs: Sequence[tuple[int, int]] | None = None) -> pd.DataFrame:
+    """Ranks of every test prompt (``test``, encoded as ``enc``) under every condition of :func:`_conditions`
+    among ``pairs`` (default: all of the model's), one batch per method and k."""
+    pairs = all_pairs(lm.model) if pairs is None else pairs
+    conditions = _conditions(test, ranking, pairs, ks, methods, n_random, seed)
     frames = []
     rows_of = {t: np.flatnonzero(test.task.values == t) for t in test.task.unique()}
     for method in methods:
@@ -253,10 +275,11 @@ def block_all(lm: LoadedModel, test: pd.DataFrame, enc: Encoded, ranking: pd.Dat
 
 def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: int | None = None,
         ks: Sequence[int] = (1, 5, 10), methods: Sequence[str] = tuple(METHODS), n_random: int = N_RANDOM,
-        seed: int = 0, device: str = "cpu", dtype: str | None = None) -> Blocking:
+        seed: int = 0, device: str = "cpu", dtype: str | None = None, layer0_apart: bool = True) -> Blocking:
     """Table 5 with its baselines on one model: rank on the selection templates, block on the test templates of
     the same ``n_samples`` facts per relation (stratified by object; None: all), at ``ks`` plus each paper
-    model's top-10 share carried over as k."""
+    model's top-10 share carried over as k; with ``layer0_apart`` also the reading without layer 0 (the same
+    rankings among layers 1..L-1, re-routed, :data:`LAYER0_DRAWS` matched random draws per k)."""
     bad = sorted(set(methods) - set(METHODS))
     if bad:
         raise ValueError(f"methods must be among {sorted(METHODS)}, not {bad}")
@@ -277,7 +300,12 @@ def run(model: str | LoadedModel, relations=tasks.DEFAULT_RELATIONS, n_samples: 
     ranking = rankings(lm, selection)
     ranks_ = pd.concat([original, block_all(lm, test, enc, ranking, all_ks, methods, n_random, seed)], ignore_index=True)
     ranks_["fraction"] = ranks_.n_blocked / facts["pairs"]
-    return Blocking(ranks_, ranking, share_ks, facts)
+    apart = pd.DataFrame()
+    if layer0_apart:
+        later = [(layer, e) for layer, e in all_pairs(lm.model) if layer > 0]
+        apart = block_all(lm, test, enc, ranking[ranking.layer > 0], all_ks, ("reroute",), LAYER0_DRAWS, seed, later)
+        apart["fraction"] = apart.n_blocked / facts["pairs"]
+    return Blocking(ranks_, ranking, share_ks, facts, apart)
 
 
 def summary(by_model: Mapping[str, Sequence[Blocking]]) -> pd.DataFrame:

@@ -258,12 +258,14 @@ DEPTH_VARIANTS = (("lens: local scale", "local", False), ("lens: contrastive", "
 
 
 def survival(rows: Sequence[Row]) -> pd.DataFrame:
-    """Per claim and model: its outcome under each reading (columns; a not-testable row's reason is in the row
-    itself), and whether it is reproduced under all of them (``survives``): which claims hold beyond the paper's
-    own lens."""
+    """Per claim and model decided under at least one variant: its outcome under each reading (columns; a
+    not-testable row's reason is in the row itself), and whether it is reproduced under all of them (``survives``):
+    which claims hold beyond the paper's own lens. Claims no variant decided (not run under it) are left out."""
     t = pd.DataFrame(list(rows))
     t["reading"] = t.reading.replace(v.PAPER_READING, "paper")
     t["verdict"] = t.verdict.map(v.kind)
+    varied = t.loc[t.reading != "paper", ["claim", "model"]].drop_duplicates()
+    t = t.merge(varied, on=["claim", "model"])
     wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
     wide["survives"] = (wide == v.REPRODUCED).all(axis=1)
     return wide.reset_index()
@@ -328,14 +330,17 @@ def _tasks(results: Sequence[Blocking]) -> list[str]:
     return [t for t in paper.TABLE5.task.unique() if all(t in r.facts.get("task_mrr", {}) for r in results)]
 
 
-def table5_rows(by_model: Mapping[str, Sequence[Blocking]]) -> list[Row]:
-    """Every Table 5 row of a run: each model's (:func:`table5_model_rows`), then the cross-model contrast."""
-    return [row for rs in by_model.values() for row in table5_model_rows(rs)] + table5_contrast_rows(by_model)
+def table5_rows(by_model: Mapping[str, Sequence[Blocking]], reading: str = v.PAPER_READING) -> list[Row]:
+    """Every Table 5 row of a run: each model's (:func:`table5_model_rows`), then the cross-model contrast.
+    ``reading`` names the variant the results are under (:data:`WITHOUT_LAYER0` for ``Blocking.without_layer0``)."""
+    return ([row for rs in by_model.values() for row in table5_model_rows(rs, reading)]
+            + table5_contrast_rows(by_model, reading))
 
 
-def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
+def table5_model_rows(results: Sequence[Blocking], reading: str = v.PAPER_READING) -> list[Row]:
     """Table 5 on one model (seeds pooled): the architecture-matched paper model's drops at top-1/5/10 and at the
-    paper's share of pairs, attributed vs random under each method, core-sensitive vs tolerant, OLMoE's '76%'."""
+    paper's share of pairs, attributed vs random under each method, core-sensitive vs tolerant, OLMoE's '76%'.
+    Under a reading that blocked by re-routing only (layer 0 set apart), the mask and zero rows are left out."""
     names = [r.facts["model"] for r in results]
     f0 = results[0].facts
     pm = paper.TABLE5_MODEL[bool(f0["shared_expert"])]
@@ -365,32 +370,35 @@ def table5_model_rows(results: Sequence[Blocking]) -> list[Row]:
         a, _, d = drops(task, "reroute", k, absolute=True)
         return kit, ctl, "; ".join(x for x in (note, _absolute_note(a, d)) if x)
 
+    blocked_by = {m for b in results for m in b.ranks.method.unique()} - {"none"}
+
     def ran(k):
         return "" if not moe or (k in set(results[0].ranks.k)) else f"top-{k} was not blocked in this run"
 
     for task in _tasks(results):
         for k in (1, 5, 10):
             kit, ctl, note = size(task, k, ran(k))
-            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, note, label(names)))
+            rows.append(claims.decide(claims.table5_id(pm, task, k), facts_for(task, k), kit, ctl, note, label(names),
+                                      reading=reading))
         share_k = min(r.paper_ks.get(pm, 0) for r in results) if moe else 0
         kit, ctl, note = size(task, share_k, f"k = {share_k} of {f0['pairs']} pairs") if share_k else \
             (None, None, f"k = {share_k} of {f0['pairs']} pairs")
         rows.append(claims.decide(claims.table5_id(pm, task, "share"), facts_for(task, share_k) | {"share_k": share_k},
-                                  kit, ctl, note, label(names)))
-        for method in ("reroute", "mask", "zero"):
+                                  kit, ctl, note, label(names), reading=reading))
+        for method in [m for m in ("reroute", "mask", "zero") if m in blocked_by or not moe]:
             kit, ctl, diff = drops(task, method, 10, absolute=True)
             rows.append(claims.decide(f"T5.attributed_vs_random.{method}.{task}", facts_for(task, 10), kit, ctl,
-                                      ran(10), label(names), diff))
+                                      ran(10), label(names), diff, reading))
         kit, ctl, diff = drops(task, "reroute", 10, absolute=True, against="frequency")
         rows.append(claims.decide(f"T5.attributed_vs_frequency.{task}", facts_for(task, 10), kit, ctl, ran(10),
-                                  label(names), diff))
-    rows.append(_core_vs_tolerant(results, names, moe))
+                                  label(names), diff, reading))
+    rows.append(_core_vs_tolerant(results, names, moe, reading))
     for cid in ("T5.olmoe76.drop_of", "T5.olmoe76.falls_to"):
         task = "country_capital"
         note = "on country_capital, the task the abstract's number belongs to"
         kit, ctl, note = size(task, 10, note) if task in _tasks(results) else (None, None, note)
         f = facts_for(task, 10) if task in _tasks(results) else merged_facts([r.facts for r in results])
-        rows.append(claims.decide(cid, f, kit, ctl, note, label(names)))
+        rows.append(claims.decide(cid, f, kit, ctl, note, label(names), reading=reading))
     return rows
 
 
@@ -408,7 +416,8 @@ def _family_drop(b: Blocking, family_tasks: Sequence[str]) -> Callable[[dict[str
     return lambda idx: np.mean([ratio_drop(o, a)(idx[t]) for t, (o, a) in arrays.items()], axis=0)
 
 
-def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) -> Row:
+def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool, reading: str = v.PAPER_READING
+                      ) -> Row:
     present = _tasks(results)
     core = [t for t in claims.CORE_TASKS if t in present]
     tolerant = [t for t in claims.TOLERANT_TASKS if t in present]
@@ -425,7 +434,7 @@ def _core_vs_tolerant(results: Sequence[Blocking], names: list[str], moe: bool) 
             return stratified(lambda idx: c(idx) - t(idx), sizes)
         kit = _per_seed(results, estimate)
     return claims.decide("T5.core_vs_tolerant", facts, kit, note=f"core: {', '.join(core)}; tolerant: "
-                         f"{', '.join(tolerant)}", model=label(names))
+                         f"{', '.join(tolerant)}", model=label(names), reading=reading)
 
 
 def _drop_contrast(a: Sequence[Blocking], b: Sequence[Blocking]) -> tuple[v.Estimate, dict[str, float]]:
@@ -444,7 +453,7 @@ def _drop_contrast(a: Sequence[Blocking], b: Sequence[Blocking]) -> tuple[v.Esti
     return over_seeds(ests), facts
 
 
-def table5_contrast_rows(by_model: Mapping[str, Sequence[Blocking]]) -> list[Row]:
+def table5_contrast_rows(by_model: Mapping[str, Sequence[Blocking]], reading: str = v.PAPER_READING) -> list[Row]:
     """Robustness to blocking across models (mean drop@10 over the tasks, seeds pooled): 'a deep MoE with a shared
     expert is robust, a shallow one without degrades' (the shallowest unshared MoE against the deepest shared one,
     depth and the shared expert confounded as in the paper), and the shared expert's share of it at equal depth
@@ -469,7 +478,7 @@ def table5_contrast_rows(by_model: Mapping[str, Sequence[Blocking]]) -> list[Row
         note = (f"without a shared expert: {label([r.facts['model'] for r in moe[pair[0]]])} ({depth[pair[0]]} "
                 f"layers); with one: {label([r.facts['model'] for r in moe[pair[1]]])} ({depth[pair[1]]} layers)"
                 if pair else "needs both kinds of MoE in the run" + (" at the same depth" if flag == "equal_depth" else ""))
-        rows.append(claims.decide(cid, facts, kit, note=note, model=", ".join(by_model)))
+        rows.append(claims.decide(cid, facts, kit, note=note, model=", ".join(by_model), reading=reading))
     return rows
 
 

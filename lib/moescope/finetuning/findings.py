@@ -219,6 +219,36 @@ def drop_between(grid: Grid, method: str, n_low: int, n_high: int) -> Estimate:
     return _estimate(per_seed_drop(grid, method, n_low, n_high).tolist())
 
 
+def _single_per_seed(grid: Grid, method: str, column: str, how: str = "mean") -> pd.Series:
+    """Per seed: the mean (or sum) over the N_max domains of ``method``'s single-domain runs' ``column``; seeds
+    missing a domain are left out."""
+    domains = set(grid.at().domains.iloc[0].split("+")) if len(grid.at()) else set()
+    single = grid.single(method)
+    complete = {s for s, have in single.groupby("seed").domains.agg(set).items() if domains <= have}
+    kept = single.loc[single.seed.isin(complete).to_numpy(dtype=bool)]
+    return kept.groupby("seed")[column].agg(how)
+
+
+def single_level(grid: Grid, method: str, column: str = "test", how: str = "mean") -> Estimate:
+    """``method`` trained on each N_max domain alone: the mean (or sum) over domains of its ``column``, over seeds."""
+    return _estimate(_single_per_seed(grid, method, column, how).tolist())
+
+
+def single_gain(grid: Grid, method: str) -> float:
+    """The mean over ``method``'s single-domain runs of test - base test (nan without such runs)."""
+    single = grid.single(method)
+    return float((single.test - single.base_test).mean()) if len(single) else math.nan
+
+
+def mixed_vs_single(grid: Grid, method: str, reference: str, column: str = "test", how: str = "mean") -> Estimate:
+    """Per seed: ``column`` of ``method``'s mixed run at N_max minus the mean (``how='sum'``: the sum) over the N_max
+    domains of ``reference``'s single-domain runs (each on its own domain), paired by seed, over seeds."""
+    top = grid.at()
+    mixed = _per_seed(grid, method, int(top.n_domains.max()), column) if len(top) else pd.Series(dtype=float)
+    single = _single_per_seed(grid, reference, column, how)
+    return _estimate((mixed - single).dropna().tolist())
+
+
 def drop_table(grid: Grid) -> pd.DataFrame:
     """Per method of the paper's Fig. 2 that the grid ran: the kit's general(N_min) - general(N_max) over seeds
     (``drop``, ``low``, ``high``; shares) beside the paper's drop (``paper``, points on its 0-100 scale)."""

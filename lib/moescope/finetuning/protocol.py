@@ -12,7 +12,10 @@ grid resumes):
 2. the rate of each method is fixed as the one with the best mean validation score in the sweep (never the
    general score), then every method runs at that rate for the remaining seeds at N=6 and, for the methods of the
    forgetting curve, at N in ``n_domains`` for both domain orders;
-3. sequential adaptation (an extension beyond the paper) for ``sequential_methods`` at their chosen rates.
+3. sequential adaptation (an extension beyond the paper) for ``sequential_methods`` at their chosen rates;
+4. single-domain runs (the papers' "single" rows): each of ``single_methods`` at its chosen rate on each of the
+   N_max domains alone (mixed 1:1 with general data, the same steps), every seed; a single run's ``order`` is its
+   domain, so its id names it (``fft-n1-math-s0-lr0.001``).
 
 Runs use one thread each (bit-identical whatever the machine's core count) and can run in parallel processes.
 """
@@ -78,16 +81,17 @@ class GridSpec:
     batch_size: int = 32
     sequential_methods: tuple[str, ...] = ("fft", "desmoe")
     sequential_steps: int = 30
+    single_methods: tuple[str, ...] = ("fft", "esft_gate")
 
     def rates(self, method: str) -> tuple[float, ...]:
         return dict(self.learning_rates)[method]
 
     def reduced(self, steps: int = 60, seeds: Sequence[int] = (0, 1)) -> "GridSpec":
         """One rate per method (the middle of its sweep), N in {2, 6}, one order, ``seeds``; curves of full FT and
-        DES-MoE only."""
+        DES-MoE only; no single-domain runs."""
         middle = tuple((m, (lrs[len(lrs) // 2],)) for m, lrs in self.learning_rates)
         return replace(self, learning_rates=middle, n_domains=(2, 6), orders=("a",), seeds=tuple(seeds),
-                       curve_methods=("fft", "desmoe"),
+                       curve_methods=("fft", "desmoe"), single_methods=(),
                        sweep_seeds=(seeds[0],), steps=steps, eval_every=max(1, steps // 4),
                        sequential_steps=max(1, steps // 4))
 
@@ -265,22 +269,31 @@ def sequential_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
                     grid.batch_size, "sequential") for m in grid.sequential_methods for s in grid.seeds]
 
 
+def single_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
+    """Stage 4: each single-domain method at its chosen rate on each N_max domain alone, for every seed."""
+    top = max(grid.n_domains)
+    return [RunSpec(m, rates[m], (d,), d, s, grid.steps, grid.eval_every, grid.batch_size)
+            for m in grid.single_methods if m in grid.methods for d in ORDERS[grid.orders[0]][:top] for s in grid.seeds]
+
+
 def run_grid(base: Base, folder: Path | str, grid: GridSpec = FULL, jobs: int = 1) -> dict[str, float]:
     """Run (or resume) the whole grid into ``folder``; returns the chosen learning rates."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run_all(base, sweep_specs(grid), folder, jobs, "1/3 learning-rate sweep")
+    run_all(base, sweep_specs(grid), folder, jobs, "1/4 learning-rate sweep")
     rates = chosen_rates(grid, folder)
     write_json_atomic(folder / "chosen_rates.json", {"rates": rates, "grid": asdict(grid), "version": VERSION,
                                                      "base_model": base.model, "corpus": base.corpus.digest(),
                                                      "model": arch.describe(base.load())})
-    run_all(base, main_specs(grid, rates), folder, jobs, "2/3 seeds, N and orders")
-    run_all(base, sequential_specs(grid, rates), folder, jobs, "3/3 sequential extension")
+    run_all(base, main_specs(grid, rates), folder, jobs, "2/4 seeds, N and orders")
+    run_all(base, sequential_specs(grid, rates), folder, jobs, "3/4 sequential extension")
+    run_all(base, single_specs(grid, rates), folder, jobs, "4/4 single-domain runs")
     return rates
 
 
 def all_specs(grid: GridSpec, folder: Path | str) -> list[RunSpec]:
-    """Every run of a finished grid (the sweep, the main runs, the sequential runs)."""
+    """Every run of a finished grid (the sweep, the main runs, the sequential and the single-domain runs)."""
     rates = chosen_rates(grid, Path(folder))
-    return list(dict.fromkeys(sweep_specs(grid) + main_specs(grid, rates) + sequential_specs(grid, rates)))
+    return list(dict.fromkeys(sweep_specs(grid) + main_specs(grid, rates) + sequential_specs(grid, rates)
+                              + single_specs(grid, rates)))
 

@@ -29,8 +29,13 @@ class Grid:
     rates: dict[str, float]
 
     def chosen(self) -> pd.DataFrame:
-        """The runs at each method's chosen learning rate (the protocol's results)."""
-        return self.runs[self.runs.lr == self.runs.method.map(self.rates)]
+        """The mixed-domain runs (N >= 2) at each method's chosen learning rate (the protocol's results)."""
+        return self.runs[(self.runs.lr == self.runs.method.map(self.rates)) & (self.runs.n_domains > 1)]
+
+    def single(self, method: str) -> pd.DataFrame:
+        """``method``'s single-domain runs (N = 1) at its chosen learning rate, one row per domain and seed."""
+        r = self.runs
+        return r[(r.method == method) & (r.n_domains == 1) & (r.lr == self.rates.get(method))]
 
     def at(self, n: int | None = None) -> pd.DataFrame:
         """Chosen-rate runs with ``n`` domains (default: the largest N)."""
