@@ -292,11 +292,20 @@ def has_attention_everywhere(parts: list[LayerParts]) -> bool:
     return all(getattr(p.layer, "self_attn", None) is p.attn for p in parts)
 
 
+def _unwrapped(module: nn.Module | None) -> nn.Module | None:
+    """The module PEFT adapter wrappers (LoRA's ``ParamWrapper`` on fused experts and routers, one per wrapped
+    tensor) wrap: the innermost ``base_layer``, whose hooks still run inside the wrappers' forward; any other module
+    as it is."""
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
 def _layer_parts(index: int, layer: nn.Module, fam: Family, config) -> LayerParts:
     mlp = getattr(layer, fam.mlp, None)
     if mlp is None and fam.layer_ffn is not None:  # GraniteMoeHybrid without experts: the shared MLP is the FFN
         mlp = getattr(layer, fam.layer_ffn)
-    experts = getattr(mlp, "experts", None)
+    experts = _unwrapped(getattr(mlp, "experts", None))
     if experts is not None and not hasattr(experts, "gate_up_proj"):
         raise ArchitectureError(
             f"layer {index}: experts of {type(mlp).__name__} are not fused (gate_up_proj); transformers>=5 is required"
@@ -307,7 +316,7 @@ def _layer_parts(index: int, layer: nn.Module, fam: Family, config) -> LayerPart
     attn, o_proj, n_heads = _mixer(layer)
     return LayerParts(
         index=index, layer=layer, attn=attn, o_proj=o_proj, post_attention_norm=layer.post_attention_layernorm,
-        mlp=mlp, router=getattr(mlp, fam.router) if experts is not None else None, experts=experts,
+        mlp=mlp, router=_unwrapped(getattr(mlp, fam.router)) if experts is not None else None, experts=experts,
         ffn=ffn, ffn_gate=ffn_gate, n_heads=n_heads or int(config.num_attention_heads),
         residual_scale=float(config.residual_multiplier) if fam.residual_multiplier else 1.0,
         expert_kind=fam.experts, ffn_in_block=beside is None,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .offload import materialized
 
@@ -104,8 +105,12 @@ def in_set(index: torch.Tensor, experts: ExpertSet) -> torch.Tensor:
 
 
 def family(router: nn.Module) -> str:
-    """The routing family of ``router`` (a key of the functions below)."""
-    name = type(router).__name__
+    """The routing family of ``router`` (a key of the functions below); a parametrized router (PEFT's LoRA on its
+    weight: torch's ``Parametrized<Class>``) is of its original class's family."""
+    cls = type(router)
+    if parametrize.is_parametrized(router):
+        cls = cls.__bases__[0]
+    name = cls.__name__
     if name not in ROUTER_FAMILIES:
         raise NotImplementedError(f"routing edits are not implemented for router class {name}")
     return ROUTER_FAMILIES[name]

@@ -337,3 +337,24 @@ def kind(verdict: str) -> str:
 def is_verdict(text: str) -> bool:
     """True for exactly the four verdict forms."""
     return text in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE) or (text.startswith(f"{NOT_TESTABLE}: ") and len(text) > 14)
+
+
+def survival(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Per claim and model decided under at least one variant reading: its outcome under the paper's reading
+    (column ``paper``) and under each variant (a not-testable row's reason stays in the row itself), and whether
+    it is reproduced under all of them (``survives``): which claims hold beyond the paper's own reading. Claims no
+    variant decided are left out."""
+    t = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    if t.empty:
+        return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
+    t["reading"] = t.get("reading", pd.Series(PAPER_READING, index=t.index)).fillna(PAPER_READING)
+    t["reading"] = t.reading.replace(PAPER_READING, "paper")
+    t["verdict"] = t.verdict.map(kind)
+    varied = t.loc[t.reading != "paper", ["claim", "model"]].drop_duplicates()
+    if varied.empty:
+        return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
+    t = t.merge(varied, on=["claim", "model"])
+    wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
+    wide = wide[["paper", *[c for c in wide.columns if c != "paper"]]] if "paper" in wide else wide
+    wide["survives"] = (wide == REPRODUCED).all(axis=1)
+    return wide.reset_index()

@@ -268,7 +268,7 @@ def test_table5_under_the_reading_without_layer0_decides_its_own_rows_and_leaves
     mine = by_claim(rows)
     cid = "T5.attributed_vs_random.reroute.country_capital"
     assert both[cid]["verdict"] == "reproduced" and mine[cid]["verdict"] != "reproduced"
-    table = evidence.survival(evidence.table5_model_rows([paper_reading]) + rows).set_index("claim")
+    table = v.survival(evidence.table5_model_rows([paper_reading]) + rows).set_index("claim")
     assert not table.loc[cid, "survives"]
     assert "T5.attributed_vs_random.mask.country_capital" not in table.index  # no variant row: not in the table
 
@@ -461,7 +461,7 @@ def test_depth_claims_with_layer_zero_apart_and_their_survival():
     assert apart["depth.stage.early"]["reading"] == "without layer 0"
     assert apart["depth.stage.early"]["kit"] < 0.2 and apart["depth.late_amplification"]["verdict"] == "reproduced"
     assert "depth.screening" not in apart  # routing is not a gain: it has no layer-0 reading
-    table = evidence.survival(evidence.depth_rows(dp) + evidence.depth_rows(dp, "without layer 0", without_layer0=True))
+    table = v.survival(evidence.depth_rows(dp) + evidence.depth_rows(dp, "without layer 0", without_layer0=True))
     late = table.set_index("claim").loc["depth.late_amplification"]
     assert late["paper"] == "not reproduced" and late["without layer 0"] == "reproduced" and not late["survives"]
 

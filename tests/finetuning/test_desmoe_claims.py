@@ -19,11 +19,24 @@ MODEL = {"moe_layers": 2, "experts": 16, "shared_expert": True}
 SEEDS = (0, 1, 2)
 
 
-def _history(val: float, general: float, base_general: float = 0.9, reach: int = 120) -> list[dict]:
-    """Three checkpoints: base, halfway (validation reached at ``reach``), final."""
+def _routing(separated: bool, errors: float) -> dict:
+    """A checkpoint's routing report (:func:`moescope.finetuning.routing_eval.routing_report` plus the agreement with
+    the unhooked routers): domains well separated (little law-code overlap, NMI far above both nulls) or not (more
+    overlap, NMI below the nulls)."""
+    value = {"accuracy": 0.9, "purity": 0.9, "nmi": 0.6, "jaccard": 0.1} if separated else \
+        {"accuracy": 0.3, "purity": 0.3, "nmi": 0.02, "jaccard": 0.6}
+    null = {"accuracy": 0.2, "purity": 0.25, "nmi": 0.05, "jaccard": 0.5}
+    return value | {"jaccard_pairs": {"code|law": value["jaccard"], "code|math": 0.3},
+                    "shuffled": {m: {"mean": x, "low": x - 0.01, "high": x + 0.01} for m, x in null.items()},
+                    "hidden": {m: x + 0.05 for m, x in null.items()}, "unhooked_agreement": 1.0 - errors}
+
+
+def _history(val: float, general: float, base_general: float = 0.9, reach: int = 120,
+             routing: dict | None = None) -> list[dict]:
+    """Three checkpoints: base, halfway (validation reached at ``reach``), final; ``routing`` recorded at each."""
     def point(step, v, g):
         return {"step": step, "train_seconds": step * 0.1, "val": {"avg": v}, "test": {"avg": v, "math": v},
-                "general": {"all": g, "facts": g, "text": g}}
+                "general": {"all": g, "facts": g, "text": g}} | ({"routing": routing} if routing else {})
     half = val if reach <= 60 else val / 2
     return [point(0, 0.0, base_general), point(60, half, (base_general + general) / 2), point(120, val, general)]
 
@@ -36,9 +49,11 @@ def _summary(overlap_law_code: bool) -> dict:
     return {"domains": names, "snapshots": {"T": {"masks": masks, "affinity": np.zeros((3, 2, 4)).tolist()}}}
 
 
-def write_grid(folder, des_wins: bool, single: bool = False) -> tables.Grid:
+def write_grid(folder, des_wins: bool, single: bool = False, routing: bool = True) -> tables.Grid:
     """A grid where DES-MoE beats every other method on every axis (or loses on every axis); with ``single``, the
-    single-domain runs too (test 0.6 on each domain, as long to train as one mixed run each)."""
+    single-domain runs too (test 0.6 on each domain, as long to train as one mixed run each); with ``routing``, the
+    routing of the test tokens (DES-MoE's separated when it wins, DES-MoE w/o DGES's when it loses; ESFT-Gate +
+    ALR's routing errors 0.2 + 0.01 x seed when DES-MoE wins, ESFT-Gate's when it loses)."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = protocol.GridSpec(steps=120, eval_every=60)
     rates = {m: spec.rates(m)[1] for m in spec.methods}
@@ -54,8 +69,12 @@ def write_grid(folder, des_wins: bool, single: bool = False) -> tables.Grid:
         if run.lr != rates[m]:
             val = val / 2
         summary = _summary(overlap_law_code=not des_wins) if m == "desmoe" else _summary(overlap_law_code=des_wins)
+        separated = (m == "desmoe") == des_wins if m in ("desmoe", "desmoe_no_dges") else False
+        erring = "esft_gate_alr" if des_wins else "esft_gate"
+        report = _routing(separated, 0.2 + 0.01 * seed if m == erring else 0.0) if routing else None
         body = {"spec": run.__dict__ | {"domains": list(run.domains)}, "id": run.id, "key": "x",
-                "history": _history(val, general, reach=reach), "train_seconds": 12.0, "median_step_seconds": 0.1,
+                "history": _history(val, general, reach=reach, routing=report), "train_seconds": 12.0,
+                "median_step_seconds": 0.1,
                 "trained_params": 1.0, "method": summary}
         (folder / f"{run.id}.json").write_text(json.dumps(body))
     for run in protocol.single_specs(spec, rates) if single else []:
@@ -93,7 +112,7 @@ SPECIAL = {"fig2_desmoe_flat", "t2_desmoe_equals_base", "fig2_fft_drop", "fft_mi
            "fig2_esft_less_than_fft", "fig2_fft_steepens"}
 #: claims that need runs the grid has not (single-domain, recorded routing) or sparse expert gradients
 NEEDS = {"t1_desmoe_vs_single_esft_gate", "t1_desmoe_vs_single_fft", "t1_mixed_fft_below_single",
-         "fig3_mixed_vs_single_esft", "t3_esft_alr_routing_errors", "fig3_wallclock"}
+         "fig3_mixed_vs_single_esft", "fig3_wallclock"}
 
 
 def test_claims_are_reproduced_when_desmoe_wins(tmp_path):
@@ -109,8 +128,9 @@ def test_rows_that_need_missing_runs_say_which(tmp_path):
         assert verdict[cid].startswith("not testable: the grid holds 0 of the 18 single-domain runs of full FT")
         assert "fft at its chosen rate on each of code, intent, law, math, summary, translation alone x seeds 0, 1, 2" in verdict[cid]
     assert "single-domain runs of ESFT-Gate" in verdict["fig3_mixed_vs_single_esft"]
-    assert verdict["t3_esft_alr_routing_errors"].startswith(
-        "not testable: the ESFT-Gate + ALR runs record only domains, snapshots of their routing")
+    unrecorded = decided(write_grid(tmp_path / "old", des_wins=True, routing=False))
+    for cid in ("t3_esft_alr_routing_errors", "t3_routing_overlap", "ext_routing_beyond_hidden"):
+        assert "runs at N_max record no routing of their test tokens" in unrecorded[cid], cid
     assert "dense expert gradients" in verdict["fig3_wallclock"]
     assert evidence.sparse_expert_gradients(network()).startswith("the routed experts are fused (")
 
@@ -231,13 +251,13 @@ def test_shipped_cache_loads_and_gives_the_notebook_tables():
     rows = evidence.table_rows(grid, model) + evidence.forgetting_rows(grid, model)
     assert all(verdicts.is_verdict(r["verdict"]) for r in rows)
     size = sum(p.stat().st_size for p in experiments.GRID_FOLDER.glob("*.json"))
-    assert size < 5 * 2**20
+    assert size < 8 * 2**20  # 229 runs with their DGES snapshots and routing evaluations: about 5.5 MiB
 
 
 def test_missing_run_facts_are_empty_exactly_when_the_runs_are_there(tmp_path):
-    """single_domain_missing counts the (domain, seed) single-domain runs the grid lacks; routing_errors_recorded is
-    '' once the ESFT-Gate + ALR runs record a routing."""
-    grid = write_grid(tmp_path, des_wins=True)
+    """single_domain_missing counts the (domain, seed) single-domain runs the grid lacks; routing_recorded is ''
+    exactly when every run at N_max records the routing of its test tokens."""
+    grid = write_grid(tmp_path, des_wins=True, routing=False)
     top = grid.at()
     domains = top.domains.iloc[0].split("+")
     single = pd.DataFrame([{"method": "fft", "n_domains": 1, "domains": d, "seed": s, "lr": grid.rates["fft"]}
@@ -247,6 +267,10 @@ def test_missing_run_facts_are_empty_exactly_when_the_runs_are_there(tmp_path):
     full = dataclasses.replace(grid, runs=pd.concat([grid.runs, single], ignore_index=True))
     assert evidence.single_domain_missing(full, "fft") == ""
     assert evidence.single_domain_missing(full, "esft_gate") != ""
-    for run_id in top.query("method == 'esft_gate_alr'").id:
-        grid.raw[run_id]["method"]["routing"] = []
-    assert evidence.routing_errors_recorded(grid) == ""
+    assert evidence.routing_recorded(grid).startswith(f"{len(top)} of the grid's {len(top)} runs")
+    at_top = grid.runs.n_domains == grid.runs.n_domains.max()
+    some = dataclasses.replace(grid, runs=grid.runs.assign(unhooked_agreement=at_top.map({True: 1.0, False: None})))
+    assert evidence.routing_recorded(some) == ""
+    one_less = some.runs.copy()
+    one_less.loc[top.index[0], "unhooked_agreement"] = None
+    assert evidence.routing_recorded(dataclasses.replace(grid, runs=one_less)).startswith("1 of")

@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moescope import arch, configs
+from moescope import arch, configs, routing
 from moescope.finetuning import domains
 from moescope.determinism import set_determinism
 from moescope.finetuning import desmoe, esft, masks
 from moescope.finetuning.batches import Encoded, domain_batches, encode
-from moescope.finetuning.evaluate import exact_match, forgetting_reduction
+from moescope.finetuning.evaluate import exact_match, forgetting_reduction, record_routing
 from moescope.finetuning.benchmark import desmoe_step_benchmark
 from moescope.finetuning.methods import ESFT, DESMoE, FrozenRouterFT, Method, StepPlan
-from moescope.finetuning.train import TrainConfig, train
+from moescope.finetuning.train import TrainConfig, parameter_groups, train
 from moescope.hooks import hooked
 from moescope.vocab import word_tokenizer
 
@@ -173,10 +173,8 @@ def test_affinity_masks_use_phi_and_ema():
     assert torch.allclose(second[0, 0], torch.tensor([0.1, 0.95, 0.925, 0.025]))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_desmoe_phases_freeze_what_the_paper_says(family, tok_and_examples):
-    tok, examples = tok_and_examples
-    model = tiny(family, len(tok))
+def train_probed(model, tok, examples, **options) -> tuple[DESMoE, list]:
+    """DES-MoE (t_update=2, ``options``) for 10 steps; after each step (the model's parameters, the ALR heads')."""
     states = []
 
     class Probe(DESMoE):
@@ -184,9 +182,17 @@ def test_desmoe_phases_freeze_what_the_paper_says(family, tok_and_examples):
             super().after_step(step, total, domain, batch)
             states.append((snapshot(model), [p.detach().clone() for p in self.routing.heads.parameters()]))
 
-    method = Probe(t_update=2)
-    before = snapshot(model)
+    method = Probe(t_update=2, **options)
     train(model, tok, examples, method, TrainConfig(steps=10, batch_size=16, lr=1e-2))
+    return method, states
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_desmoe_phases_freeze_what_the_paper_says(family, tok_and_examples):
+    tok, examples = tok_and_examples
+    model = tiny(family, len(tok))
+    before = snapshot(model)
+    method, states = train_probed(model, tok, examples)
     warm, _ = states[1]  # end of warm-up (steps 0-1)
     assert [n for n in changed(before, _as_module(model, warm), "experts.")] == []
     assert changed(before, _as_module(model, warm), "self_attn")
@@ -245,3 +251,68 @@ def test_benchmark_runs_on_cpu():
     bench = desmoe_step_benchmark(configs.tiny_config("deepseek_v2"), device="cpu", dtype=torch.float32,
                                   batch_size=2, seq_len=16, repeats=2)
     assert bench["step_seconds"] > 0 and bench["params"] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_warmup_trains_the_experts_and_router_with_the_backbone_frozen(family, tok_and_examples):
+    """The Fig. 1 caption's reading of phase I: routed experts and the ALR move, attention and embeddings do not."""
+    tok, examples = tok_and_examples
+    model = tiny(family, len(tok))
+    before = snapshot(model)
+    method, states = train_probed(model, tok, examples, warmup="experts")
+    heads = [h.down.weight.detach() for h in method.routing.heads]
+    warm = _as_module(model, states[1][0])  # end of warm-up (steps 0-1)
+    assert changed(before, warm, "experts.") and not changed(before, warm, "shared_experts")
+    assert not changed(before, warm, "self_attn") and not changed(before, warm, "embed_tokens")
+    assert any(h.abs().sum() > 0 for h in heads)  # the ALR's zero-initialised output layer has moved
+    assert desmoe.phase(0, 10, t1=0.0) == desmoe.STABILIZE  # t1 = 0: no phase I at all
+    with pytest.raises(ValueError, match="warmup must be one of backbone, experts"):
+        DESMoE(warmup="router")
+    with pytest.raises(ValueError, match="0 <= t1 <= t2 <= 1"):
+        DESMoE(t1=0.8)
+
+
+def test_backbone_rate_applies_to_the_backbone_only(tok_and_examples):
+    """backbone_lr = 0 leaves embeddings and attention exactly as they were while the rest trains at lr; unset, one
+    group at lr (the same update as before the option existed)."""
+    tok, examples = tok_and_examples
+    model = tiny("deepseek_v2", len(tok))
+    before = snapshot(model)
+    train(model, tok, examples, Method(), TrainConfig(steps=2, batch_size=16, lr=1e-2, backbone_lr=0.0))
+    assert not changed(before, model, "self_attn") and not changed(before, model, "embed_tokens")
+    assert changed(before, model, "experts.") and changed(before, model, "mlp.gate")
+    part_map = masks.PartMap(model)
+    groups = parameter_groups(part_map, [], TrainConfig(lr=1e-3, backbone_lr=2e-4))
+    backbone = {id(p) for name in masks.BACKBONE for p in part_map.parts()[name]}
+    assert groups[0]["lr"] == 2e-4 and {id(p) for p in groups[0]["params"]} == backbone
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    assert parameter_groups(part_map, [], TrainConfig(lr=1e-3)) == list(model.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recorded_routing_is_the_routing_the_model_uses(family, tok_and_examples):
+    """record_routing: one row per real token, the domain and sequence of its row; ``experts`` equal the router's
+    own top-K (ordered by weight) without hooks, and under an ALR hook ``unhooked`` still equals them while
+    ``experts`` follow the adapted logits."""
+    tok, examples = tok_and_examples
+    model = tiny(family, len(tok))
+    data = encode(tok, examples[:12] + examples[-12:])
+    names = sorted(set(data.domains))
+    plain = record_routing(model, data, names)
+    assert plain.experts.shape[0] == int(data.attention_mask.sum()) == len(plain.domain)
+    assert torch.equal(plain.experts, plain.unhooked)
+    first = [i for i, d in enumerate(data.domains) if d == names[1]][0]
+    assert bool((plain.domain[plain.sequence == first] == 1).all())
+    router = [p.router for p in arch.layers(model) if p.is_moe][0]
+    hidden = plain.hidden[:, 0].to(router.weight.dtype)
+    _, weights, index = routing.decision(router, router(hidden))
+    reference = index.gather(1, weights.argsort(dim=1, descending=True, stable=True))
+    assert torch.equal(plain.experts[:, 0], reference)
+    alr = desmoe.AdaptiveRouting(model)
+    with torch.no_grad():
+        for head in alr.heads:
+            head.down.weight.normal_(0, 5.0)
+    with hooked(alr.hooks()):
+        adapted = record_routing(model, data, names)
+    assert not torch.equal(adapted.experts, plain.experts)
+    assert torch.equal(adapted.unhooked[:, 0], plain.unhooked[:, 0])  # layer 0's input is unchanged by the ALR

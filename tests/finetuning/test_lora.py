@@ -6,7 +6,7 @@ import torch
 
 from moescope import configs
 from moescope.determinism import set_determinism
-from moescope.finetuning import domains
+from moescope.finetuning import domains, evaluate
 from moescope.finetuning.batches import encode
 from moescope.finetuning.lora import add_adapters, adapter_targets
 from moescope.finetuning.methods import LoRA
@@ -66,3 +66,23 @@ def test_lora_training_moves_only_the_adapters(tok_and_examples):
         match = [p for k, p in now.items() if "lora_" not in k and k.replace(".base_layer", "") == key]
         assert len(match) == 1 and torch.equal(match[0], old), key
     assert method.summary()["adapter_params"] == sum(p.numel() for p in lora.values())
+
+
+def test_routing_of_a_lora_model_is_recorded_through_the_adapters():
+    """arch reads through PEFT's wrappers and routing through the parametrized router class: the recorded routing
+    of a LoRA model follows its adapters (B set non-zero changes it) and is the routers' own (no hooks)."""
+    splits = domains.domain_splits(("math", "law"), n_train=8, n_val=4, n_test=8)
+    examples = [e for s in splits.values() for e in s.test]
+    tok = word_tokenizer([t for e in examples for t in (e.prompt, e.answer)])
+    model = configs.build(configs.tiny_config("qwen2_moe", configs.Shape(vocab=len(tok), hidden=16, experts=8,
+                                                                          expert_width=8, shared_width=16)))
+    data = encode(tok, examples)
+    before = evaluate.record_routing(model, data, ["law", "math"])
+    add_adapters(model)
+    assert torch.equal(evaluate.record_routing(model, data, ["law", "math"]).experts, before.experts)  # B = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 1.0)
+    after = evaluate.record_routing(model, data, ["law", "math"])
+    assert not torch.equal(after.experts, before.experts) and torch.equal(after.experts, after.unhooked)

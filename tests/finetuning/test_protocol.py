@@ -66,9 +66,16 @@ def test_retention_is_measured_on_general_data_the_mix_does_not_replay():
 def test_grid_plan_covers_the_protocol():
     grid = protocol.FULL
     rates = {m: grid.rates(m)[0] for m in grid.methods}
-    sweep, main = protocol.sweep_specs(grid), protocol.main_specs(grid, rates)
+    first, borrowing = protocol.sweep_specs(grid), protocol.sweep_specs(grid, rates)
+    sweep, main = first + borrowing, protocol.main_specs(grid, rates)
     assert {len(grid.rates(m)) for m in grid.methods} == {4}
     assert len(sweep) == 4 * len(grid.methods) and all(len(s.domains) == 6 for s in sweep)
+    assert {s.method for s in borrowing} == set(protocol.BACKBONE_RATE) and not {s.method for s in first} & set(
+        protocol.BACKBONE_RATE)
+    for s in sweep + main:  # the split-rate reading's backbone at full FT's chosen rate; every other run one rate
+        assert s.backbone_lr == (rates[protocol.BACKBONE_RATE[s.method]] if s.method in protocol.BACKBONE_RATE
+                                 else None)
+    assert set(protocol.DESMOE_READINGS.values()) <= set(grid.curve_methods)
     for m in grid.curve_methods:
         for n in (2, 4, 6):
             runs = [s for s in main if s.method == m and len(s.domains) == n]
@@ -110,7 +117,8 @@ def test_any_model_tiny_grid_gives_a_verdict_for_every_claim(tiny_model_dir, tmp
             + evidence.ablation_rows(grid, model) + evidence.sequential_rows(grid, model))
     assert {r["claim"] for r in rows} == set(claims.REGISTRY)
     assert all(verdicts.is_verdict(r["verdict"]) for r in rows), [r["verdict"] for r in rows]
-    assert set(grid.runs.method) == set(protocol.METHODS)
+    assert set(grid.runs.method) == set(spec.methods) == set(protocol.METHODS) - set(
+        list(protocol.DESMOE_READINGS.values())[1:])
 
 
 def test_unknown_words_are_refused(tmp_path):

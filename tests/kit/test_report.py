@@ -204,14 +204,16 @@ def test_executed_notebooks_are_rendered_beside_the_report_and_linked(run_dir, t
 
 def test_tallies_count_the_papers_reading_and_the_variants_have_their_own_table():
     base = {"paper": "p", "where": "w", "statement": "s", "paper_value": "1", "statistic": "x", "rule": "r",
-            "note": "", "role": "claim", "notebook": "20_depth_profile", "folder": "default", "numerics": "pinned"}
-    rows = pd.DataFrame([base | {"claim": "c1", "model": "m", "reading": "", "verdict": "reproduced"},
-                         base | {"claim": "c1", "model": "m", "reading": "without layer 0", "verdict": "not reproduced"},
-                         base | {"claim": "c2", "model": "m", "reading": "", "verdict": "reproduced"}])
+            "note": "", "role": "claim", "notebook": "20_depth_profile", "folder": "default", "numerics": "pinned",
+            "n": 3, "over": "seeds"}
+    rows = pd.DataFrame([base | {"claim": "c1", "model": "m", "reading": "", "verdict": "reproduced", "kit": 0.5},
+                         base | {"claim": "c1", "model": "m", "reading": "without layer 0", "verdict": "not reproduced",
+                                 "kit": -0.2},
+                         base | {"claim": "c2", "model": "m", "reading": "", "verdict": "reproduced", "kit": 0.1}])
     rows = rows.reindex(columns=[*report.COLUMNS, "notebook", "folder", "numerics"])
     t = report.counts(rows)
     assert int(t.claims.sum()) == 2 and int(t.rows.sum()) == 2  # the variant row is not a claim of its own
     varied = report.readings(rows)
-    assert list(varied.columns) == ["claim", "model", "paper", "without layer 0", "survives"]
-    assert varied.iloc[0].tolist() == ["c1", "m", "reproduced", "not reproduced", "no"]
-    assert "## Claims under the lens variants" in report.markdown(rows, [], "r")
+    assert list(varied.columns) == ["claim", "model", "paper value", "paper", "without layer 0", "survives"]
+    assert varied.iloc[0].tolist() == ["c1", "m", "1", "reproduced (0.5)", "not reproduced (-0.2)", "no"]
+    assert "## p: claims under each reading" in report.markdown(rows, [], "r")

@@ -257,20 +257,6 @@ DEPTH_VARIANTS = (("lens: local scale", "local", False), ("lens: contrastive", "
                   (WITHOUT_LAYER0, "final", True))
 
 
-def survival(rows: Sequence[Row]) -> pd.DataFrame:
-    """Per claim and model decided under at least one variant: its outcome under each reading (columns; a
-    not-testable row's reason is in the row itself), and whether it is reproduced under all of them (``survives``):
-    which claims hold beyond the paper's own lens. Claims no variant decided (not run under it) are left out."""
-    t = pd.DataFrame(list(rows))
-    t["reading"] = t.reading.replace(v.PAPER_READING, "paper")
-    t["verdict"] = t.verdict.map(v.kind)
-    varied = t.loc[t.reading != "paper", ["claim", "model"]].drop_duplicates()
-    t = t.merge(varied, on=["claim", "model"])
-    wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
-    wide["survives"] = (wide == v.REPRODUCED).all(axis=1)
-    return wide.reset_index()
-
-
 # ---------------------------------------------------------------------------------------------------- Table 2
 def _config_rr(abl: ablation.Ablation, config: str) -> np.ndarray:
     return abl.ranks[abl.ranks.config == config].sort_values("sample_id").rr.to_numpy()

@@ -12,9 +12,10 @@ Choices where the paper is ambiguous (see /work/shared/papers/des-moe-emnlp2025.
   alpha = fraction of training done; the backbone and experts get grad L_task only.
 - DGES affinity A[d,l,e] = share of domain-d tokens whose top-K in layer l holds e; M = A >= phi * max_e A,
   phi = 0.6; refreshed as A <- m * A_new + (1 - m) * A with m = 0.9 (the new statistic weighs 0.9, as printed).
-- Schedule: warm-up t < 0.2T (router + backbone; routed experts only when ``warmup_experts``), stabilisation
-  t < 0.7T (router + the batch domain's experts), consolidation (the batch domain's experts only). Shared
-  experts never train (they are neither routed nor backbone; ESFT found training them hurts general ability).
+- Schedule: warm-up t < 0.2T (router + backbone as eq. 11 reads it, router + routed experts as the Fig. 1 caption
+  does: the ``warmup`` option of :class:`.methods.DESMoE`), stabilisation t < 0.7T (router + the batch domain's
+  experts), consolidation (the batch domain's experts only). Shared experts never train (they are neither routed
+  nor backbone; ESFT found training them hurts general ability).
 """
 from __future__ import annotations
 

@@ -7,15 +7,17 @@ bootstrap over sequences (:mod:`moescope.statistics`); no statistic beyond those
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import pandas as pd
 from torch import nn
 
 from .. import arch
 from .. import verdicts as v
 from ..verdicts import Estimate
 from . import findings
+from .protocol import DESMOE_READINGS
 from .claims import METHODS, MIN_FORGETTING, NAMES, SINGLE, Facts, get
 from .tables import Grid
 
@@ -29,9 +31,8 @@ def _model_facts(model: Mapping[str, Any]) -> Facts:
 def single_domain_missing(grid: Grid, method: str) -> str:
     """'' when the grid holds ``method`` trained on each N_max domain alone for every seed; else which runs are
     missing and why no command makes them."""
-    top = grid.at()
-    domains = sorted(top.domains.iloc[0].split("+")) if len(top) else []
-    seeds = sorted(int(s) for s in top.seed.unique())
+    domains = grid.top_domains()
+    seeds = sorted(int(s) for s in grid.at().seed.unique())
     single = grid.single(method)
     have = {(d, int(s)) for d, s in zip(single.domains, single.seed)}
     missing = [(d, s) for d in domains for s in seeds if (d, s) not in have]
@@ -43,16 +44,15 @@ def single_domain_missing(grid: Grid, method: str) -> str:
             "makes them (stage 4, resumable)")
 
 
-def routing_errors_recorded(grid: Grid, method: str = "esft_gate_alr") -> str:
-    """'' when ``method``'s runs record the routing of evaluation tokens (to compare with ESFT-Gate's router); else
-    what they record instead."""
-    ids = grid.at().query("method == @method").id
-    kept = sorted({k for i in ids for k in grid.raw[i].get("method", {})})
-    if "routing" in kept:
+def routing_recorded(grid: Grid) -> str:
+    """'' when every chosen run at N_max records the routing of its test tokens (:mod:`.routing_eval`); else how
+    many do not."""
+    top = grid.at()
+    have = top["unhooked_agreement"].notna() if "unhooked_agreement" in top else pd.Series(False, index=top.index)
+    if len(top) and bool(have.all()):
         return ""
-    return (f"the {NAMES[method]} runs record only {', '.join(kept) or 'nothing'} of their routing, not the experts each "
-            "evaluation token is routed to under both routers, and the paper does not define a routing-assignment "
-            "error; the grid's runs would have to be re-run recording it")
+    return (f"{int((~have).sum())} of the grid's {len(top)} runs at N_max record no routing of their test tokens (made "
+            "before protocol version 2); `python -m moescope desmoe-grid` re-makes them")
 
 
 def sparse_expert_gradients(network: nn.Module) -> str:
@@ -83,12 +83,28 @@ def facts(grid: Grid, model: Mapping[str, Any], network: nn.Module | None = None
                     f"{method}_val": float(g.val.mean()), f"{method}_learned": float((g.test - g.base_test).mean())}
     out |= {f"single_{m}_missing": single_domain_missing(grid, m) for m in SINGLE}
     out |= {f"single_{m}_learned": findings.single_gain(grid, m) for m in SINGLE}
-    out["routing_errors_recorded"] = routing_errors_recorded(grid)
+    out["routing_recorded"] = routing_recorded(grid)
     if network is not None:
         out["sparse_expert_gradients"] = sparse_expert_gradients(network)
-    domains = set(top.domains.iloc[0].split("+")) if len(top) else set()
-    out["law_and_code"] = {"law", "code"} <= domains
+    out["law_and_code"] = {"law", "code"} <= set(grid.top_domains())
     return out
+
+
+def reads_desmoe(claim_id: str) -> bool:
+    """Whether the claim's statistic reads DES-MoE's runs (its preconditions include DES-MoE's floor)."""
+    return any("desmoe_learned" in p.keys for p in get(claim_id).preconditions)
+
+
+def under_readings(decide: Callable[..., list[dict]], grid: Grid, *args: Any) -> list[dict]:
+    """``decide(grid, *args)``'s rows (the paper's reading), then for each other reading of
+    :data:`.protocol.DESMOE_READINGS` that the grid holds, the rows of the claims that read DES-MoE decided again,
+    by the same rules, on ``grid.as_desmoe(method)``, each row naming its reading."""
+    rows = decide(grid, *args)
+    for reading, method in DESMOE_READINGS.items():
+        if reading != v.PAPER_READING and method in grid.rates:
+            again = decide(grid.as_desmoe(method), *args)
+            rows += [r | {"reading": reading} for r in again if reads_desmoe(r["claim"])]
+    return rows
 
 
 def _row(claim_id: str, f: Facts, kit: Estimate | None, control: Estimate | None = None, note: str = "") -> dict:
@@ -169,7 +185,8 @@ def convergence_rows(grid: Grid, model: Mapping[str, Any], network: nn.Module, t
 
 
 def ablation_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
-    """Table 3 (both halves of ESFT + ALR, its routing errors) and the Law-Code expert overlap."""
+    """Table 3 (both halves of ESFT + ALR, its routing errors), the Law-Code expert overlap in the DGES masks and in
+    the routing of the test tokens, and the routing's domain information against its two nulls (extension)."""
     f = facts(grid, model)
     diff = lambda m, col: findings.paired_difference(grid, "desmoe", m, col)  # noqa: E731
     with_dges, without = findings.expert_overlap(grid, "desmoe"), findings.expert_overlap(grid, "desmoe_no_dges")
@@ -180,9 +197,41 @@ def ablation_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
             _row("t3_no_dges_domain", f, diff("desmoe_no_dges", "test"), _score(grid, "desmoe_no_dges", "test")),
             _row("t3_esft_alr", f, alr("general"), _score(grid, "esft_gate", "general")),
             _row("t3_esft_alr_domain", f, alr("test"), _score(grid, "esft_gate", "test")),
-            _row("t3_esft_alr_routing_errors", f, None),  # decided by its precondition (no recorded routing)
+            *_routing_errors(grid, f),
             _row("t3_overlap", f, findings.overlap_difference(grid), without,
-                 note=f"overlap with DGES {with_dges.value:.2f}, without {without.value:.2f}")]
+                 note=f"overlap with DGES {with_dges.value:.2f}, without {without.value:.2f}"),
+            *_routing_overlap(grid, f),
+            *[_row(f"ext_routing_beyond_{null}", f, findings.beyond_null(grid, "desmoe", "nmi", null),
+                   _score(grid, "desmoe", f"{null}_nmi") if f.get("routing_recorded") == "" else None)
+              for null in ("shuffled", "hidden")]]
+
+
+def _assignment_note(grid: Grid) -> str:
+    """The other reading of '+37% routing-assignment errors': the relative change of the domain-assignment error
+    (1 - cross-fitted assignment accuracy) from ESFT-Gate to ESFT-Gate + ALR."""
+    top = grid.at()
+    if "routing_accuracy" not in top:
+        return ""
+    err = {m: 1 - top.query("method == @m").routing_accuracy.mean() for m in ("esft_gate", "esft_gate_alr")}
+    change = err["esft_gate_alr"] / err["esft_gate"] - 1 if err["esft_gate"] > 0 else math.nan
+    return (f"domain-assignment error (1 - assignment accuracy) {err['esft_gate']:.3f} -> {err['esft_gate_alr']:.3f} "
+            f"({change:+.0%})")
+
+
+def _routing_errors(grid: Grid, f: Facts) -> list[dict]:
+    if f.get("routing_recorded") != "":
+        return [_row("t3_esft_alr_routing_errors", f, None)]
+    return [_row("t3_esft_alr_routing_errors", f,
+                 findings.paired_difference(grid, "esft_gate_alr", "esft_gate", "routing_errors"),
+                 _score(grid, "esft_gate", "routing_errors"), note=_assignment_note(grid))]
+
+
+def _routing_overlap(grid: Grid, f: Facts) -> list[dict]:
+    if not f.get("law_and_code") or f.get("routing_recorded") != "":
+        return [_row("t3_routing_overlap", f, None)]
+    column = findings.pair_column(grid, "law", "code")
+    return [_row("t3_routing_overlap", f, findings.paired_difference(grid, "desmoe", "desmoe_no_dges", column),
+                 _score(grid, "desmoe_no_dges", column))]
 
 
 def sequential_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:

@@ -195,3 +195,62 @@ def sequential(frame: pd.DataFrame) -> plt.Figure:
               [Line2D([], [], color=colors[d], marker="o", ms=4, label=f"{d} (stage {i + 1})") for i, d in enumerate(order)]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def readings(curve: pd.DataFrame, table: pd.DataFrame, base_general: float) -> plt.Figure:
+    """DES-MoE under each reading of its phase I (:data:`.protocol.DESMOE_READINGS`) beside full FT. Left: the
+    general score against N, mean over seeds with the seed interval as a band. Right: at N_max, the domain gain
+    (test - base test) against the general score, one point per reading (means over seeds)."""
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(11.5, 4), gridspec_kw={"width_ratios": [3, 2]})
+    methods = ["fft", *table.method]
+    shades = dict(zip(table.method, plt.get_cmap("plasma")(np.linspace(0.0, 0.8, len(table)))))
+    color = lambda m: _color("fft") if m == "fft" else shades[m]  # noqa: E731
+    for method in methods:
+        g = curve[curve.method == method].sort_values("n_domains")
+        if len(g):
+            ax.plot(g.n_domains, g.general, marker="o", color=color(method), label=_label(method),
+                    lw=2.2 if method == "desmoe" else 1.4)
+            ax.fill_between(g.n_domains, g.general_low, g.general_high, color=color(method), alpha=0.10, lw=0)
+    ax.axhline(base_general, color=PALETTE["paper"], ls="--", label="base model")
+    ax.set(xlabel="number of domains N (joint fine-tuning)", ylabel="general score (share)",
+           title="kit: mean over seeds, band = seed interval")
+    ax.set_xticks(sorted(curve.n_domains.unique()))
+    legend_outside(ax)
+    for row in table.itertuples():
+        right.scatter(row.learned, row.general, s=60, color=shades[row.method], edgecolor="black")
+    right.axhline(base_general, color=PALETTE["paper"], ls="--")
+    right.set(xlabel="domain gain at N_max (test - base test, share)", ylabel="general score at N_max (share)",
+              title="each reading at N_max (colours as left)")
+    right.margins(x=0.2, y=0.2)
+    fig.tight_layout()
+    return fig
+
+
+ROUTING_TITLES = {"accuracy": "assignment accuracy\n(cross-fitted)", "purity": "purity\n(top-1 expert)",
+                  "nmi": "NMI(domain; top-1 expert)\n(higher: apart)",
+                  "jaccard": "Jaccard of domain expert sets\n(lower: apart)"}
+
+
+def routing(table: pd.DataFrame) -> plt.Figure:
+    """How the routing of the test tokens separates the domains at N_max (:func:`.findings.routing_table`), one
+    panel per metric: each method's value (bar, mean over seeds), the shuffled-label null (black tick at its mean,
+    thin line up to its 97.5% quantile) and the hidden-state null (open diamond: k-means of the routers' inputs)."""
+    metrics = list(dict.fromkeys(table.metric))
+    methods = list(dict.fromkeys(table.method))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 3.6), squeeze=False)
+    x = np.arange(len(methods))
+    for ax, metric in zip(axes[0], metrics):
+        g = table[table.metric == metric].set_index("method").loc[methods]
+        ax.bar(x, g.routing, 0.6, color=[_color(m) for m in methods])
+        ax.hlines(g.shuffled, x - 0.3, x + 0.3, color="black", lw=2)
+        ax.vlines(x, g.shuffled, g.shuffled_high, color="black", lw=1)
+        ax.plot(x, g.hidden, "D", mfc="white", mec="black", ms=6)
+        ax.set_xticks(x, [_label(m) for m in methods], rotation=35, ha="right", fontsize=8)
+        top = float(np.nanmax(g[["routing", "shuffled_high", "hidden"]].to_numpy()))
+        ax.set(title=ROUTING_TITLES.get(metric, metric), ylim=(0, min(1.05, 1.15 * top + 0.02)))
+    axes[0][0].set_ylabel("score on the test tokens (0-1)")
+    handles = [Line2D([], [], color="black", lw=2, label="shuffled domain labels (mean, to 97.5%)"),
+               Line2D([], [], marker="D", ls="", mfc="white", mec="black", label="hidden-state k-means")]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig

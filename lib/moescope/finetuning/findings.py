@@ -22,7 +22,8 @@ from .base import Base
 from .batches import encode
 from .domains import DOMAINS
 from .evaluate import forgetting_reduction
-from .tables import Grid
+from .protocol import DESMOE_READINGS
+from .tables import ROUTING_METRICS, Grid
 
 TOKEN_P, GATE_P = 0.2, 0.1
 
@@ -222,7 +223,7 @@ def drop_between(grid: Grid, method: str, n_low: int, n_high: int) -> Estimate:
 def _single_per_seed(grid: Grid, method: str, column: str, how: str = "mean") -> pd.Series:
     """Per seed: the mean (or sum) over the N_max domains of ``method``'s single-domain runs' ``column``; seeds
     missing a domain are left out."""
-    domains = set(grid.at().domains.iloc[0].split("+")) if len(grid.at()) else set()
+    domains = set(grid.top_domains())
     single = grid.single(method)
     complete = {s for s, have in single.groupby("seed").domains.agg(set).items() if domains <= have}
     kept = single.loc[single.seed.isin(complete).to_numpy(dtype=bool)]
@@ -253,9 +254,9 @@ def drop_table(grid: Grid) -> pd.DataFrame:
     """Per method of the paper's Fig. 2 that the grid ran: the kit's general(N_min) - general(N_max) over seeds
     (``drop``, ``low``, ``high``; shares) beside the paper's drop (``paper``, points on its 0-100 scale)."""
     lo, hi = span(grid)
-    rows = []
+    rows, ran = [], set(grid.chosen().method)
     for key, method in paper.FIG2_KIT.items():
-        if method in set(grid.chosen().method):
+        if method in ran:
             e = drop_between(grid, method, lo, hi)
             rows.append({"method": method, "drop": e.value, "low": e.low, "high": e.high, "paper": paper.FIG2_DROP[key]})
     return pd.DataFrame(rows)
@@ -427,3 +428,54 @@ def sequential_forgetting(grid: Grid) -> pd.DataFrame:
         rows.append({"method": method, "seed": seed, "earlier_domain_forgetting": float((when[end.index] - end).mean()),
                      "general_after": float(g[(g.stage == last) & (g.domain == "general")].acc.iloc[0])})
     return pd.DataFrame(rows)
+
+
+def readings_table(grid: Grid) -> pd.DataFrame:
+    """DES-MoE under each reading the grid holds, at N_max (means over seeds): reading, method, chosen rate, the
+    backbone's rate, test, test - base test, general, forgetting, and the general score's parts."""
+    rows = []
+    for reading, method in DESMOE_READINGS.items():
+        g = grid.at().query("method == @method")
+        if len(g):
+            rows.append({"reading": reading or "paper (eq. 11, t1 = 0.2)", "method": method, "lr": grid.rates[method],
+                         "backbone_lr": g.backbone_lr.fillna(grid.rates[method]).iloc[0],
+                         "test": g.test.mean(), "learned": (g.test - g.base_test).mean(), "general": g.general.mean(),
+                         "forgetting": g.forgetting.mean(), "general_facts": g.general_facts.mean(),
+                         "general_text": g.general_text.mean(), "seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- routing of the test tokens (per checkpoint)
+
+def routing_table(grid: Grid, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per method at N_max (chosen checkpoints, mean over seeds) and routing metric (:data:`.routing_eval.METRICS`):
+    the routing's value, its shuffled-label null (mean and 97.5% quantile) and its hidden-state null."""
+    frame = grid.at()
+    if "routing_nmi" not in frame:
+        return pd.DataFrame(columns=["method", "metric", "routing", "shuffled", "shuffled_high", "hidden", "seeds"])
+    rows = []
+    for method, g in frame.groupby("method", sort=False):
+        if methods is not None and method not in methods:
+            continue
+        for m in ROUTING_METRICS:
+            rows.append({"method": method, "metric": m, "routing": g[f"routing_{m}"].mean(),
+                         "shuffled": g[f"shuffled_{m}"].mean(), "shuffled_high": g[f"shuffled_{m}_high"].mean(),
+                         "hidden": g[f"hidden_{m}"].mean() if f"hidden_{m}" in g else math.nan, "seeds": len(g)})
+    return pd.DataFrame(rows)
+
+
+def pair_column(grid: Grid, a: str, b: str) -> str:
+    """The runs' column of the routing Jaccard between domains ``a`` and ``b`` (either order)."""
+    for name in (f"jaccard_{a}|{b}", f"jaccard_{b}|{a}"):
+        if name in grid.runs:
+            return name
+    raise KeyError(f"the grid's runs record no routing overlap of {a} and {b}")
+
+
+def beyond_null(grid: Grid, method: str, metric: str = "nmi", null: str = "hidden") -> Estimate:
+    """``method``'s routing metric minus its ``null`` ('hidden' or 'shuffled') on the same tokens, at N_max, per
+    seed (each run's own null), with a t-interval over seeds."""
+    g = grid.at().query("method == @method")
+    if f"{null}_{metric}" not in g or not len(g):
+        return Estimate(math.nan)
+    return _estimate((g[f"routing_{metric}"] - g[f"{null}_{metric}"]).dropna().tolist())

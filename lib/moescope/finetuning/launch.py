@@ -58,6 +58,15 @@ def default_lr(method: str) -> float:
     return rates[len(rates) // 2]
 
 
+def backbone_lr(args: argparse.Namespace, method: str) -> float | None:
+    """--backbone-lr, else for a method of :data:`.protocol.BACKBONE_RATE` the default rate of the method it
+    borrows from, else None (the backbone at the method's own rate)."""
+    if args.backbone_lr is not None:
+        return args.backbone_lr
+    lender = protocol.BACKBONE_RATE.get(method)
+    return default_lr(lender) if lender else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m moescope.finetuning.launch",
                                 description=__doc__.split("\n\n")[0])
@@ -72,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (split over the processes)")
     p.add_argument("--lr", type=float, help="learning rate (default: the middle of the method's sweep)")
+    p.add_argument("--backbone-lr", type=float,
+                   help="learning rate of the backbone (embeddings, LM head, attention, norms, dense FFNs); default: "
+                        "--lr, or for desmoe_split_lr the middle of full FT's sweep")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: before and after only)")
@@ -111,6 +123,9 @@ def _check_options(args: argparse.Namespace) -> None:
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UserDataError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("lr", "backbone_lr"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UserDataError(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
     if args.eval_every < 0:
         raise UserDataError("--eval-every must be 0 or more")
     for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
@@ -199,7 +214,8 @@ def run(args: argparse.Namespace) -> None:
     score = evaluator(base.tokenizer, corpus)
     for name in dict.fromkeys(args.method):
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr or default_lr(name),
-                          weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every)
+                          weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every,
+                          backbone_lr=backbone_lr(args, name))
         folder, key = args.out / name, run_key(args, name, cfg, corpus, parallel.world)
         if _done(folder, key, parallel):
             if parallel.rank == 0:

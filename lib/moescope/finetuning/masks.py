@@ -8,6 +8,11 @@ model after the map was made, e.g. LoRA adapters). Whole parts are frozen with
 fused tensor, so it is frozen by (1) zeroing its gradient rows before ``opt.step()`` and (2) restoring its
 slice from a snapshot after the step, which also cancels AdamW momentum and weight decay: frozen experts stay
 bit-identical.
+
+Optimizer state of a frozen expert (a choice, stated): its AdamW moments are kept, decaying with zero gradients
+(m <- beta1 m, v <- beta2 v per step), and act again when a mask re-opens the expert (DGES masks change every
+refresh). Clearing them when a mask changes is the other choice, which the kit does not take; weight decay never
+reaches a frozen row (the restore undoes it).
 """
 from __future__ import annotations
 

@@ -31,6 +31,11 @@ from .domains import GENERAL
 from .masks import BACKBONE, BASE_PARTS
 
 
+#: DES-MoE's two readings of phase I (see :class:`DESMoE`)
+WARMUP_BACKBONE, WARMUP_EXPERTS = "backbone", "experts"
+WARMUPS = (WARMUP_BACKBONE, WARMUP_EXPERTS)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """Parts whose parameters train this step; ``experts`` [L, E] limits the routed experts (None = all)."""
@@ -174,17 +179,24 @@ class DESMoE(Method):
 
     ``alr=False``: no ALR and no distillation, the original router trains on the task loss in phases I-II.
     ``dges=False``: no expert-domain masks (all routed experts train in phases II-III).
-    ``warmup_experts``: routed experts also train in phase I (Fig. 1 caption) instead of staying frozen (eq. 11).
+    ``warmup``: what trains beside the router in phase I (t < t1 T): :data:`WARMUP_BACKBONE` (eq. 11: the backbone,
+    i.e. embeddings, LM head, attention, norms and dense FFNs; routed experts frozen) or :data:`WARMUP_EXPERTS`
+    (the Fig. 1 caption: every routed expert; backbone frozen). ``t1=0`` has no phase I (the readings coincide):
+    the DGES masks then start with every expert and are refreshed every ``t_update`` steps from the first step.
     ``routing``/``reserved``: reuse an earlier stage's ALR, and keep experts reserved by earlier domains frozen
     (sequential adaptation; a layer whose mask would become empty keeps its own mask).
     """
 
     name = "desmoe"
 
-    def __init__(self, alr: bool = True, dges: bool = True, warmup_experts: bool = False, t1: float = 0.2,
+    def __init__(self, alr: bool = True, dges: bool = True, warmup: str = "backbone", t1: float = 0.2,
                  t2: float = 0.7, tau: float = 0.7, momentum: float = 0.9, phi: float = 0.6, t_update: int = 25,
                  routing: desmoe.AdaptiveRouting | None = None, reserved: torch.Tensor | None = None):
-        self.alr, self.dges, self.warmup_experts = alr, dges, warmup_experts
+        if warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {', '.join(WARMUPS)}; got {warmup!r}")
+        if not 0 <= t1 <= t2 <= 1:
+            raise ValueError(f"the phase boundaries need 0 <= t1 <= t2 <= 1; got t1={t1}, t2={t2}")
+        self.alr, self.dges, self.warmup = alr, dges, warmup
         self.t1, self.t2, self.tau, self.momentum, self.phi, self.t_update = t1, t2, tau, momentum, phi, t_update
         self.routing, self.reserved = routing, reserved
         self.affinity: desmoe.Affinity | None = None
@@ -232,7 +244,7 @@ class DESMoE(Method):
             self.routing.heads.requires_grad_(router_trains)
         parts = {"router"} if router_trains and not self.alr else set()
         if ph == desmoe.WARMUP:
-            parts |= set(BACKBONE) | ({"experts"} if self.warmup_experts else set())
+            parts |= set(BACKBONE) if self.warmup == WARMUP_BACKBONE else {"experts"}
             return StepPlan(frozenset(parts), None)
         return StepPlan(frozenset(parts | {"experts"}), self._expert_mask(domain))
 

@@ -8,7 +8,8 @@ domain average (earliest on ties), and its test and general scores are what the 
 Stages (each run is one atomic JSON file under ``folder``; a finished run is never redone, so an interrupted
 grid resumes):
 
-1. sweep: every method at N=6 (first order) for the ``sweep_seeds`` at each of its learning rates;
+1. sweep: every method at N=6 (first order) for the ``sweep_seeds`` at each of its learning rates (a method of
+   :data:`BACKBONE_RATE` is swept once the rate its backbone borrows has been chosen);
 2. the rate of each method is fixed as the one with the best mean validation score in the sweep (never the
    general score), then every method runs at that rate for the remaining seeds at N=6 and, for the methods of the
    forgetting curve, at N in ``n_domains`` for both domain orders;
@@ -36,10 +37,11 @@ from ..determinism import set_determinism
 from ..results import write_json_atomic
 from . import domains
 from .base import THREADS, Base
-from .methods import DESMoE, ESFT, ESFTALR, FrozenRouterFT, FullFT, LoRA, Method
+from .methods import WARMUP_EXPERTS, DESMoE, ESFT, ESFTALR, FrozenRouterFT, FullFT, LoRA, Method
 from .train import TrainConfig, train
 
-VERSION = 1
+#: 2: evaluations record the routing of the test tokens (:mod:`.routing_eval`), runs may carry a backbone rate
+VERSION = 2
 
 #: every method of the protocol, by name
 METHODS: dict[str, Callable[[], Method]] = {
@@ -52,16 +54,34 @@ METHODS: dict[str, Callable[[], Method]] = {
     "desmoe": DESMoE,
     "desmoe_no_alr": lambda: DESMoE(alr=False),
     "desmoe_no_dges": lambda: DESMoE(dges=False),
+    # DES-MoE's readings of its phase I (issue: both readings and the warm-up's length)
+    "desmoe_caption": lambda: DESMoE(warmup=WARMUP_EXPERTS),
+    "desmoe_split_lr": DESMoE,
+    "desmoe_short_warmup": lambda: DESMoE(t1=0.1),
+    "desmoe_no_warmup": lambda: DESMoE(t1=0.0),
 }
+#: methods whose backbone trains at another method's chosen rate ({method: whose rate}); their own swept rate
+#: applies to the rest (router and ALR, experts). desmoe_split_lr: the backbone at full FT's rate.
+BACKBONE_RATE: dict[str, str] = {"desmoe_split_lr": "fft"}
 #: learning rates swept per method: four values over a decade and a half, as the papers' own searches (four values,
 #: one set for all methods, picked per method); the methods that train fewer parameters get a grid shifted up by
 #: one step. findings.sweep_table flags a chosen rate at the edge of its sweep.
 LOW, HIGH = (3e-4, 1e-3, 3e-3, 1e-2), (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNING_RATES: dict[str, tuple[float, ...]] = {
     "fft": LOW, "frozen_router": LOW, "lora": HIGH, "esft_gate": HIGH, "esft_token": HIGH, "esft_gate_alr": HIGH,
-    "desmoe": HIGH, "desmoe_no_alr": HIGH, "desmoe_no_dges": HIGH,
+    "desmoe": HIGH, "desmoe_no_alr": HIGH, "desmoe_no_dges": HIGH, "desmoe_caption": HIGH, "desmoe_split_lr": HIGH,
+    "desmoe_short_warmup": HIGH, "desmoe_no_warmup": HIGH,
 }
-CURVE_METHODS = ("fft", "lora", "esft_gate", "esft_token", "desmoe")
+#: DES-MoE's readings of its phase I, each run on the whole protocol as its own method: {reading: method}; the
+#: paper's reading ('': eq. 11, t1 = 0.2, one rate) first
+DESMOE_READINGS: dict[str, str] = {
+    "": "desmoe",
+    "phase I trains the experts (Fig. 1 caption)": "desmoe_caption",
+    "backbone at full FT's rate": "desmoe_split_lr",
+    "t1 = 0.1": "desmoe_short_warmup",
+    "t1 = 0 (no phase I)": "desmoe_no_warmup",
+}
+CURVE_METHODS = ("fft", "lora", "esft_gate", "esft_token", *DESMOE_READINGS.values())
 ORDERS = {"a": domains.DOMAINS, "b": ("translation", "law", "summary", "intent", "code", "math")}
 
 
@@ -88,9 +108,11 @@ class GridSpec:
 
     def reduced(self, steps: int = 60, seeds: Sequence[int] = (0, 1)) -> "GridSpec":
         """One rate per method (the middle of its sweep), N in {2, 6}, one order, ``seeds``; curves of full FT and
-        DES-MoE only; no single-domain runs."""
+        DES-MoE only; DES-MoE under the paper's reading only; no single-domain runs."""
         middle = tuple((m, (lrs[len(lrs) // 2],)) for m, lrs in self.learning_rates)
-        return replace(self, learning_rates=middle, n_domains=(2, 6), orders=("a",), seeds=tuple(seeds),
+        methods = tuple(m for m in self.methods if m not in list(DESMOE_READINGS.values())[1:])
+        return replace(self, methods=methods, learning_rates=middle, n_domains=(2, 6), orders=("a",),
+                       seeds=tuple(seeds),
                        curve_methods=("fft", "desmoe"), single_methods=(),
                        sweep_seeds=(seeds[0],), steps=steps, eval_every=max(1, steps // 4),
                        sequential_steps=max(1, steps // 4))
@@ -112,11 +134,13 @@ class RunSpec:
     eval_every: int
     batch_size: int
     stage: str = "joint"
+    backbone_lr: float | None = None
 
     @property
     def id(self) -> str:
         kind = "seq" if self.stage == "sequential" else f"n{len(self.domains)}"
-        return f"{self.method}-{kind}-{self.order}-s{self.seed}-lr{self.lr:g}"
+        backbone = "" if self.backbone_lr is None else f"-blr{self.backbone_lr:g}"
+        return f"{self.method}-{kind}-{self.order}-s{self.seed}-lr{self.lr:g}{backbone}"
 
 
 def _key(spec: RunSpec, base: Base) -> str:
@@ -168,7 +192,7 @@ def run_joint(base: Base, spec: RunSpec) -> dict:
     model = base.load()
     examples = [e for d in spec.domains for e in base.corpus.domains[d].train] + list(base.corpus.general_mix)
     cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
-                      eval_every=spec.eval_every)
+                      eval_every=spec.eval_every, backbone_lr=spec.backbone_lr)
     return _compact(train(model, base.tokenizer, examples, METHODS[spec.method](), cfg, base.evaluator(spec.domains)))
 
 
@@ -234,32 +258,55 @@ def run_all(base: Base, specs: Sequence[RunSpec], folder: Path, jobs: int = 1, d
     bar.close()
 
 
-def _joint(grid: GridSpec, method: str, lr: float, n: int, order: str, seed: int) -> RunSpec:
-    return RunSpec(method, lr, tuple(ORDERS[order][:n]), order, seed, grid.steps, grid.eval_every, grid.batch_size)
+def _joint(grid: GridSpec, method: str, lr: float, n: int, order: str, seed: int,
+           rates: dict[str, float] | None = None) -> RunSpec:
+    """One joint run; a method of :data:`BACKBONE_RATE` takes its backbone rate from ``rates``."""
+    lender = BACKBONE_RATE.get(method)
+    backbone = None if lender is None else rates[lender]
+    return RunSpec(method, lr, tuple(ORDERS[order][:n]), order, seed, grid.steps, grid.eval_every, grid.batch_size,
+                   backbone_lr=backbone)
 
 
-def sweep_specs(grid: GridSpec) -> list[RunSpec]:
+def _borrows(grid: GridSpec, method: str) -> bool:
+    if method in BACKBONE_RATE and BACKBONE_RATE[method] not in grid.methods:
+        raise ValueError(f"{method} trains its backbone at {BACKBONE_RATE[method]}'s chosen rate; the grid must "
+                         f"include {BACKBONE_RATE[method]}")
+    return method in BACKBONE_RATE
+
+
+def sweep_specs(grid: GridSpec, rates: dict[str, float] | None = None) -> list[RunSpec]:
+    """Stage 1: every method's rates at N_max, first order, ``sweep_seeds``. Without ``rates``, the methods that
+    borrow a backbone rate (:data:`BACKBONE_RATE`) are left out; with the first methods' chosen ``rates``, only
+    those are given."""
     n, order = max(grid.n_domains), grid.orders[0]
-    return [_joint(grid, m, lr, n, order, s) for m in grid.methods for lr in grid.rates(m) for s in grid.sweep_seeds]
+    methods = [m for m in grid.methods if _borrows(grid, m) == (rates is not None)]
+    return [_joint(grid, m, lr, n, order, s, rates) for m in methods for lr in grid.rates(m) for s in grid.sweep_seeds]
 
 
-def chosen_rates(grid: GridSpec, folder: Path) -> dict[str, float]:
-    """{method: learning rate} chosen on the sweep runs' validation scores."""
+def _choose(folder: Path, specs: Sequence[RunSpec]) -> dict[str, float]:
     sweep: dict[str, dict[float, list[float]]] = {}
-    for spec in sweep_specs(grid):
+    for spec in specs:
         history = json.loads(run_file(folder, spec).read_text())["history"]
         best = max(h["val"]["avg"] for h in history)
         sweep.setdefault(spec.method, {}).setdefault(spec.lr, []).append(best)
     return {m: choose_rate(v) for m, v in sweep.items()}
 
 
+def chosen_rates(grid: GridSpec, folder: Path) -> dict[str, float]:
+    """{method: learning rate} chosen on the sweep runs' validation scores (the borrowing methods' sweeps read
+    the first methods' chosen rates)."""
+    first = _choose(folder, sweep_specs(grid))
+    return first | _choose(folder, sweep_specs(grid, first))
+
+
 def main_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
     """Stage 2: the chosen rates at N=6 for every seed, and the curve methods at every N and order."""
     top = max(grid.n_domains)
-    specs = [_joint(grid, m, rates[m], top, grid.orders[0], s) for m in grid.methods for s in grid.seeds]
-    specs += [_joint(grid, m, rates[m], n, o, s) for m in grid.curve_methods for n in grid.n_domains if n != top
+    curve = [m for m in grid.curve_methods if m in grid.methods]
+    specs = [_joint(grid, m, rates[m], top, grid.orders[0], s, rates) for m in grid.methods for s in grid.seeds]
+    specs += [_joint(grid, m, rates[m], n, o, s, rates) for m in curve for n in grid.n_domains if n != top
               for o in grid.orders for s in grid.seeds]
-    specs += [_joint(grid, m, rates[m], top, o, s) for m in grid.curve_methods for o in grid.orders[1:]
+    specs += [_joint(grid, m, rates[m], top, o, s, rates) for m in curve for o in grid.orders[1:]
               for s in grid.seeds if set(ORDERS[o][:top]) != set(ORDERS[grid.orders[0]][:top])]
     return list(dict.fromkeys(specs))
 
@@ -272,7 +319,8 @@ def sequential_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
 def single_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
     """Stage 4: each single-domain method at its chosen rate on each N_max domain alone, for every seed."""
     top = max(grid.n_domains)
-    return [RunSpec(m, rates[m], (d,), d, s, grid.steps, grid.eval_every, grid.batch_size)
+    return [RunSpec(m, rates[m], (d,), d, s, grid.steps, grid.eval_every, grid.batch_size,
+                    backbone_lr=rates[BACKBONE_RATE[m]] if m in BACKBONE_RATE else None)
             for m in grid.single_methods if m in grid.methods for d in ORDERS[grid.orders[0]][:top] for s in grid.seeds]
 
 
@@ -281,6 +329,8 @@ def run_grid(base: Base, folder: Path | str, grid: GridSpec = FULL, jobs: int = 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     run_all(base, sweep_specs(grid), folder, jobs, "1/4 learning-rate sweep")
+    run_all(base, sweep_specs(grid, _choose(folder, sweep_specs(grid))), folder, jobs,
+            "1/4 sweep of the methods that borrow a backbone rate")
     rates = chosen_rates(grid, folder)
     write_json_atomic(folder / "chosen_rates.json", {"rates": rates, "grid": asdict(grid), "version": VERSION,
                                                      "base_model": base.model, "corpus": base.corpus.digest(),
@@ -293,7 +343,9 @@ def run_grid(base: Base, folder: Path | str, grid: GridSpec = FULL, jobs: int = 
 
 def all_specs(grid: GridSpec, folder: Path | str) -> list[RunSpec]:
     """Every run of a finished grid (the sweep, the main runs, the sequential and the single-domain runs)."""
-    rates = chosen_rates(grid, Path(folder))
-    return list(dict.fromkeys(sweep_specs(grid) + main_specs(grid, rates) + sequential_specs(grid, rates)
+    folder = Path(folder)
+    rates = chosen_rates(grid, folder)
+    first = _choose(folder, sweep_specs(grid))
+    return list(dict.fromkeys(sweep_specs(grid) + sweep_specs(grid, first) + main_specs(grid, rates) + sequential_specs(grid, rates)
                               + single_specs(grid, rates)))
 

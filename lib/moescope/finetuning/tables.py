@@ -1,9 +1,10 @@
 """A finished grid (a folder of run JSONs, see :mod:`.protocol`) read back as tidy DataFrames.
 
 ``runs``: one row per joint run at its validation-chosen checkpoint (``best_step``): validation, test and general
-scores there, the base model's scores (the step-0 evaluation), forgetting F = general_base - general and retention
-= general / general_base. ``history``: one row per run and evaluation. ``sequential``: one row per stage and
-domain of the sequential runs. ``raw``: the JSON of each run (method summaries: masks, affinities).
+scores there, the base model's scores (the step-0 evaluation), forgetting F = general_base - general, retention
+= general / general_base, and the routing of the test tokens there (:func:`routing_columns`). ``history``: one
+row per run and evaluation. ``sequential``: one row per stage and domain of the sequential runs. ``raw``: the JSON
+of each run (method summaries: masks, affinities).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .protocol import best_checkpoint
+from .routing_eval import METRICS as ROUTING_METRICS
 
 GENERAL_KEYS = ("all", "facts", "text")
 
@@ -37,15 +39,55 @@ class Grid:
         r = self.runs
         return r[(r.method == method) & (r.n_domains == 1) & (r.lr == self.rates.get(method))]
 
+    def top_domains(self) -> list[str]:
+        """The domains of the runs at N_max, sorted ([] for an empty grid)."""
+        top = self.at()
+        return sorted(top.domains.iloc[0].split("+")) if len(top) else []
+
+    def only(self, methods) -> "Grid":
+        """This grid restricted to the runs of ``methods`` (e.g. :data:`.claims.METHODS`, to leave DES-MoE's other
+        readings out of a figure)."""
+        keep = lambda f: f[f.method.isin(list(methods))] if len(f) else f  # noqa: E731
+        return Grid(keep(self.runs), keep(self.history), keep(self.sequential), self.raw,
+                    {m: r for m, r in self.rates.items() if m in methods})
+
+    def as_desmoe(self, method: str) -> "Grid":
+        """This grid with ``method``'s runs in DES-MoE's place (named 'desmoe', at ``method``'s chosen rate; the
+        paper-reading DES-MoE runs left out), so that every DES-MoE statistic reads that reading of the method.
+        The sequential runs are not renamed."""
+        if method not in self.rates:
+            raise KeyError(f"the grid holds no runs of {method!r}")
+        rename = lambda f: f[f.method != "desmoe"].replace({"method": {method: "desmoe"}})  # noqa: E731
+        return Grid(rename(self.runs), rename(self.history), self.sequential, self.raw,
+                    self.rates | {"desmoe": self.rates[method]})
+
     def at(self, n: int | None = None) -> pd.DataFrame:
         """Chosen-rate runs with ``n`` domains (default: the largest N)."""
         frame = self.chosen()
         return frame[frame.n_domains == (n or int(frame.n_domains.max()))]
 
 
+def routing_columns(report: dict | None) -> dict:
+    """A checkpoint's routing evaluation (:func:`.routing_eval.routing_report`) as flat columns: ``routing_<m>``,
+    its shuffled-label null ``shuffled_<m>`` (mean) and ``shuffled_<m>_high`` (97.5%), the hidden-state null
+    ``hidden_<m>``, ``jaccard_<a>|<b>`` per domain pair (names sorted), ``unhooked_agreement`` and
+    ``routing_errors`` = 1 - unhooked_agreement; none for a run without it."""
+    if not report:
+        return {}
+    out = {f"routing_{m}": report[m] for m in ROUTING_METRICS}
+    for m in ROUTING_METRICS:
+        out |= {f"shuffled_{m}": report["shuffled"][m]["mean"], f"shuffled_{m}_high": report["shuffled"][m]["high"]}
+        if "hidden" in report:
+            out[f"hidden_{m}"] = report["hidden"][m]
+    out |= {f"jaccard_{pair}": value for pair, value in report["jaccard_pairs"].items()}
+    agree = report["unhooked_agreement"]
+    return out | {"unhooked_agreement": agree, "routing_errors": 1.0 - agree}
+
+
 def _spec_columns(spec: dict) -> dict:
     return {"method": spec["method"], "lr": spec["lr"], "n_domains": len(spec["domains"]), "order": spec["order"],
-            "seed": spec["seed"], "domains": "+".join(spec["domains"]), "steps": spec["steps"]}
+            "seed": spec["seed"], "domains": "+".join(spec["domains"]), "steps": spec["steps"],
+            "backbone_lr": spec.get("backbone_lr")}
 
 
 def _history_rows(run: dict) -> list[dict]:
@@ -69,6 +111,7 @@ def _run_row(run: dict) -> dict:
            "median_step_seconds": run["median_step_seconds"], "trained_params": run["trained_params"]}
     row |= {f"general_{k}": best["general"].get(k) for k in GENERAL_KEYS[1:]}
     row |= {f"test_{d}": v for d, v in best["test"].items() if d != "avg"}
+    row |= routing_columns(best.get("routing"))
     row["forgetting"] = row["base_general"] - row["general"]
     row["retention"] = row["general"] / row["base_general"] if row["base_general"] else float("nan")
     return row

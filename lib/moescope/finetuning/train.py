@@ -21,14 +21,16 @@ from ..determinism import adamw, deterministic_kernels
 from .domains import Example
 from ..hooks import hooked
 from .batches import Encoded, domain_batches, encode
-from .masks import BASE_PARTS, ExpertFreezer, PartMap, set_trainable
+from .masks import BACKBONE, BASE_PARTS, ExpertFreezer, PartMap, set_trainable
 from .methods import Method
 from .parallel import LOCAL, Local
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser and schedule. ``eval_every=0`` evaluates only before and after training."""
+    """Optimiser and schedule. ``eval_every=0`` evaluates only before and after training. ``backbone_lr``: the
+    rate of the backbone parts (embeddings with the LM head, attention, norms, dense FFNs: :data:`.masks.BACKBONE`)
+    when set, every other parameter (router, experts, adapters, ALR heads) at ``lr``; unset, all at ``lr``."""
 
     steps: int = 300
     batch_size: int = 32
@@ -38,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0
     aux_loss: bool = False
+    backbone_lr: float | None = None
 
 
 @dataclass
@@ -61,6 +64,18 @@ def _trained_params(part_map: PartMap, freezer: ExpertFreezer | None, experts: t
     return dense + freezer.trained_params(experts)
 
 
+def parameter_groups(part_map: PartMap, extra: Sequence[nn.Parameter], config: TrainConfig) -> list:
+    """The optimizer's parameters: one list at ``config.lr``, or with ``config.backbone_lr`` two groups (the
+    backbone parts at that rate, the rest at ``config.lr``)."""
+    if config.backbone_lr is None:
+        return list(part_map.model.parameters()) + list(extra)
+    parts = part_map.parts()
+    backbone = [p for name in BACKBONE for p in parts[name]]
+    chosen = {id(p) for p in backbone}
+    rest = [p for p in part_map.model.parameters() if id(p) not in chosen] + list(extra)
+    return [{"params": backbone, "lr": config.backbone_lr}, {"params": rest}]
+
+
 def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, method: Method,
           config: TrainConfig = TrainConfig(),
           evaluate: Callable[[nn.Module], dict] | None = None, parallel: Local = LOCAL,
@@ -76,7 +91,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example] | Encoded, me
     freezer = ExpertFreezer(model) if arch.is_moe(model) else None
     method.prepare(model, data, config.batch_size)
     net = parallel.wrap(model, method)
-    opt = adamw(list(model.parameters()) + method.extra_parameters(), lr=config.lr, betas=config.betas,
+    opt = adamw(parameter_groups(part_map, method.extra_parameters(), config), lr=config.lr, betas=config.betas,
                 weight_decay=config.weight_decay)
     extra = {"output_router_logits": True} if config.aux_loss and hasattr(model.config, "router_aux_loss_coef") else {}
     stream = domain_batches(data, config.batch_size, config.seed)
