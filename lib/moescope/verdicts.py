@@ -339,22 +339,33 @@ def is_verdict(text: str) -> bool:
     return text in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE) or (text.startswith(f"{NOT_TESTABLE}: ") and len(text) > 14)
 
 
+#: how tables of readings name the paper's own reading
+PAPER_LABEL = "paper"
+
+
+def reading_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's reading as tables of readings show it: the variant's name, :data:`PAPER_LABEL` for the paper's
+    own (a missing reading column or value is the paper's)."""
+    reading = rows.get("reading", pd.Series(PAPER_READING, index=rows.index)).fillna(PAPER_READING)
+    return reading.replace(PAPER_READING, PAPER_LABEL)
+
+
 def survival(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     """Per claim and model decided under at least one variant reading: its outcome under the paper's reading
     (column ``paper``) and under each variant (a not-testable row's reason stays in the row itself), and whether
     it is reproduced under all of them (``survives``): which claims hold beyond the paper's own reading. Claims no
     variant decided are left out."""
     t = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows.copy()
+    empty = pd.DataFrame(columns=["claim", "model", PAPER_LABEL, "survives"])
     if t.empty:
-        return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
-    t["reading"] = t.get("reading", pd.Series(PAPER_READING, index=t.index)).fillna(PAPER_READING)
-    t["reading"] = t.reading.replace(PAPER_READING, "paper")
+        return empty
+    t["reading"] = reading_labels(t)
     t["verdict"] = t.verdict.map(kind)
-    varied = t.loc[t.reading != "paper", ["claim", "model"]].drop_duplicates()
+    varied = t.loc[t.reading != PAPER_LABEL, ["claim", "model"]].drop_duplicates()
     if varied.empty:
-        return pd.DataFrame(columns=["claim", "model", "paper", "survives"])
+        return empty
     t = t.merge(varied, on=["claim", "model"])
     wide = t.pivot_table(index=["claim", "model"], columns="reading", values="verdict", aggfunc="first", sort=False)
-    wide = wide[["paper", *[c for c in wide.columns if c != "paper"]]] if "paper" in wide else wide
+    wide = wide[[PAPER_LABEL, *[c for c in wide.columns if c != PAPER_LABEL]]] if PAPER_LABEL in wide else wide
     wide["survives"] = (wide == REPRODUCED).all(axis=1)
     return wide.reset_index()

@@ -113,7 +113,7 @@ def _row(claim_id: str, f: Facts, kit: Estimate | None, control: Estimate | None
 
 def _score(grid: Grid, method: str, column: str) -> Estimate:
     g = grid.at().query("method == @method")
-    return v.over_seeds(g[column].tolist()) if len(g) else Estimate(math.nan)
+    return v.over_seeds(g[column].tolist()) if len(g) and column in g else Estimate(math.nan)
 
 
 # ---------------------------------------------------------------- deciding, one function per notebook
@@ -191,19 +191,21 @@ def ablation_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:
     diff = lambda m, col: findings.paired_difference(grid, "desmoe", m, col)  # noqa: E731
     with_dges, without = findings.expert_overlap(grid, "desmoe"), findings.expert_overlap(grid, "desmoe_no_dges")
     alr = lambda col: findings.paired_difference(grid, "esft_gate_alr", "esft_gate", col)  # noqa: E731
+    pair = findings.pair_column(grid, "law", "code")
     return [_row("t3_no_alr_general", f, diff("desmoe_no_alr", "general"), _score(grid, "desmoe_no_alr", "general")),
             _row("t3_no_alr_domain", f, diff("desmoe_no_alr", "test"), _score(grid, "desmoe_no_alr", "test")),
             _row("t3_no_dges_general", f, diff("desmoe_no_dges", "general"), _score(grid, "desmoe_no_dges", "general")),
             _row("t3_no_dges_domain", f, diff("desmoe_no_dges", "test"), _score(grid, "desmoe_no_dges", "test")),
             _row("t3_esft_alr", f, alr("general"), _score(grid, "esft_gate", "general")),
             _row("t3_esft_alr_domain", f, alr("test"), _score(grid, "esft_gate", "test")),
-            *_routing_errors(grid, f),
+            _row("t3_esft_alr_routing_errors", f, alr("routing_errors"), _score(grid, "esft_gate", "routing_errors"),
+                 note=_assignment_note(grid)),
             _row("t3_overlap", f, findings.overlap_difference(grid), without,
                  note=f"overlap with DGES {with_dges.value:.2f}, without {without.value:.2f}"),
-            *_routing_overlap(grid, f),
+            _row("t3_routing_overlap", f, findings.paired_difference(grid, "desmoe", "desmoe_no_dges", pair),
+                 _score(grid, "desmoe_no_dges", pair)),
             *[_row(f"ext_routing_beyond_{null}", f, findings.beyond_null(grid, "desmoe", "nmi", null),
-                   _score(grid, "desmoe", f"{null}_nmi") if f.get("routing_recorded") == "" else None)
-              for null in ("shuffled", "hidden")]]
+                   _score(grid, "desmoe", f"{null}_nmi")) for null in ("shuffled", "hidden")]]
 
 
 def _assignment_note(grid: Grid) -> str:
@@ -216,22 +218,6 @@ def _assignment_note(grid: Grid) -> str:
     change = err["esft_gate_alr"] / err["esft_gate"] - 1 if err["esft_gate"] > 0 else math.nan
     return (f"domain-assignment error (1 - assignment accuracy) {err['esft_gate']:.3f} -> {err['esft_gate_alr']:.3f} "
             f"({change:+.0%})")
-
-
-def _routing_errors(grid: Grid, f: Facts) -> list[dict]:
-    if f.get("routing_recorded") != "":
-        return [_row("t3_esft_alr_routing_errors", f, None)]
-    return [_row("t3_esft_alr_routing_errors", f,
-                 findings.paired_difference(grid, "esft_gate_alr", "esft_gate", "routing_errors"),
-                 _score(grid, "esft_gate", "routing_errors"), note=_assignment_note(grid))]
-
-
-def _routing_overlap(grid: Grid, f: Facts) -> list[dict]:
-    if not f.get("law_and_code") or f.get("routing_recorded") != "":
-        return [_row("t3_routing_overlap", f, None)]
-    column = findings.pair_column(grid, "law", "code")
-    return [_row("t3_routing_overlap", f, findings.paired_difference(grid, "desmoe", "desmoe_no_dges", column),
-                 _score(grid, "desmoe_no_dges", column))]
 
 
 def sequential_rows(grid: Grid, model: Mapping[str, Any]) -> list[dict]:

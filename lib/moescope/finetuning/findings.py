@@ -148,8 +148,12 @@ def method_table(grid: Grid, n: int | None = None) -> pd.DataFrame:
 
 
 def paired_difference(grid: Grid, method: str, reference: str, column: str, n: int | None = None) -> Estimate:
-    """method - reference on ``column`` at N domains, paired by seed, with a t-interval over seeds."""
-    frame = grid.at(n).set_index(["method", "seed"])[column]
+    """method - reference on ``column`` at N domains, paired by seed, with a t-interval over seeds (nan when the
+    grid lacks either method or the column)."""
+    top = grid.at(n)
+    if column not in top:
+        return Estimate(math.nan)
+    frame = top.set_index(["method", "seed"])[column]
     if method not in frame.index.get_level_values(0) or reference not in frame.index.get_level_values(0):
         return Estimate(math.nan)
     diff = (frame.loc[method] - frame.loc[reference]).dropna()
@@ -433,9 +437,9 @@ def sequential_forgetting(grid: Grid) -> pd.DataFrame:
 def readings_table(grid: Grid) -> pd.DataFrame:
     """DES-MoE under each reading the grid holds, at N_max (means over seeds): reading, method, chosen rate, the
     backbone's rate, test, test - base test, general, forgetting, and the general score's parts."""
-    rows = []
+    rows, top = [], grid.at()
     for reading, method in DESMOE_READINGS.items():
-        g = grid.at().query("method == @method")
+        g = top[top.method == method]
         if len(g):
             rows.append({"reading": reading or "paper (eq. 11, t1 = 0.2)", "method": method, "lr": grid.rates[method],
                          "backbone_lr": g.backbone_lr.fillna(grid.rates[method]).iloc[0],
@@ -465,11 +469,9 @@ def routing_table(grid: Grid, methods: Sequence[str] | None = None) -> pd.DataFr
 
 
 def pair_column(grid: Grid, a: str, b: str) -> str:
-    """The runs' column of the routing Jaccard between domains ``a`` and ``b`` (either order)."""
-    for name in (f"jaccard_{a}|{b}", f"jaccard_{b}|{a}"):
-        if name in grid.runs:
-            return name
-    raise KeyError(f"the grid's runs record no routing overlap of {a} and {b}")
+    """The runs' column of the routing Jaccard between domains ``a`` and ``b``: ``jaccard_<a>|<b>`` with the two
+    names sorted, as :func:`.routing_eval.routing_report` names its pairs (absent where no routing was recorded)."""
+    return "jaccard_" + "|".join(sorted((a, b)))
 
 
 def beyond_null(grid: Grid, method: str, metric: str = "nmi", null: str = "hidden") -> Estimate:

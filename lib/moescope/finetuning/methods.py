@@ -189,7 +189,7 @@ class DESMoE(Method):
 
     name = "desmoe"
 
-    def __init__(self, alr: bool = True, dges: bool = True, warmup: str = "backbone", t1: float = 0.2,
+    def __init__(self, alr: bool = True, dges: bool = True, warmup: str = WARMUP_BACKBONE, t1: float = 0.2,
                  t2: float = 0.7, tau: float = 0.7, momentum: float = 0.9, phi: float = 0.6, t_update: int = 25,
                  routing: desmoe.AdaptiveRouting | None = None, reserved: torch.Tensor | None = None):
         if warmup not in WARMUPS:

@@ -258,13 +258,18 @@ def run_all(base: Base, specs: Sequence[RunSpec], folder: Path, jobs: int = 1, d
     bar.close()
 
 
+def _backbone_rate(method: str, rates: dict[str, float] | None) -> float | None:
+    """The chosen rate (in ``rates``) of the method whose rate ``method``'s backbone borrows (:data:`BACKBONE_RATE`);
+    None for a method that trains at one rate."""
+    lender = BACKBONE_RATE.get(method)
+    return None if lender is None else rates[lender]
+
+
 def _joint(grid: GridSpec, method: str, lr: float, n: int, order: str, seed: int,
            rates: dict[str, float] | None = None) -> RunSpec:
     """One joint run; a method of :data:`BACKBONE_RATE` takes its backbone rate from ``rates``."""
-    lender = BACKBONE_RATE.get(method)
-    backbone = None if lender is None else rates[lender]
     return RunSpec(method, lr, tuple(ORDERS[order][:n]), order, seed, grid.steps, grid.eval_every, grid.batch_size,
-                   backbone_lr=backbone)
+                   backbone_lr=_backbone_rate(method, rates))
 
 
 def _borrows(grid: GridSpec, method: str) -> bool:
@@ -276,8 +281,8 @@ def _borrows(grid: GridSpec, method: str) -> bool:
 
 def sweep_specs(grid: GridSpec, rates: dict[str, float] | None = None) -> list[RunSpec]:
     """Stage 1: every method's rates at N_max, first order, ``sweep_seeds``. Without ``rates``, the methods that
-    borrow a backbone rate (:data:`BACKBONE_RATE`) are left out; with the first methods' chosen ``rates``, only
-    those are given."""
+    borrow a backbone rate (:data:`BACKBONE_RATE`) are left out; with chosen ``rates`` (at least of the methods
+    they borrow from), only those are given."""
     n, order = max(grid.n_domains), grid.orders[0]
     methods = [m for m in grid.methods if _borrows(grid, m) == (rates is not None)]
     return [_joint(grid, m, lr, n, order, s, rates) for m in methods for lr in grid.rates(m) for s in grid.sweep_seeds]
@@ -320,7 +325,7 @@ def single_specs(grid: GridSpec, rates: dict[str, float]) -> list[RunSpec]:
     """Stage 4: each single-domain method at its chosen rate on each N_max domain alone, for every seed."""
     top = max(grid.n_domains)
     return [RunSpec(m, rates[m], (d,), d, s, grid.steps, grid.eval_every, grid.batch_size,
-                    backbone_lr=rates[BACKBONE_RATE[m]] if m in BACKBONE_RATE else None)
+                    backbone_lr=_backbone_rate(m, rates))
             for m in grid.single_methods if m in grid.methods for d in ORDERS[grid.orders[0]][:top] for s in grid.seeds]
 
 
@@ -343,9 +348,7 @@ def run_grid(base: Base, folder: Path | str, grid: GridSpec = FULL, jobs: int = 
 
 def all_specs(grid: GridSpec, folder: Path | str) -> list[RunSpec]:
     """Every run of a finished grid (the sweep, the main runs, the sequential and the single-domain runs)."""
-    folder = Path(folder)
-    rates = chosen_rates(grid, folder)
-    first = _choose(folder, sweep_specs(grid))
-    return list(dict.fromkeys(sweep_specs(grid) + sweep_specs(grid, first) + main_specs(grid, rates) + sequential_specs(grid, rates)
-                              + single_specs(grid, rates)))
+    rates = chosen_rates(grid, Path(folder))
+    return list(dict.fromkeys(sweep_specs(grid) + sweep_specs(grid, rates) + main_specs(grid, rates)
+                              + sequential_specs(grid, rates) + single_specs(grid, rates)))
 

@@ -33,7 +33,7 @@ from .. import paths
 from ..tables import OUTCOME_COLOURS
 from ..finetuning.paper import DES_MOE, ESFT
 from ..results import write_csv_atomic, write_text_atomic
-from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, PAPER_READING, kind, survival
+from ..verdicts import COLUMNS, NOT_TESTABLE, OUTCOMES, PAPER_READING, kind, reading_labels, survival
 from .runner import folder_label, render_html
 
 START, END = "<!-- claims:start -->", "<!-- claims:end -->"
@@ -141,14 +141,13 @@ def readings(rows: pd.DataFrame) -> pd.DataFrame:
     wide = survival(rows)
     if wide.empty:
         return wide
-    readings = [c for c in wide.columns if c not in ("claim", "model", "survives")]
-    label = rows.assign(reading=rows.reading.fillna(PAPER_READING).replace(PAPER_READING, "paper"))
+    label = rows.assign(reading=reading_labels(rows))
     kit = label.set_index(["claim", "model", "reading"]).kit
     kit = kit[~kit.index.duplicated()]
-    for reading in readings:
-        values = [kit.get((c, m, reading)) for c, m in zip(wide.claim, wide.model)]
-        wide[reading] = [f"{v} ({x:.3g})" if isinstance(x, (int, float)) and math.isfinite(x) else v
-                         for v, x in zip(wide[reading], values)]
+    for column in [c for c in wide.columns if c not in ("claim", "model", "survives")]:
+        values = [kit.get((c, m, column)) for c, m in zip(wide.claim, wide.model)]
+        wide[column] = [f"{v} ({x:.3g})" if isinstance(x, (int, float)) and math.isfinite(x) else v
+                        for v, x in zip(wide[column], values)]
     value = label.drop_duplicates("claim").set_index("claim").paper_value
     wide.insert(2, "paper value", wide.claim.map(value))
     return wide.assign(survives=wide.survives.map({True: "yes", False: "no"}))
