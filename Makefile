@@ -30,10 +30,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml Makefile
 reproduce: setup  ## train/load the organisms, run every notebook, write runs/report.md
 	$(PY) -m moescope reproduce
 
-# Two pytest workers (one per core; a notebook or test module stays on one worker, in order). Idle OpenMP threads
-# sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE: no number changes), else two 2-thread workers slow each other.
+# Two pytest workers (one per core; a notebook or test module stays on one worker, in order), taking modules in
+# collection order, the longest first (tests/conftest.py LONGEST_FIRST). Idle OpenMP threads sleep instead of
+# spinning (OMP_WAIT_POLICY=PASSIVE: no number changes), else two 2-thread workers slow each other.
 test: setup  ## the whole test suite (unit tests, organisms, notebooks through nbval)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadscope
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 zoo: setup  ## (re)train the gen-2 organisms that are missing or stale (resumes; --retrain via ZOO_FLAGS=--retrain)
 	$(PY) -m moescope organisms --gen 2 $(ZOO_FLAGS)

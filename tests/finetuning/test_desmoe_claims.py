@@ -112,7 +112,8 @@ SPECIAL = {"fig2_desmoe_flat", "t2_desmoe_equals_base", "fig2_fft_drop", "fft_mi
            "fig2_esft_less_than_fft", "fig2_fft_steepens"}
 #: claims that need runs the grid has not (single-domain, recorded routing) or sparse expert gradients
 NEEDS = {"t1_desmoe_vs_single_esft_gate", "t1_desmoe_vs_single_fft", "t1_mixed_fft_below_single",
-         "fig3_mixed_vs_single_esft", "fig3_wallclock"}
+         "fig3_mixed_vs_single_esft", "fig3_wallclock", "t1_expert_domains_vs_esft_gate",
+         "t1_expert_domains_vs_esft_token"}
 
 
 def test_claims_are_reproduced_when_desmoe_wins(tmp_path):
@@ -128,6 +129,8 @@ def test_rows_that_need_missing_runs_say_which(tmp_path):
         assert verdict[cid].startswith("not testable: the grid holds 0 of the 18 single-domain runs of full FT")
         assert "fft at its chosen rate on each of code, intent, law, math, summary, translation alone x seeds 0, 1, 2" in verdict[cid]
     assert "single-domain runs of ESFT-Gate" in verdict["fig3_mixed_vs_single_esft"]
+    for cid in ("t1_expert_domains_vs_esft_gate", "t1_expert_domains_vs_esft_token"):
+        assert verdict[cid].startswith("not testable: no single-domain runs of ESFT-Gate"), cid
     unrecorded = decided(write_grid(tmp_path / "old", des_wins=True, routing=False))
     for cid in ("t3_esft_alr_routing_errors", "t3_routing_overlap", "ext_routing_beyond_hidden"):
         assert "runs at N_max record no routing of their test tokens" in unrecorded[cid], cid
@@ -141,6 +144,9 @@ def test_single_domain_rows_are_decided_from_the_single_runs_both_ways(tmp_path)
     for cid in ("t1_desmoe_vs_single_esft_gate", "t1_desmoe_vs_single_fft", "t1_mixed_fft_below_single"):
         assert win[cid] == "reproduced" and lose[cid] == "not reproduced", cid
     assert win["fig3_mixed_vs_single_esft"] == "reproduced"  # one mixed run (12 s) against six single runs (72 s)
+    # only math has a per-domain test score in these runs: ESFT-Gate trained on math alone gains 0.6 there
+    for cid in ("t1_expert_domains_vs_esft_gate", "t1_expert_domains_vs_esft_token"):
+        assert win[cid] == "reproduced" and lose[cid] == "not reproduced", cid
     grid = write_grid(tmp_path / "gap", des_wins=True, single=True)
     # DES-MoE's mixed test (0.8) minus the mean of ESFT-Gate's single-domain tests (0.6), every seed
     assert findings.mixed_vs_single(grid, "desmoe", "esft_gate").value == pytest.approx(0.2)
@@ -250,6 +256,7 @@ def test_shipped_cache_loads_and_gives_the_notebook_tables():
     assert len(grid.sequential) > 0 and model["shared_expert"]
     rows = evidence.table_rows(grid, model) + evidence.forgetting_rows(grid, model)
     assert all(verdicts.is_verdict(r["verdict"]) for r in rows)
+    assert findings.expert_domains(grid, claims.LEARNED) == ["law"]  # the crime -> penalty lookup
     size = sum(p.stat().st_size for p in experiments.GRID_FOLDER.glob("*.json"))
     assert size < 8 * 2**20  # 229 runs with their DGES snapshots and routing evaluations: about 5.5 MiB
 
@@ -274,3 +281,20 @@ def test_missing_run_facts_are_empty_exactly_when_the_runs_are_there(tmp_path):
     one_less = some.runs.copy()
     one_less.loc[top.index[0], "unhooked_agreement"] = None
     assert evidence.routing_recorded(dataclasses.replace(grid, runs=one_less)).startswith("1 of")
+
+
+def test_expert_domains_need_the_lower_end_of_the_single_domain_gain_and_restrict_the_test_score(tmp_path):
+    """expert_domains keeps a domain when ESFT-Gate trained on it alone gains >= the floor at the lower end of its
+    95% interval over seeds; on_domains makes test and base_test the mean over the named domains' scores."""
+    grid = write_grid(tmp_path, des_wins=True, single=True)
+    assert findings.expert_domains(grid, claims.LEARNED) == ["math"]
+    gains = findings.domain_gains(grid).set_index(["domain", "method", "setting"])
+    assert gains.loc[("math", "esft_gate", "single"), "gain"] == pytest.approx(0.6)
+    assert gains.loc[("math", "desmoe", "mixed"), "gain"] == pytest.approx(0.8)
+    single = (grid.runs.method == "esft_gate") & (grid.runs.n_domains == 1) & (grid.runs.domains == "math")
+    runs = grid.runs.copy()
+    runs.loc[single, "test_math"] = [0.0, 0.0, 0.3]  # mean 0.1 >= the floor, lower end below it
+    assert findings.expert_domains(dataclasses.replace(grid, runs=runs), claims.LEARNED) == []
+    on = grid.on_domains(["math"]).at()
+    assert on.test.tolist() == on.test_math.tolist() and (on.base_test == 0.0).all()
+    assert grid.on_domains([]).at().test.isna().all() and grid.on_domains(["law"]).at().test.isna().all()

@@ -245,6 +245,35 @@ def single_gain(grid: Grid, method: str) -> float:
     return float((single.test - single.base_test).mean()) if len(single) else math.nan
 
 
+def domain_gains(grid: Grid) -> pd.DataFrame:
+    """Per N_max domain, method and setting ('single': trained on that domain alone; 'mixed': the run on all N_max
+    domains), the domain's test - base test at the chosen checkpoint, mean and 95% t-interval over seeds
+    (``gain``, ``low``, ``high``, ``seeds``)."""
+    base = grid.history[grid.history.step == 0].set_index("id")
+    top, rows = grid.at(), []
+    for domain in grid.top_domains():
+        col = f"test_{domain}"
+        single = grid.runs[(grid.runs.n_domains == 1) & (grid.runs.domains == domain)
+                           & (grid.runs.lr == grid.runs.method.map(grid.rates))]
+        for setting, frame in (("single", single), ("mixed", top)):
+            if col not in frame:
+                continue
+            gain = frame[col] - base[col].reindex(frame.id).to_numpy()
+            for method, g in gain.groupby(frame.method, sort=False):
+                est = _estimate(g.tolist())
+                rows.append({"domain": domain, "method": method, "setting": setting, "gain": est.value,
+                             "low": est.low, "high": est.high, "seeds": int(g.notna().sum())})
+    return pd.DataFrame(rows, columns=["domain", "method", "setting", "gain", "low", "high", "seeds"])
+
+
+def expert_domains(grid: Grid, floor: float, method: str = "esft_gate") -> list[str]:
+    """The N_max domains that expert-only training learns: those on which ``method`` trained alone (single-domain
+    runs) gains at least ``floor`` (test - base test) at the lower end of its 95% interval over seeds."""
+    gains = domain_gains(grid)
+    own = gains[(gains.method == method) & (gains.setting == "single") & (gains.low >= floor)]
+    return sorted(own.domain)
+
+
 def mixed_vs_single(grid: Grid, method: str, reference: str, column: str = "test", how: str = "mean") -> Estimate:
     """Per seed: ``column`` of ``method``'s mixed run at N_max minus the mean (``how='sum'``: the sum) over the N_max
     domains of ``reference``'s single-domain runs (each on its own domain), paired by seed, over seeds."""

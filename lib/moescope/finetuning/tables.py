@@ -9,6 +9,8 @@ of each run (method summaries: masks, affinities).
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,19 @@ class Grid:
         rename = lambda f: f[f.method != "desmoe"].replace({"method": {method: "desmoe"}})  # noqa: E731
         return Grid(rename(self.runs), rename(self.history), self.sequential, self.raw,
                     self.rates | {"desmoe": self.rates[method]})
+
+    def on_domains(self, domains: Sequence[str]) -> "Grid":
+        """This grid with each run's ``test`` and ``base_test`` the mean over ``domains`` of its per-domain test
+        scores (at the chosen checkpoint, and at step 0); nan where a run lacks one of them or ``domains`` is
+        empty. Checkpoints stay chosen on every domain's validation score."""
+        cols = [f"test_{d}" for d in domains]
+        base = self.history[self.history.step == 0].set_index("id")
+        if not cols or not set(cols) <= set(self.runs.columns) & set(base.columns):
+            return Grid(self.runs.assign(test=math.nan, base_test=math.nan), self.history, self.sequential,
+                        self.raw, self.rates)
+        runs = self.runs.assign(test=self.runs[cols].mean(axis=1, skipna=False),
+                                base_test=base[cols].mean(axis=1, skipna=False).reindex(self.runs.id).to_numpy())
+        return Grid(runs, self.history, self.sequential, self.raw, self.rates)
 
     def at(self, n: int | None = None) -> pd.DataFrame:
         """Chosen-rate runs with ``n`` domains (default: the largest N)."""
