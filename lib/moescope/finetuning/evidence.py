@@ -87,10 +87,14 @@ def facts(grid: Grid, model: Mapping[str, Any], network: nn.Module | None = None
     if network is not None:
         out["sparse_expert_gradients"] = sparse_expert_gradients(network)
     out["law_and_code"] = {"law", "code"} <= set(grid.top_domains())
-    experts = findings.expert_domains(grid, LEARNED)
-    out["expert_domains"] = "" if experts else expert_domains_missing(grid)
-    on = grid.on_domains(experts).at()
-    for method, g in on.groupby("method"):
+    return out
+
+
+def _expert_facts(grid: Grid, on: Grid, experts: list[str]) -> Facts:
+    """The facts of the rows on the expert-learnable domains ``experts`` (``on`` = ``grid.on_domains(experts)``):
+    whether there are any, and each method's test - base test there at N_max (mean over seeds)."""
+    out = Facts(expert_domains="" if experts else expert_domains_missing(grid))
+    for method, g in on.at().groupby("method"):
         if method in METHODS:
             out[f"{method}_expert_learned"] = float((g.test - g.base_test).mean())
     return out
@@ -154,8 +158,9 @@ def table_rows(grid: Grid, model: Mapping[str, Any], share: float = 0.9) -> list
                          _score(grid, b, "general")))
     experts = findings.expert_domains(grid, LEARNED)
     on = grid.on_domains(experts)
+    on_facts = f | _expert_facts(grid, on, experts)
     for b in EXPERT_ONLY:
-        rows.append(_row(f"t1_expert_domains_vs_{b}", f, findings.paired_difference(on, "desmoe", b, "test"),
+        rows.append(_row(f"t1_expert_domains_vs_{b}", on_facts, findings.paired_difference(on, "desmoe", b, "test"),
                          _score(on, b, "test"), note=f"expert-learnable domains: {', '.join(experts) or 'none'}"))
     rows.append(_row("fft_mixed_forgets", f, findings.forgetting_at(grid, "fft")))
     rows.append(_row("t2_desmoe_equals_base", f, findings.forgetting_at(grid, "desmoe").negated()))

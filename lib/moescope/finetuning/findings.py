@@ -249,13 +249,11 @@ def domain_gains(grid: Grid) -> pd.DataFrame:
     """Per N_max domain, method and setting ('single': trained on that domain alone; 'mixed': the run on all N_max
     domains), the domain's test - base test at the chosen checkpoint, mean and 95% t-interval over seeds
     (``gain``, ``low``, ``high``, ``seeds``)."""
-    base = grid.history[grid.history.step == 0].set_index("id")
-    top, rows = grid.at(), []
+    base, top, rows = grid.base_scores(), grid.at(), []
+    singles = pd.concat([grid.single(m) for m in grid.rates], ignore_index=True)
     for domain in grid.top_domains():
         col = f"test_{domain}"
-        single = grid.runs[(grid.runs.n_domains == 1) & (grid.runs.domains == domain)
-                           & (grid.runs.lr == grid.runs.method.map(grid.rates))]
-        for setting, frame in (("single", single), ("mixed", top)):
+        for setting, frame in (("single", singles[singles.domains == domain]), ("mixed", top)):
             if col not in frame:
                 continue
             gain = frame[col] - base[col].reindex(frame.id).to_numpy()

@@ -63,12 +63,16 @@ class Grid:
         return Grid(rename(self.runs), rename(self.history), self.sequential, self.raw,
                     self.rates | {"desmoe": self.rates[method]})
 
+    def base_scores(self) -> pd.DataFrame:
+        """Every run's step-0 evaluation (the base model on that run's data), indexed by run id."""
+        return self.history[self.history.step == 0].set_index("id")
+
     def on_domains(self, domains: Sequence[str]) -> "Grid":
         """This grid with each run's ``test`` and ``base_test`` the mean over ``domains`` of its per-domain test
         scores (at the chosen checkpoint, and at step 0); nan where a run lacks one of them or ``domains`` is
         empty. Checkpoints stay chosen on every domain's validation score."""
         cols = [f"test_{d}" for d in domains]
-        base = self.history[self.history.step == 0].set_index("id")
+        base = self.base_scores()
         if not cols or not set(cols) <= set(self.runs.columns) & set(base.columns):
             return Grid(self.runs.assign(test=math.nan, base_test=math.nan), self.history, self.sequential,
                         self.raw, self.rates)
