@@ -39,7 +39,7 @@ test: setup  ## the whole test suite (unit tests, organisms, notebooks through n
 zoo: setup  ## (re)train the gen-2 organisms that are missing or stale (resumes; --retrain via ZOO_FLAGS=--retrain)
 	$(PY) -m moescope organisms --gen 2 $(ZOO_FLAGS)
 
-desmoe-grid: setup  ## pre-train the DES-MoE base (if missing) and run/resume the full fine-tuning grid into data/desmoe/grid
+desmoe-grid: setup  ## pre-train the DES-MoE base (if missing or stale) and run/resume the full fine-tuning grid into data/desmoe/grid
 	$(PY) -m moescope desmoe-grid
 
 test-gpu: setup  ## one GPU: re-execute every notebook with device=cuda (bf16 where allowed), compare within tests/nbval_gpu.cfg

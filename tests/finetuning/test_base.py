@@ -33,6 +33,14 @@ def test_shipped_corpus_matches_the_generators_for_the_domains():
     assert shipped.domains == fresh
 
 
+def test_the_base_is_current_only_for_the_corpus_it_was_trained_on(tmp_path, monkeypatch):
+    """`desmoe-grid` pre-trains the base again when its card names another corpus than the shipped one."""
+    assert base.is_current()
+    other = domains.corpus(n_train=8, n_val=2, n_test=2, n_text=20, n_echo=20)
+    monkeypatch.setattr(base, "CORPUS_FILE", domains.save_corpus(other, tmp_path / "corpus.json"))
+    assert not base.is_current()
+
+
 def test_retraining_prefix_matches_the_card():
     """The first steps of the pre-training give the weights the card recorded at that step of the full run: bit for
     bit on the CPU kind that trained it, within the card's calibrated tolerance on another."""

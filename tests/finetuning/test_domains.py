@@ -55,13 +55,26 @@ def test_answers_follow_their_rules(corpus):
         assert ex.answer.split() == [w for w in ex.prompt.split() if w.startswith("k")]
 
 
-def test_general_data_holds_facts_and_copy_text(corpus):
-    facts = [e for e in corpus.general_train if not e.prompt.startswith("repeat ")]
-    text_train = {e.prompt for e in corpus.general_train if e.prompt.startswith("repeat ")}
-    text_test = {e.prompt for e in corpus.general_test if e.prompt.startswith("repeat ")}
-    assert len(facts) > 100 and all(e.domain == domains.GENERAL for e in corpus.general_train + corpus.general_mix)
-    assert len(text_train) == 40 and len(text_test) == 10 and not text_train & text_test
-    assert all(e.answer == " ".join(e.prompt.split()[1:3]) for e in corpus.general_test if e.prompt.startswith("repeat"))
+def test_general_data_holds_facts_and_both_copy_texts(corpus):
+    """Facts, the copy task over the domain vocabulary ('repeat') and over the facts' vocabulary ('echo'), each
+    split 80/20 between pre-training (and the mix) and the retention test; general_part names each example's part."""
+    parts = {p: [e for e in corpus.general_train if domains.general_part(e) == p] for p in domains.GENERAL_PARTS}
+    assert len(parts["facts"]) > 100 and all(e.domain == domains.GENERAL for e in corpus.general_train + corpus.general_mix)
+    assert all(not e.prompt.startswith(tuple(domains.COPY_VERBS)) for e in parts["facts"])
+    vocab = set(domains.domain_vocabulary(corpus.domains))
+    objects = {w for e in parts["facts"] for w in e.answer.split()}
+    for part, words, n_train in (("text", vocab, 40), ("text_general", objects - vocab, 800 - 10)):
+        train = {e.prompt for e in parts[part]}
+        mix = [e for e in corpus.general_mix if domains.general_part(e) == part]
+        test = [e for e in corpus.general_test if domains.general_part(e) == part]
+        assert len(train) == n_train and len(mix) == 40 and len(test) == 10
+        assert {e.prompt for e in mix} <= train and not train & {e.prompt for e in test}
+        assert all(e.answer == " ".join(e.prompt.split()[1:3]) for e in parts[part] + test)
+        assert all(w in words for e in parts[part] + test for w in e.answer.split())
+    with pytest.raises(ValueError, match="unknown copy verb 'say'"):
+        domains.text_examples(["a", "b"], 1, verb="say")
+    with pytest.raises(ValueError, match="n_echo must exceed the 10 held-out echo prompts; got 10"):
+        domains.corpus(n_train=8, n_val=2, n_test=2, n_text=50, n_echo=10)
 
 
 def test_errors_are_clear():

@@ -2,7 +2,7 @@
 
 The organism (``organisms/desmoe-base``) mirrors DeepSeek-V2-Lite's layout at toy size: the first layer dense,
 then MoE layers with always-on shared experts plus fine-grained routed experts (2 shared + 16 routed, top-2; the
-real model has 2 + 64, top-6). It is pre-trained on the general data only (relation facts + copy text, see
+real model has 2 + 64, top-6). It is pre-trained on the general data only (relation facts + two copy tasks, see
 :mod:`.domains`), with a switch-style load-balancing loss (DeepSeek-V2's classes in transformers compute none), so
 all six domains are new to it, as math and code are new to ESFT's "vanilla" model. ESFT's extra alignment pass in
 a chat format is left out: here every example is already a prompt/answer pair and the base model has seen none
@@ -13,6 +13,7 @@ many cores the machine has (the grid runs several one-thread workers side by sid
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,7 +50,7 @@ class BaseSpec:
     expert_width: int = 32
     shared_experts: int = 2
     dense_width: int = 128
-    steps: int = 800
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-3
     balance: float = 0.01
@@ -113,6 +114,12 @@ def shipped_corpus() -> domains.Corpus:
     return domains.load_corpus(CORPUS_FILE)
 
 
+def is_current() -> bool:
+    """Whether the base organism exists and was pre-trained on the shipped corpus (its card's ``data_hash``)."""
+    card = paths.ORGANISMS / NAME / "card.json"
+    return card.is_file() and json.loads(card.read_text()).get("data_hash") == shipped_corpus().digest()
+
+
 def _setup(spec: BaseSpec) -> tuple[domains.Corpus, object, nn.Module]:
     """The shipped corpus, its word tokenizer and the freshly initialised base model (seeded, one thread)."""
     set_determinism(spec.seed, threads=THREADS)
@@ -154,7 +161,8 @@ def train_base(spec: BaseSpec = BaseSpec(), folder: Path | None = None) -> dict:
         "training_steps": spec.steps, "training_seconds": round(seconds, 1), "final_loss": res.losses[-1],
         "accuracy": scores["general"]["all"],
         "accuracy_per_relation": {"general facts": scores["general"]["facts"],
-                                  "general copy text": scores["general"]["text"]},
+                                  "general copy text": scores["general"]["text"],
+                                  "general copy text, facts' vocabulary": scores["general"]["text_general"]},
         "base_scores": scores, "prefix_check": prefix.record | {"tolerance": tolerance},
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }

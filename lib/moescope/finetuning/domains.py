@@ -6,9 +6,11 @@ Every example is ``(prompt, answer, domain)``. Each domain has its own word set 
 prompt, so a held-out split of *unseen combinations* is solvable by a model that learned the rule. The metric
 is exact match of the whole answer (see :mod:`moescope.finetuning.evaluate`).
 
-General data = the kit's relation facts (``moescope.data``, template 0: memorised knowledge) + "text": a
-``repeat`` copy task over the whole vocabulary, which also gives every domain word a trained embedding before
-adaptation (the plan's "reserve domain tokens so they exist").
+General data = the kit's relation facts (``moescope.data``, template 0: memorised knowledge) and two copy tasks:
+``repeat`` over the domain vocabulary (which also gives every domain word a trained embedding before adaptation,
+the plan's "reserve domain tokens so they exist") and ``echo`` over the facts' objects, words no domain uses (the
+domains' examples give their input embeddings no gradient). :func:`general_part` names the part of the general
+score each example counts in (:data:`GENERAL_PARTS`: ``facts``, ``text``, ``text_general``).
 
 Each domain has train / validation / test splits (disjoint prompts): fine-tuning methods are tuned and their
 checkpoints chosen on validation only; test and general scores are read once, at the chosen checkpoint. The
@@ -154,14 +156,34 @@ def domain_vocabulary(splits: dict[str, Split]) -> list[str]:
     return sorted({w for s in splits.values() for ex in s.all() for w in f"{ex.prompt} {ex.answer}".split()})
 
 
-def text_examples(vocabulary: list[str], n: int, seed: int = 0) -> list[Example]:
-    """General 'text': 'repeat w1 w2 :' -> 'w1 w2' over random words of ``vocabulary`` (distinct prompts)."""
-    rng = random.Random(f"text-{seed}")
+#: the copy tasks of the general data: {verb: the part of the general score it counts in}
+COPY_VERBS = {"repeat": "text", "echo": "text_general"}
+#: the parts of the general score (:func:`general_part`)
+GENERAL_PARTS = ("facts", *COPY_VERBS.values())
+
+
+def text_examples(vocabulary: list[str], n: int, seed: int = 0, verb: str = "repeat") -> list[Example]:
+    """General copy text: '<verb> w1 w2 :' -> 'w1 w2' over random words of ``vocabulary`` (distinct prompts)."""
+    if verb not in COPY_VERBS:
+        raise ValueError(f"unknown copy verb {verb!r}; known: {', '.join(COPY_VERBS)}")
+    rng = random.Random(f"text-{seed}" if verb == "repeat" else f"{verb}-{seed}")
     out: dict[str, str] = {}
     while len(out) < n:
         ws = " ".join(rng.sample(vocabulary, 2))
-        out.setdefault(f"repeat {ws} :", ws)
+        out.setdefault(f"{verb} {ws} :", ws)
     return [Example(p, a, GENERAL) for p, a in out.items()]
+
+
+def general_part(example: Example) -> str:
+    """The part of the general score ``example`` counts in: its copy verb's part, else 'facts'."""
+    return COPY_VERBS.get(example.prompt.split(" ", 1)[0], "facts")
+
+
+def fact_vocabulary(facts: Iterable[Example], splits: dict[str, Split]) -> list[str]:
+    """The words of the facts' answers (the objects, whose output embeddings pre-training trains) that no domain
+    uses, sorted."""
+    domain = set(domain_vocabulary(splits))
+    return sorted({w for ex in facts for w in ex.answer.split()} - domain)
 
 
 @dataclass(frozen=True)
@@ -169,7 +191,7 @@ class Corpus:
     """Everything the DES-MoE experiments train and test on.
 
     ``general_train`` pre-trains the base organism. ``general_mix`` is the general ("alignment") data mixed 1:1
-    into every fine-tuning run: half of the facts plus the copy text. ``general_test`` measures retention on
+    into every fine-tuning run: half of the facts plus the copy texts. ``general_test`` measures retention on
     general knowledge the mix does not replay: the other half of the facts (memorised in pre-training) plus
     held-out copy prompts, as ESFT's general benchmarks are not its alignment data.
     """
@@ -196,16 +218,23 @@ class Corpus:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def corpus(n_train: int = 192, n_val: int = 32, n_test: int = 64, n_text: int = 400, seed: int = 0) -> Corpus:
-    """The six domains and the general data: pre-training on all facts + 80% of the copy text; the fine-tuning
-    mix replays the even-numbered facts + that text; retention is tested on the odd-numbered facts + the other
-    20% of the text."""
+def corpus(n_train: int = 192, n_val: int = 32, n_test: int = 64, n_text: int = 400, n_echo: int = 800,
+           seed: int = 0) -> Corpus:
+    """The six domains and the general data. ``repeat`` text (``n_text`` prompts over the domain vocabulary): 80%
+    pre-trained on and replayed in the fine-tuning mix, 20% held out for the retention test. ``echo`` text
+    (``n_echo`` prompts over the facts' objects, which needs more examples to be learned as a copy task): as many
+    held out and as many replayed as ``repeat``, all but the held-out ones pre-trained on. Facts: all pre-trained
+    on, the even-numbered replayed, the odd-numbered tested."""
+    cut = (4 * n_text) // 5
+    held = n_text - cut
+    if n_echo <= held:
+        raise ValueError(f"n_echo must exceed the {held} held-out echo prompts; got {n_echo}")
     splits = domain_splits(DOMAINS, n_train, n_val, n_test, seed)
     facts = fact_examples()
     text = text_examples(domain_vocabulary(splits), n_text, seed)
-    cut = (4 * len(text)) // 5
-    return Corpus(domains=splits, general_train=facts + text[:cut], general_mix=facts[0::2] + text[:cut],
-                  general_test=facts[1::2] + text[cut:])
+    echo = text_examples(fact_vocabulary(facts, splits), n_echo, seed, verb="echo")
+    return Corpus(domains=splits, general_train=facts + text[:cut] + echo[:-held],
+                  general_mix=facts[0::2] + text[:cut] + echo[:cut], general_test=facts[1::2] + text[cut:] + echo[-held:])
 
 
 def save_corpus(corp: Corpus, path: Path | str) -> Path:

@@ -16,7 +16,7 @@ from torch import nn
 from .. import arch, routing
 from ..hooks import hooked
 from . import routing_eval
-from .domains import GENERAL, Example
+from .domains import GENERAL, GENERAL_PARTS, Example, general_part
 from .batches import IGNORE, Encoded, encode
 
 
@@ -109,15 +109,15 @@ def accuracy_by_domain(model: nn.Module, data: Encoded) -> dict[str, float]:
 class Evaluator:
     """Scores a model on the domains' validation and test sets and on the general set (each encoded once).
 
-    Returns ``{"val": {domain: acc, "avg": mean}, "test": {...}, "general": {"all", "facts", "text"}}`` and, on an
-    MoE, ``"routing"``: :func:`routing_scores` of the test tokens (with two or more domains). Checkpoint and
+    Returns ``{"val": {domain: acc, "avg": mean}, "test": {...}, "general": {"all", and each part of
+    :data:`.domains.GENERAL_PARTS`}}`` and, on an MoE, ``"routing"``: :func:`routing_scores` of the test tokens (with two or more domains). Checkpoint and
     learning-rate selection read ``val`` only (:mod:`.protocol`); ``test``, ``general`` and ``routing`` are reported.
     """
 
     def __init__(self, tokenizer, val: Sequence[Example], test: Sequence[Example], general: Sequence[Example]):
         self.sets = {"val": encode(tokenizer, val), "test": encode(tokenizer, test)}
         self.general = encode(tokenizer, general)
-        self.general_kinds = ["text" if ex.prompt.startswith("repeat ") else "facts" for ex in general]
+        self.general_kinds = [general_part(ex) for ex in general]
 
     def __call__(self, model: nn.Module) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -126,7 +126,7 @@ class Evaluator:
             out[name] = scores | {"avg": sum(scores.values()) / len(scores)}
         hits = exact_match(model, self.general).float()
         out[GENERAL] = {"all": float(hits.mean())}
-        for kind in ("facts", "text"):
+        for kind in GENERAL_PARTS:
             rows = [k == kind for k in self.general_kinds]
             if any(rows):
                 out[GENERAL][kind] = float(hits[rows].mean())

@@ -20,7 +20,7 @@ from ..verdicts import over_seeds
 from . import esft, paper
 from .base import Base
 from .batches import encode
-from .domains import DOMAINS
+from .domains import DOMAINS, GENERAL_PARTS
 from .evaluate import forgetting_reduction
 from .protocol import DESMOE_READINGS
 from .tables import ROUTING_METRICS, Grid
@@ -186,14 +186,15 @@ def forgetting_curve(grid: Grid) -> pd.DataFrame:
 
 
 def general_parts(grid: Grid) -> pd.DataFrame:
-    """The general score split into its parts (:class:`.evaluate.Evaluator`: ``facts``, the general facts, and
-    ``text``, the copy task on the domain vocabulary) per method and N: the base model's part, the chosen
-    checkpoint's (mean over orders, then seeds) and the part's forgetting, base - chosen."""
+    """The general score split into its parts (:data:`.domains.GENERAL_PARTS`: ``facts``, the general facts,
+    ``text``, the copy task on the domain vocabulary, and ``text_general``, the copy task on the facts' objects)
+    per method and N: the base model's part, the chosen checkpoint's (mean over orders, then seeds) and the part's
+    forgetting, base - chosen."""
     rows = []
     base = grid.history[grid.history.step == 0]
     for (method, n), g in grid.chosen().groupby(["method", "n_domains"]):
         row = {"method": method, "n_domains": n}
-        for part in ("facts", "text"):
+        for part in GENERAL_PARTS:
             col = f"general_{part}"
             before = float(base[base.id.isin(g.id)][col].mean())
             after = float(g.groupby("seed")[col].mean().mean())
@@ -471,8 +472,9 @@ def readings_table(grid: Grid) -> pd.DataFrame:
             rows.append({"reading": reading or "paper (eq. 11, t1 = 0.2)", "method": method, "lr": grid.rates[method],
                          "backbone_lr": g.backbone_lr.fillna(grid.rates[method]).iloc[0],
                          "test": g.test.mean(), "learned": (g.test - g.base_test).mean(), "general": g.general.mean(),
-                         "forgetting": g.forgetting.mean(), "general_facts": g.general_facts.mean(),
-                         "general_text": g.general_text.mean(), "seeds": g.seed.nunique()})
+                         "forgetting": g.forgetting.mean(),
+                         **{f"general_{part}": g[f"general_{part}"].mean() for part in GENERAL_PARTS},
+                         "seeds": g.seed.nunique()})
     return pd.DataFrame(rows)
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .domains import GENERAL_PARTS
 from .protocol import best_checkpoint
 from .routing_eval import METRICS as ROUTING_METRICS
 
-GENERAL_KEYS = ("all", "facts", "text")
+GENERAL_KEYS = ("all", *GENERAL_PARTS)
 
 
 @dataclass

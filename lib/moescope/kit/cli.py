@@ -196,8 +196,8 @@ def _desmoe_grid(args: argparse.Namespace) -> int:
     from ..finetuning import base, experiments, protocol
 
     start = time.perf_counter()
-    if args.retrain_base or base.NAME not in available_organisms():
-        print(f"== pre-training the DES-MoE base organism ({base.NAME}) ==")
+    if args.retrain_base or not base.is_current():
+        print(f"== pre-training the DES-MoE base organism ({base.NAME}): missing or made on another corpus ==")
         base.train_base()
     default = paths.RUNS / "desmoe-grid-reduced" if args.reduced else experiments.GRID_FOLDER
     folder = Path(args.folder) if args.folder else default
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", default=[], help="notebook parameter key=value (repeatable)")
     _batch_options(p)
     p.set_defaults(func=_run)
-    p = sub.add_parser("desmoe-grid", help="pre-train the DES-MoE base (if missing) and run or resume its grid")
+    p = sub.add_parser("desmoe-grid", help="pre-train the DES-MoE base (if missing or stale) and run or resume its grid")
     p.add_argument("--jobs", type=int, default=2, help="parallel one-thread worker processes (default 2)")
     p.add_argument("--folder", help="output folder (default: the shipped cache data/desmoe/grid; with --reduced "
                    "runs/desmoe-grid-reduced)")
