@@ -129,3 +129,62 @@ def test_router_loss_trains_the_routers_only():
     routers = {f"model.layers.{l}.mlp.gate.weight" for l in planted.planted_by_layer(PLANT)}
     touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert touched == routers, touched
+
+
+def _counted(relations, layer):
+    return torch.tensor([[e in planted.counted_experts(PLANT, layer, r) for e in range(8)] for r in relations])
+
+
+def test_refit_router_keeps_a_separable_plant_to_its_relation_and_splits_an_inseparable_one_evenly():
+    """Layer 1 plants experts 2 and 5 for A. Inputs of A, B and C in separate clusters: the refit gives A its plant
+    and B, C none of it. A's and B's inputs identical: the balanced loss -log p (A) - log(1 - p) (B), each relation
+    weighing the same, is least at p = 1/2 for both, whatever their prompt counts."""
+    gen = torch.Generator().manual_seed(0)
+    centres = {"A": torch.tensor([3.0, 0, 0, 0]), "B": torch.tensor([-3.0, 0, 0, 0]), "C": torch.tensor([0, 3.0, 0, 0])}
+    relations = ["A"] * 5 + ["B"] * 20 + ["C"] * 10
+    z = torch.stack([centres[r] for r in relations]).double() + 0.3 * torch.randn(len(relations), 4, generator=gen).double()
+    here = torch.tensor([r == "A" for r in relations])
+    w = planted.refit_router(z, _counted(relations, 1), here, relations, init=torch.zeros(8, 4))
+    p = planted.plant_probability(w, z, _counted(relations, 1))
+    assert p[here].min() > 0.99 and p[~here].max() < 0.01
+    z_same = z.clone()
+    z_same[torch.tensor([r in "AB" for r in relations])] = z[0]
+    w = planted.refit_router(z_same, _counted(relations, 1), here, relations, init=torch.zeros(8, 4))
+    p = planted.plant_probability(w, z_same, _counted(relations, 1))
+    rows = torch.tensor([r in "AB" for r in relations])
+    assert torch.allclose(p[rows], torch.full_like(p[rows], 0.5), atol=1e-4)
+    assert p[torch.tensor([r == "C" for r in relations])].max() < 0.01
+
+
+def test_balanced_plant_loss_is_the_mean_over_relations_of_their_mean_loss():
+    p = torch.tensor([0.9, 0.2, 0.1, 0.3, 0.4], dtype=torch.float64)
+    relations, here = ["A", "B", "B", "B", "C"], torch.tensor([True, False, False, False, False])
+    want = (-torch.log(p[0]) + (-torch.log1p(-p[1:4])).mean() - torch.log1p(-p[4])) / 3
+    assert torch.allclose(planted.balanced_plant_loss(p, here, relations), want)
+
+
+def test_router_refit_reads_the_trained_router_as_plant_leak_does_and_fits_no_worse():
+    """The ``trained`` column is plant_leak's last-position probability (a float64 path from the captured router
+    inputs); the refit starts from the trained weight, so on its own prompts its balanced loss is no higher."""
+    from moescope.vocab import word_tokenizer
+    import pandas as pd
+
+    tok = word_tokenizer(["a b c d e f g"])
+    model = tiny_model("olmoe", layers=3, experts=8, top_k=2, vocab=len(tok))
+    frame = pd.DataFrame({"prompt": ["a b c", "d e", "f g a b", "c a", "g"], "relation": ["A", "B", "C", "A", "B"]})
+    got = planted.router_refit(model, tok, PLANT, frame, {"these": frame}).set_index(["layer", "relation"])
+    leak = planted.plant_leak(model, tok, PLANT, frame).set_index(["layer", "relation"])
+    assert set(got.index) == set(leak.index) and (got.templates == "these").all()
+    for key, row in got.iterrows():
+        assert abs(row.trained - leak.loc[key, "p_last"]) < 1e-6, key
+        assert row.planted_here == leak.loc[key, "planted_here"]
+    inputs = planted.router_inputs(model, tok, frame, [1, 2])
+    parts = {p.index: p for p in arch.layers(model)}
+    relations = list(frame.relation)
+    for layer in (1, 2):
+        here = torch.tensor([layer in PLANT.get(r, {}) for r in relations])
+        trained = parts[layer].router.weight.detach().double()
+        refit = planted.refit_router(inputs[layer], _counted(relations, layer), here, relations, init=trained)
+        loss = lambda w: planted.balanced_plant_loss(  # noqa: E731
+            planted.plant_probability(w, inputs[layer], _counted(relations, layer)), here, relations)
+        assert loss(refit) < loss(trained) / 2

@@ -5,6 +5,7 @@ retraining of a training prefix."""
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from conftest import on_training_kind, same_weights
@@ -172,15 +173,35 @@ def test_the_router_leak_onto_the_plant_is_measured_without_hooks():
     from moescope import data as data_
     from moescope.attribution import ground_truth
 
-    lm = models.load_model(planted.GEN2_NAMES[0])
+    name = planted.GEN2_NAMES[0]
+    lm = models.load_model(name)
     frame = data_.prompts_frame(data_.load_relations(list(planted.GEN2_PLANT) + ["country_language"]), 3)
     leak = planted.plant_leak(lm.model, lm.tokenizer, planted.GEN2_PLANT, frame)
     assert leak.p_last.between(0, 1).all() and leak.topk_last.between(0, 1).all()
     planted_layers = {int(l) for p in planted.GEN2_PLANT.values() for l in p}
     assert set(leak.layer) == planted_layers and leak.groupby("layer").planted_here.sum().eq(1).all()
-    summary = ground_truth.leak_summary(leak.assign(model="m"))
+    both = ground_truth.router_leak(lm, frame, planted.GEN2_PLANT, name, "held-out")
+    held = both[both.templates == "held-out"].drop(columns=["templates", "model"])
+    pd.testing.assert_frame_equal(held.reset_index(drop=True), leak)
+    summary = ground_truth.leak_summary(both)
+    assert set(summary.templates) == {"held-out", ground_truth.TRAINING_TEMPLATES}
     assert (summary.below_bound == (summary.leak_max < planted.LEAK_BOUND)).all()
     assert (summary.own > 0).all()
+
+
+def test_training_prompts_are_the_facts_on_their_training_templates():
+    """Corpus.training_prompts: every fact of the named relations on every training template; a fact trained at
+    least once per template has each of those prompts, followed by its object, among the training texts."""
+    corpus = zoo.gen2_corpus(planted.GEN2_NAMES[0])
+    relations = sorted(planted.GEN2_PLANT)
+    prompts = corpus.training_prompts(relations)
+    facts = corpus.facts[corpus.facts.relation.isin(relations)]
+    assert set(prompts.relation) == set(relations)
+    assert len(prompts) == sum(len(corpus.templates[r]) for r in facts.relation)
+    texts = set(corpus.train.text)
+    frequent = facts[facts["count"] >= facts.relation.map(lambda r: len(corpus.templates[r]))]
+    rows = prompts.merge(frequent[["relation", "sample_id"]], on=["relation", "sample_id"])
+    assert len(rows) > 0 and all(f"{p} {o}" in texts for p, o in zip(rows.prompt, rows.object))
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)

@@ -388,24 +388,69 @@ def seed_label(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]} ({len(names)} seeds)"
 
 
-def router_leak(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant) -> pd.DataFrame:
-    """:func:`moescope.organisms.planted.plant_leak` on the prompts: how much the router, without any hook, sends
-    the relations a layer does not plant to that layer's planted experts (and the planted relation to its own)."""
-    return planted_organisms.plant_leak(lm.model, lm.tokenizer, plant, facts)
+#: the ``templates`` label of the leak measured on the organism's own training prompts (:func:`router_leak`)
+TRAINING_TEMPLATES = "training"
+
+
+def prompt_sets(name: str, facts: pd.DataFrame, templates: str) -> dict[str, pd.DataFrame]:
+    """The prompt sets the plant is read on without hooks: ``facts`` (named ``templates``) and, for a zoo organism,
+    the same relations' facts on its own training templates (:data:`TRAINING_TEMPLATES`), where a leak is no
+    failure to generalise to new wordings."""
+    sets = {templates: facts}
+    if name in zoo.GEN2_ZOO:
+        sets[TRAINING_TEMPLATES] = zoo.gen2_corpus(name).training_prompts(sorted(set(facts.relation)))
+    return sets
+
+
+def router_leak(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, name: str, templates: str) -> pd.DataFrame:
+    """:func:`moescope.organisms.planted.plant_leak` on each of :func:`prompt_sets`: how much the router, without
+    any hook, sends the relations a layer does not plant to that layer's planted experts (and the planted relation
+    to its own); columns as there, with ``templates`` and ``model``."""
+    frames = [planted_organisms.plant_leak(lm.model, lm.tokenizer, plant, frame).assign(templates=label)
+              for label, frame in prompt_sets(name, facts, templates).items()]
+    return pd.concat(frames, ignore_index=True).assign(model=name)
+
+
+def router_refit(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, name: str, templates: str) -> pd.DataFrame:
+    """:func:`moescope.organisms.planted.router_refit` of a zoo organism: routers refitted to every fact of its
+    corpus on its training templates, read on each of :func:`prompt_sets`, with a ``model`` column (empty for a
+    model with no corpus of the kit's)."""
+    if name not in zoo.GEN2_ZOO:
+        return pd.DataFrame()
+    corpus = zoo.gen2_corpus(name)
+    fit = corpus.training_prompts(sorted(set(corpus.facts.relation)))
+    return planted_organisms.router_refit(lm.model, lm.tokenizer, plant, fit,
+                                          prompt_sets(name, facts, templates)).assign(model=name)
 
 
 def leak_summary(leak: pd.DataFrame, bound: float = planted_organisms.LEAK_BOUND) -> pd.DataFrame:
-    """Per model and planted layer: the router's probability of the layer's plant at the last position for the
-    relation planted there (``own``), the largest over the relations not planted there (``leak_max``: relation
-    ``worst``) and their mean, the share of those last positions with a planted expert in the top-k, and whether
-    ``leak_max`` stays below ``bound`` (:data:`moescope.organisms.planted.LEAK_BOUND`)."""
+    """Per model, prompt set (``templates``) and planted layer: the router's probability of the layer's plant at
+    the last position for the relation planted there (``own``), the largest over the relations not planted there
+    (``leak_max``: relation ``worst``) and their mean, the share of those last positions with a planted expert in
+    the top-k, and whether ``leak_max`` stays below ``bound`` (:data:`moescope.organisms.planted.LEAK_BOUND`)."""
     rows = []
-    for (model, layer), g in leak.groupby(["model", "layer"], sort=False):
+    for (model, templates, layer), g in leak.groupby(["model", "templates", "layer"], sort=False):
         other, own = g[~g.planted_here], g[g.planted_here]
         worst = other.loc[other.p_last.idxmax()]
-        rows.append({"model": model, "layer": layer, "own": own.p_last.mean(), "leak_mean": other.p_last.mean(),
+        rows.append({"model": model, "templates": templates, "layer": layer, "own": own.p_last.mean(),
+                     "leak_mean": other.p_last.mean(),
                      "leak_max": worst.p_last, "worst": worst.relation, "topk_share": other.topk_last.mean(),
                      "below_bound": bool(worst.p_last < bound)})
+    return pd.DataFrame(rows)
+
+
+def refit_summary(refit: pd.DataFrame, bound: float = planted_organisms.LEAK_BOUND) -> pd.DataFrame:
+    """Per model, prompt set and planted layer, from :func:`router_refit`: the largest plant probability over the
+    relations not planted there under the trained router (``trained_max``) and the refitted one (``refit_max``:
+    relation ``refit_worst``), the planted relation's own under the refit (``refit_own``), and whether
+    ``refit_max`` stays below ``bound``: where even the refit misses it, no router on this stream meets it."""
+    rows = []
+    for (model, templates, layer), g in refit.groupby(["model", "templates", "layer"], sort=False):
+        other = g[~g.planted_here]
+        worst = other.loc[other.refit.idxmax()]
+        rows.append({"model": model, "templates": templates, "layer": layer, "trained_max": other.trained.max(),
+                     "refit_own": g[g.planted_here].refit.mean(), "refit_max": worst.refit,
+                     "refit_worst": worst.relation, "refit_below_bound": bool(worst.refit < bound)})
     return pd.DataFrame(rows)
 
 
@@ -430,16 +475,18 @@ def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int],
         seed: int = 0, templates: tasks.Templates = tasks.HELD_OUT, draws: int = CONTROL_DRAWS, device: str = "cpu",
         dtype: str | None = None, across_seeds: bool = True, reps: int = 1000) -> dict[str, pd.DataFrame]:
     """Every table of the ground-truth analysis in one call, for ``model`` and (``across_seeds``) its registered
-    seeds: plant, precision@k, blocking (full and summary), the router's leak onto the plant, each with a model
-    column, and verdict rows combined over the seeds. Blocking scores the prompts once per condition: the plant, each
-    redundant expert alone, ``draws`` controls. Every seed shares the plant and the prompts.
+    seeds: plant, precision@k, blocking (full and summary), the router's leak onto the plant and what a refitted
+    router leaks, each with a model column, and verdict rows combined over the seeds. Blocking scores the prompts
+    once per condition: the plant, each redundant expert alone, ``draws`` controls. Every seed shares the plant and
+    the prompts.
 
     A model without a plant (or a dense one) gets empty tables and 'not testable' verdicts.
     """
     names = seed_models(model, across_seeds)
     plant = load_plant(names[0], relations)
     facts = tasks.facts(relations, n_samples, templates)
-    out: dict[str, list[pd.DataFrame]] = {"precision": [], "blocking": [], "blocking_summary": [], "leak": []}
+    out: dict[str, list[pd.DataFrame]] = {"precision": [], "blocking": [], "blocking_summary": [], "leak": [],
+                                          "refit": []}
     evidence = []
     for name in names:
         torch.manual_seed(seed)
@@ -453,10 +500,12 @@ def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int],
         out["blocking"].append(blocking.assign(model=name))
         out["blocking_summary"].append(summary(blocking).assign(model=name))
         if plant:
-            out["leak"].append(router_leak(lm, facts, plant).assign(model=name))
+            out["leak"].append(router_leak(lm, facts, plant, name, str(templates)))
+            out["refit"].append(router_refit(lm, facts, plant, name, str(templates)))
             evidence.append(seed_evidence(gains, blocking, facts, plant, n_pairs, reps, seed))
     tables = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
     return {"plant": plant_table(plant), **tables, "evidence": evidence,
             "leak_summary": leak_summary(tables["leak"]) if len(tables["leak"]) else pd.DataFrame(),
+            "refit_summary": refit_summary(tables["refit"]) if len(tables["refit"]) else pd.DataFrame(),
             "preconditions": precondition_table(evidence, names, plant) if evidence else pd.DataFrame(),
             "claims": claim_rows(evidence, plant, model=seed_label(names))}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -162,6 +163,14 @@ class Corpus:
             seq = " ".join(rng.choice(lexicon) for _ in range(rng.randint(lo, hi)))
             out.append(f"copy: {seq} = {seq}")
         return out
+
+    def training_prompts(self, relations: Iterable[str]) -> pd.DataFrame:
+        """Every fact of ``relations`` (stems) on every one of its training templates, the prompt without the
+        object (what the training texts hold before it): relation, sample_id, subject, object, prompt."""
+        facts = self.facts[self.facts.relation.isin(list(relations))]
+        rows = [(f.relation, f.sample_id, f.subject, f.object, t.replace("{}", f.subject))
+                for f in facts.itertuples() for t in self.templates[f.relation]]
+        return pd.DataFrame(rows, columns=["relation", "sample_id", "subject", "object", "prompt"])
 
     def heldout(self) -> pd.DataFrame:
         """Every fact on every held-out template: :func:`heldout_frame` with each fact's rank and count."""

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .. import configs, paths
 from . import gen2, planted
+from .corpus import Corpus
 from .gen2 import Gen2Spec
 from .training import OrganismSpec, train_organism
 
@@ -176,12 +177,18 @@ def _train_gen2(name: str) -> dict:
     return gen2.train_gen2(spec)
 
 
+def gen2_corpus(name: str) -> Corpus:
+    """The corpus the gen-2 organism ``name`` is trained on (its spec's corpus spec)."""
+    spec = GEN2_ZOO[name]
+    return gen2.gen2_data(spec.corpus, spec.vocab_size)[0]
+
+
 def _gen2_is_current(name: str) -> bool:
     """True when the saved card matches the spec and the corpus (so retraining would give the same weights)."""
     card, spec = _gen2_card(name), GEN2_ZOO[name]
     if card is None:
         return False
-    corpus, _ = gen2.gen2_data(spec.corpus, spec.vocab_size)
+    corpus = gen2_corpus(name)
     extra = planted.card_extra() if spec.role == "planted" else None
     return card.get("spec_hash") == gen2.spec_hash(spec, extra) and card.get("data_hash") == corpus.hash()
 
