@@ -14,7 +14,10 @@ For a model with such a card this module computes
 - verdict rows (:mod:`moescope.verdicts`) for four checks whose rules are fixed here, before anything runs, over
   the seeds of the planted design (:func:`moescope.organisms.zoo.seeds_of`): each seed's estimate is a bootstrap
   over its prompts, the seeds are combined by :func:`moescope.statistics.over_seeds` (seeds, then prompts), and a
-  control is paired with the kit on the same prompts and seeds (per prompt: kit - control, then resampled).
+  control is paired with the kit on the same prompts and seeds (per prompt: kit - control, then resampled);
+- whether the plant holds without hooks: the router's probability of the plant for other relations, on the
+  notebook's prompts and on the organism's training templates (:func:`router_leak`), and what a router refitted
+  to the training templates could reach on both (:func:`router_refit`).
 
 Every check has two preconditions besides the plant itself, computed on the same prompts and combined over seeds:
 
