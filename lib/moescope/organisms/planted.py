@@ -58,15 +58,21 @@ as much on their own training templates (worst relation 0.035 / 0.13 / 0.15, ear
 ones (0.04 / 0.11 / 0.11), so it is not only a failure to generalise. :func:`router_refit` (notebook 45 prints it
 per seed) shows what a router could do on the trained model's residual stream: refitted to the training templates'
 last positions, a router of this shape keeps the plant to its relation there entirely, but on held-out templates
-it still leaks 0.08 / 0.03 / 0.04. Three pilots of the training, each with its rule fixed before it ran (paper-task
-MRR at 0.40 or more, shipped 0.50, and the worst leak under LEAK_BOUND in every planted layer), all failed it.
-Letting a share gamma of the router loss's gradient into the stream (judged on held-out templates): gamma 0.1 gave
-0.18 / 0.12 / 0.03 at an MRR of 0.37, gamma 0.3 gave 0.08 / 0.07 / 0.04 at 0.33 (gamma 1: the priors, above).
-Balancing the router loss over relations (each relation's tokens averaged, then the mean over relations), inputs
-still detached (judged on the training templates first, the part the refit shows a router can reach): 0.06 / 0.08 /
-0.06 at 0.37. Shaping the stream lowers the leak and costs knowledge; reweighting the loss alone does neither well.
-Nor does swapping the refitted routers into the trained model (a calibration after training): MRR 0.35, held-out
-leaks 0.08 / 0.15 / 0.08 (a refitted early router moves the later routers' inputs).
+it still leaks 0.08 / 0.03 / 0.04. Five pilots, each with its rule fixed before it ran (paper-task MRR at 0.40 or
+more, shipped 0.50, and the worst leak under LEAK_BOUND in every planted layer), all failed it:
+
+- a share gamma of the router loss's gradient let into the stream (judged on held-out templates): gamma 0.1 gave
+  0.18 / 0.12 / 0.03 at an MRR of 0.37, gamma 0.3 gave 0.08 / 0.07 / 0.04 at 0.33 (gamma 1: the priors, above);
+- the router loss balanced over relations (each relation's tokens averaged, then the mean over relations), inputs
+  still detached (judged on the training templates first, the part the refit shows a router can reach): 0.06 /
+  0.08 / 0.06 at 0.37;
+- the refit's own objective during training (balanced, at the position before the object only): 0.07 / 0.05 /
+  0.01 on the training templates at 0.41, and 0.28 / 0.22 / 0.09 held-out, worse than shipped;
+- the refitted routers swapped into the trained model (a calibration after training): 0.08 / 0.15 / 0.08 held-out
+  at 0.35 (a refitted early router moves the later routers' inputs).
+
+Shaping the stream lowers the leak and costs knowledge; reweighting or relocating the loss fits the training
+templates better and generalises no better. What is left to try is data: more training templates per relation.
 """
 from __future__ import annotations
 
