@@ -180,7 +180,7 @@ def test_the_router_leak_onto_the_plant_is_measured_without_hooks():
     assert leak.p_last.between(0, 1).all() and leak.topk_last.between(0, 1).all()
     planted_layers = {int(l) for p in planted.GEN2_PLANT.values() for l in p}
     assert set(leak.layer) == planted_layers and leak.groupby("layer").planted_here.sum().eq(1).all()
-    both = ground_truth.router_leak(lm, frame, planted.GEN2_PLANT, name, "held-out")
+    both = ground_truth.router_leak(lm, ground_truth.prompt_sets(name, frame, "held-out"), planted.GEN2_PLANT, name)
     held = both[both.templates == "held-out"].drop(columns=["templates", "model"])
     pd.testing.assert_frame_equal(held.reset_index(drop=True), leak)
     summary = ground_truth.leak_summary(both)

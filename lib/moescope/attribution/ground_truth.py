@@ -405,25 +405,24 @@ def prompt_sets(name: str, facts: pd.DataFrame, templates: str) -> dict[str, pd.
     return sets
 
 
-def router_leak(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, name: str, templates: str) -> pd.DataFrame:
-    """:func:`moescope.organisms.planted.plant_leak` on each of :func:`prompt_sets`: how much the router, without
-    any hook, sends the relations a layer does not plant to that layer's planted experts (and the planted relation
-    to its own); columns as there, with ``templates`` and ``model``."""
+def router_leak(lm: models.LoadedModel, sets: dict[str, pd.DataFrame], plant: Plant, name: str) -> pd.DataFrame:
+    """:func:`moescope.organisms.planted.plant_leak` on each prompt set of :func:`prompt_sets`: how much the
+    router, without any hook, sends the relations a layer does not plant to that layer's planted experts (and the
+    planted relation to its own); columns as there, with ``templates`` and ``model``."""
     frames = [planted_organisms.plant_leak(lm.model, lm.tokenizer, plant, frame).assign(templates=label)
-              for label, frame in prompt_sets(name, facts, templates).items()]
+              for label, frame in sets.items()]
     return pd.concat(frames, ignore_index=True).assign(model=name)
 
 
-def router_refit(lm: models.LoadedModel, facts: pd.DataFrame, plant: Plant, name: str, templates: str) -> pd.DataFrame:
+def router_refit(lm: models.LoadedModel, sets: dict[str, pd.DataFrame], plant: Plant, name: str) -> pd.DataFrame:
     """:func:`moescope.organisms.planted.router_refit` of a zoo organism: routers refitted to every fact of its
-    corpus on its training templates, read on each of :func:`prompt_sets`, with a ``model`` column (empty for a
-    model with no corpus of the kit's)."""
+    corpus on its training templates, read on each prompt set of :func:`prompt_sets`, with a ``model`` column
+    (empty for a model with no corpus of the kit's)."""
     if name not in zoo.GEN2_ZOO:
         return pd.DataFrame()
     corpus = zoo.gen2_corpus(name)
     fit = corpus.training_prompts(sorted(set(corpus.facts.relation)))
-    return planted_organisms.router_refit(lm.model, lm.tokenizer, plant, fit,
-                                          prompt_sets(name, facts, templates)).assign(model=name)
+    return planted_organisms.router_refit(lm.model, lm.tokenizer, plant, fit, sets).assign(model=name)
 
 
 def leak_summary(leak: pd.DataFrame, bound: float = planted_organisms.LEAK_BOUND) -> pd.DataFrame:
@@ -446,7 +445,8 @@ def refit_summary(refit: pd.DataFrame, bound: float = planted_organisms.LEAK_BOU
     """Per model, prompt set and planted layer, from :func:`router_refit`: the largest plant probability over the
     relations not planted there under the trained router (``trained_max``) and the refitted one (``refit_max``:
     relation ``refit_worst``), the planted relation's own under the refit (``refit_own``), and whether
-    ``refit_max`` stays below ``bound``: where even the refit misses it, no router on this stream meets it."""
+    ``refit_max`` stays below ``bound`` (where the refit misses it on new wordings, a router fitted harder to the
+    training templates does not meet it there)."""
     rows = []
     for (model, templates, layer), g in refit.groupby(["model", "templates", "layer"], sort=False):
         other = g[~g.planted_here]
@@ -503,8 +503,9 @@ def run(model: str | Sequence[str], relations: Sequence[str], ks: Sequence[int],
         out["blocking"].append(blocking.assign(model=name))
         out["blocking_summary"].append(summary(blocking).assign(model=name))
         if plant:
-            out["leak"].append(router_leak(lm, facts, plant, name, str(templates)))
-            out["refit"].append(router_refit(lm, facts, plant, name, str(templates)))
+            sets = prompt_sets(name, facts, str(templates))
+            out["leak"].append(router_leak(lm, sets, plant, name))
+            out["refit"].append(router_refit(lm, sets, plant, name))
             evidence.append(seed_evidence(gains, blocking, facts, plant, n_pairs, reps, seed))
     tables = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
     return {"plant": plant_table(plant), **tables, "evidence": evidence,

@@ -280,15 +280,9 @@ def gen2_router_loss(router_logits: tuple[torch.Tensor, ...], plant: dict[str, d
     """Mean over planted layers and real tokens of -log(sum of p over the row's planted experts) on planted facts
     and -log(1 - sum of p over the layer's planted experts) on everything else."""
     losses = []
-    for layer, experts in planted_by_layer(plant).items():
+    for layer in planted_by_layer(plant):
         probs = router_logits[layer].float().softmax(-1).view(*real.shape, -1)
-        own = torch.zeros(len(relations), probs.shape[-1], dtype=torch.bool)
-        planted_row = torch.zeros(len(relations), dtype=torch.bool)
-        for b, relation in enumerate(relations):
-            if layer in plant.get(relation, {}):
-                own[b, list(plant[relation][layer])], planted_row[b] = True, True
-            else:
-                own[b, experts] = True
+        own, planted_row = plant_masks(plant, layer, relations, probs.shape[-1])
         p = (probs * own[:, None, :]).sum(-1)
         loss = torch.where(planted_row[:, None], -torch.log(p + 1e-9), -torch.log1p(-p.clamp(max=1 - 1e-6)))
         losses.append(loss[real].mean())
@@ -348,6 +342,16 @@ def counted_experts(plant: dict[str, dict[int, tuple[int, ...]]], layer: int, re
     """The experts whose summed router probability :func:`plant_leak` reads at ``layer`` for ``relation``: its own
     plant there if the layer plants it, else every expert the layer plants."""
     return list(plant[relation][layer]) if layer in plant.get(relation, {}) else planted_by_layer(plant)[layer]
+
+
+def plant_masks(plant: dict[str, dict[int, tuple[int, ...]]], layer: int, relations: list[str],
+                n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``relations``: which experts count at ``layer`` ([n, n_experts] bool, :func:`counted_experts`)
+    and whether the layer plants the row's relation ([n] bool)."""
+    counted = torch.zeros(len(relations), n_experts, dtype=torch.bool)
+    for i, relation in enumerate(relations):
+        counted[i, counted_experts(plant, layer, relation)] = True
+    return counted, torch.tensor([layer in plant.get(r, {}) for r in relations], dtype=torch.bool)
 
 
 #: the bound the router loss must meet without any hook: on held-out prompts of the relations a layer does not
@@ -462,8 +466,8 @@ def router_refit(model: nn.Module, tokenizer, plant: dict[str, dict[int, tuple[i
     ``fit``'s prompts (:func:`refit_router`, from the trained weight; the inputs are the trained model's, fixed),
     then for every prompt set in ``frames`` ({templates: frame}) and relation, the plant's mean probability at the
     last position (:func:`counted_experts`) under the trained router and the refitted one. Where the refit fits its
-    own prompts but not another set's, no router loss on those prompts meets the bound there. Columns: templates,
-    layer, relation, planted_here, trained, refit.
+    own prompts but misses the bound on another set, fitting a router harder to those prompts does not meet it
+    there. Columns: templates, layer, relation, planted_here, trained, refit.
     """
     import pandas as pd
 
@@ -477,10 +481,7 @@ def router_refit(model: nn.Module, tokenizer, plant: dict[str, dict[int, tuple[i
 
     def masks(frame, layer):
         relations = list(frame.relation)
-        counted = torch.zeros(len(relations), parts[layer].router.weight.shape[0], dtype=torch.bool)
-        for i, relation in enumerate(relations):
-            counted[i, counted_experts(plant, layer, relation)] = True
-        return counted, torch.tensor([layer in plant.get(r, {}) for r in relations]), relations
+        return *plant_masks(plant, layer, relations, parts[layer].router.weight.shape[0]), relations
 
     fit_inputs = router_inputs(model, tokenizer, fit, layers)
     sets = {name: (frame, router_inputs(model, tokenizer, frame, layers)) for name, frame in frames.items()}
